@@ -1,0 +1,20 @@
+"""descent: everything between a gradient and good weights, on PyTorch.
+
+The public API is flat: ``descent.AdamW``, ``descent.param_groups``, ... Every name
+below is re-exported from its module; nothing is defined here.
+"""
+
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .param_groups import param_groups
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "param_groups",
+]

@@ -1,0 +1,1 @@
+"""The ``descent`` command: a thin argparse layer over the library."""

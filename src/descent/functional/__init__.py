@@ -1,0 +1,15 @@
+"""The math of every descent optimizer, written once.
+
+Each function applies one step of one algorithm to one parameter tensor, in place,
+given its gradient and state tensors; it holds no state of its own and reads no
+flags beyond its arguments. The optimizer classes in :mod:`descent.optim` call these
+on their ``"loop"`` backend; every faster backend (torch's fused kernels, descent's
+Numba kernels) is tested against them.
+"""
+
+from .adagrad import adagrad
+from .adam import adam
+from .rmsprop import rmsprop
+from .sgd import sgd
+
+__all__ = ["adagrad", "adam", "rmsprop", "sgd"]

@@ -1,0 +1,92 @@
+"""``descent.Adagrad``: a drop-in for ``torch.optim.Adagrad``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.optim.adagrad as _torch_adagrad
+from torch import Tensor
+
+from .. import functional as F
+from .._validate import check_nonneg
+from ._backend import floating, torch_fused
+from ._base import Optimizer, reject_unsupported, step_tensor
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad: per-coordinate steps scaled by the root of the summed squared gradients.
+
+    .. math::
+        G_t = G_{t-1} + g_t^2,\qquad
+        \theta_{t+1} = \theta_t - \frac{\eta}{1 + (t-1)\delta}\,\frac{g_t}{\sqrt{G_t} + \epsilon}
+
+    Arguments, defaults and state keys (``step``, ``sum``) are torch's; the state is
+    created lazily on the first step rather than in the constructor, which loads and
+    saves the same. Default CPU path: torch's fused kernel.
+
+    Args:
+        params: parameters or param group dicts.
+        lr: :math:`\eta` (default 1e-2).
+        lr_decay: :math:`\delta` (default 0).
+        weight_decay: coupled L2 (default 0).
+        initial_accumulator_value: :math:`G_0` (default 0).
+        eps: :math:`\epsilon` (default 1e-10).
+        foreach, maximize, fused, backend, skip_nonfinite: see :class:`descent.SGD`.
+
+    References:
+        Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online
+        Learning and Stochastic Optimization".
+
+    Example:
+        >>> import torch, descent
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = descent.Adagrad([w], lr=0.5)
+        >>> w.sum().backward(); _ = opt.step()
+        >>> w.detach()
+        tensor([0.5000, 0.5000])
+    """
+
+    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        backend: str | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        reject_unsupported("Adagrad", differentiable=differentiable)
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                        maximize=maximize, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
+            check_nonneg(name, group[name])
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        init = group["initial_accumulator_value"]
+        return {"step": step_tensor(p), "sum": torch.full_like(p, init, memory_format=torch.preserve_format)}
+
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]]) -> None:
+        hp = dict(lr=float(group["lr"]), lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
+                  eps=group["eps"], maximize=group["maximize"])
+        if backend == "loop":
+            for p, g, s in zip(params, grads, states):
+                s["step"] += 1
+                F.adagrad(p, g, s["sum"], step=int(s["step"].item()), **hp)
+            return
+        _torch_adagrad.adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states],
+                                    foreach=backend == "foreach", fused=backend == "fused", **hp)

@@ -1,0 +1,164 @@
+"""``descent.Adam`` and ``descent.AdamW``: drop-ins for their torch namesakes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.optim.adam as _torch_adam
+from torch import Tensor
+
+from .. import functional as F
+from .._validate import check_betas, check_nonneg
+from ._backend import floating, torch_fused
+from ._base import Optimizer, reject_unsupported, step_tensor
+
+
+class Adam(Optimizer):
+    r"""Adam with bias correction, optional AMSGrad and optional decoupled weight decay.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\quad
+        \theta_{t+1} = \theta_t - \eta\,\frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}
+
+    Weight decay is coupled (added to :math:`g_t`) unless ``decoupled_weight_decay``,
+    which gives :class:`AdamW`. Arguments, defaults and state keys (``step``,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) are torch's. The default CPU path
+    is torch's fused kernel, tested against :func:`descent.functional.adam`.
+
+    Args:
+        params: parameters or param group dicts.
+        lr: learning rate (default 1e-3).
+        betas: :math:`(\beta_1, \beta_2)` (default (0.9, 0.999)).
+        eps: :math:`\epsilon` (default 1e-8).
+        weight_decay: :math:`\lambda` (default 0).
+        amsgrad: use the running maximum of :math:`v_t`.
+        maximize, foreach, fused, backend, skip_nonfinite: see :class:`descent.SGD`.
+        decoupled_weight_decay: decay the weights directly (AdamW).
+
+    References:
+        Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization";
+        Reddi, Kale & Kumar (2018), "On the Convergence of Adam and Beyond".
+
+    Example:
+        >>> import torch, descent
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = descent.Adam([w], lr=0.1)
+        >>> w.sum().backward(); _ = opt.step()
+        >>> w.detach()
+        tensor([0.9000, 0.9000])
+    """
+
+    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+    _decoupled = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool | None = None,
+        backend: str | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        reject_unsupported(type(self).__name__, capturable=capturable, differentiable=differentiable)
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._decoupled
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, fused=fused, backend=backend,
+                        decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_nonneg("lr", group["lr"])
+        check_nonneg("eps", group["eps"])
+        check_betas(group["betas"])
+        check_nonneg("weight_decay", group["weight_decay"])
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = {
+            "step": step_tensor(p),
+            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+        }
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]]) -> None:
+        beta1, beta2 = group["betas"]
+        amsgrad = group["amsgrad"]
+        if amsgrad:
+            for p, s in zip(params, states):
+                if "max_exp_avg_sq" not in s:  # amsgrad switched on mid-run
+                    s["max_exp_avg_sq"] = torch.zeros_like(p)
+        hp = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                  weight_decay=group["weight_decay"], amsgrad=amsgrad, maximize=group["maximize"])
+        decoupled = bool(group["decoupled_weight_decay"])
+        if backend == "loop":
+            for p, g, s in zip(params, grads, states):
+                s["step"] += 1
+                F.adam(p, g, s["exp_avg"], s["exp_avg_sq"], s.get("max_exp_avg_sq"),
+                       step=int(s["step"].item()), decoupled_weight_decay=decoupled, **hp)
+            return
+        _torch_adam.adam(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], [s["step"] for s in states],
+            foreach=backend == "foreach", fused=backend == "fused", decoupled_weight_decay=decoupled, **hp,
+        )
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    .. math::
+        \theta_t \leftarrow \theta_t(1 - \eta\lambda), \qquad
+        \theta_{t+1} = \theta_t - \eta\,\hat m_t / (\sqrt{\hat v_t} + \epsilon)
+
+    Same arguments and defaults as ``torch.optim.AdamW`` (``weight_decay=1e-2``); see
+    :class:`Adam` for the rest. The decay is multiplied by the *current* lr, so a
+    schedule scales it too, as in torch and optax.
+
+    References:
+        Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization".
+
+    Example:
+        >>> import torch, descent
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = descent.AdamW(descent.param_groups(model, weight_decay=0.1), lr=3e-4)
+        >>> model(torch.randn(8, 4)).pow(2).mean().backward(); _ = opt.step()
+    """
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        backend: str | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, backend=backend, skip_nonfinite=skip_nonfinite)
