@@ -1,15 +1,22 @@
 """descent: everything between a gradient and good weights, on PyTorch.
 
 The public API is flat: ``descent.AdamW``, ``descent.param_groups``, ... Every name
-below is re-exported from its module; nothing is defined here.
+below is re-exported from its module; nothing is defined here. ``descent.sklearn``,
+``descent.numpy`` and ``descent.tasks`` are subpackages imported on demand.
 """
 
+# --- optimizers (descent.optim; one class per file) ---------------------------------
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .param_groups import param_groups
+
+# --- schedules and stability ---------------------------------------------------------
+
+# --- training tools (descent.tools) -------------------------------------------------
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # optimizers
     "Optimizer",
     "SGD",
     "Adagrad",
@@ -17,4 +24,6 @@ __all__ = [
     "Adam",
     "AdamW",
     "param_groups",
+    # schedules and stability
+    # training tools
 ]
