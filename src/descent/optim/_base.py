@@ -56,6 +56,7 @@ class Optimizer(torch.optim.Optimizer):
         "fused": None,
         "maximize": False,
         "skip_nonfinite": False,
+        "differentiable": False,  # torch's key; descent steps are never differentiable
     }
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
@@ -72,16 +73,18 @@ class Optimizer(torch.optim.Optimizer):
     # ----------------------------------------------------------------- groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as torch does, then validate its hyperparameters and its params."""
+        if isinstance(param_group, dict) and not isinstance(param_group.get("params"), (Tensor, set)):
+            param_group["params"] = list(param_group["params"])
+            seen: set[int] = set()
+            for i, p in enumerate(param_group["params"]):
+                key = id(p[1]) if isinstance(p, tuple) else id(p)
+                if key in seen:
+                    raise ValueError(
+                        f"Invalid params: parameter {i} of group {len(self.param_groups)} appears twice in the group"
+                    )
+                seen.add(key)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        seen: set[int] = set()
-        for i, p in enumerate(group["params"]):
-            if id(p) in seen:
-                self.param_groups.pop()
-                raise ValueError(
-                    f"Invalid params: parameter {i} of group {len(self.param_groups)} appears twice in the group"
-                )
-            seen.add(id(p))
         try:
             resolve_request(group.get("backend"), group.get("foreach"), group.get("fused"))
             self._check_group(group)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .._validate import check_nonneg
-from ._backend import floating, torch_fused
+from ._backend import floating, torch_fused_sgd
 from ._base import Optimizer, reject_unsupported
 
 
@@ -52,7 +52,7 @@ class SGD(Optimizer):
         tensor([ 0.6200, -1.2400])
     """
 
-    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused_sgd}
 
     def __init__(
         self,

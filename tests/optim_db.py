@@ -1,0 +1,185 @@
+"""One table that drives the shared optimizer tests (as torch's ``OptimizerInfo``).
+
+Each :class:`OptimizerSpec` row says how to build the optimizer, which references it
+must match (torch.optim where torch has the algorithm, a float64 NumPy rule from
+``tests/reference`` always), which backends to check, which inputs must be refused,
+and the lr/steps/tolerance of its convergence facts. ``tests/test_optim_common.py``
+runs every row through the same checks; add a row to cover a new optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import descent
+from reference._oracle import oracle
+from reference.first_order import adagrad_rule, adam_rule, rmsprop_rule, sgd_rule
+
+#: Parameter shapes of the standard run: group 0 then group 1. Index 2 is zero-size,
+#: index 3 is frozen mid-run, index 1 misses its gradient on one step.
+SHAPES: tuple[tuple[int, ...], ...] = ((6, 5), (5,), (0,), (4, 3), (3, 4), (4,))
+GROUP0 = 4  # the first four shapes form group 0
+
+
+@dataclass
+class Convergence:
+    """Convergence facts: lr (and extra kwargs), steps and distance-to-optimum tolerances."""
+
+    lr: float
+    steps: int
+    quadratic_tol: float
+    rosenbrock_tol: float | None = None
+    rosenbrock_lr: float | None = None
+    rosenbrock_steps: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerSpec:
+    """How the shared tests exercise one optimizer class."""
+
+    name: str
+    cls: type
+    configs: list[dict[str, Any]]
+    group2: dict[str, Any]
+    references: dict[str, Callable[..., torch.optim.Optimizer]]
+    converge: Convergence
+    backends: tuple[str, ...] = ("loop",)
+    torch_cls: type | None = None
+    atol: float = 1e-12
+    error_inputs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    shapes: tuple[tuple[int, ...], ...] = SHAPES
+    #: state keys that are not tensors shaped like the parameter (skipped in state comparison)
+    state_skip: tuple[str, ...] = ()
+    low_precision: dict[torch.dtype, float] = field(
+        default_factory=lambda: {torch.float32: 1e-4, torch.bfloat16: 6e-2})
+
+    def ids(self) -> list[str]:
+        return [f"{self.name}-{i}" for i in range(len(self.configs))]
+
+
+_COMMON_ERRORS = [
+    ({"lr": -1e-3}, "Invalid lr: -0.001"),
+]
+
+SPECS: list[OptimizerSpec] = [
+    OptimizerSpec(
+        name="SGD",
+        cls=descent.SGD,
+        configs=[
+            dict(lr=0.05),
+            dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+            dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+            dict(lr=0.05, momentum=0.8, dampening=0.3),
+        ],
+        group2=dict(lr=0.01, weight_decay=0.05),
+        references={"torch": torch.optim.SGD, "numpy": oracle(sgd_rule, momentum=0.0, dampening=0.0,
+                                                                       weight_decay=0.0, nesterov=False)},
+        torch_cls=torch.optim.SGD,
+        backends=("loop", "foreach", "fused"),
+        converge=Convergence(lr=0.05, steps=300, quadratic_tol=1e-6, rosenbrock_tol=2e-2,
+                             rosenbrock_lr=1e-3, rosenbrock_steps=5000, kwargs=dict(momentum=0.9)),
+        error_inputs=_COMMON_ERRORS + [
+            ({"lr": 0.1, "momentum": -0.5}, "Invalid momentum: -0.5"),
+            ({"lr": 0.1, "weight_decay": -1.0}, "Invalid weight_decay: -1.0"),
+            ({"lr": 0.1, "nesterov": True}, "Invalid nesterov=True with momentum=0"),
+            ({"lr": 0.1, "nesterov": True, "momentum": 0.9, "dampening": 0.1}, "dampening=0.1"),
+            ({"lr": 0.1, "backend": "warp"}, "Invalid backend: 'warp'"),
+            ({"lr": 0.1, "foreach": True, "fused": True}, "foreach=True with fused=True"),
+        ],
+    ),
+    OptimizerSpec(
+        name="Adam",
+        cls=descent.Adam,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True),
+            dict(lr=0.01, weight_decay=0.05, maximize=True),
+            dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-6),
+        references={"torch": torch.optim.Adam,
+                    "numpy": oracle(adam_rule, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)},
+        torch_cls=torch.optim.Adam,
+        backends=("loop", "foreach", "fused"),
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=1e-3, rosenbrock_tol=2e-2,
+                             rosenbrock_lr=0.02, rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 1.5)}, r"Invalid beta2: 1.5 \(must be in \[0, 1\)\)"),
+            ({"betas": (-0.1, 0.99)}, "Invalid beta1: -0.1"),
+            ({"eps": -1e-8}, "Invalid eps: -1e-08"),
+            ({"weight_decay": -0.1}, "Invalid weight_decay: -0.1"),
+            ({"capturable": True}, "Invalid capturable"),
+        ],
+    ),
+    OptimizerSpec(
+        name="AdamW",
+        cls=descent.AdamW,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, weight_decay=0.1, amsgrad=True, betas=(0.9, 0.95)),
+            dict(lr=0.02, weight_decay=0.3, maximize=True),
+        ],
+        group2=dict(lr=0.004, weight_decay=0.0),
+        references={"torch": torch.optim.AdamW,
+                    "numpy": oracle(adam_rule, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                                    decoupled_weight_decay=True)},
+        torch_cls=torch.optim.AdamW,
+        backends=("loop", "foreach", "fused"),
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=1e-3, rosenbrock_tol=2e-2,
+                             rosenbrock_lr=0.02, rosenbrock_steps=5000, kwargs=dict(weight_decay=0.0)),
+        error_inputs=_COMMON_ERRORS + [({"betas": (1.0, 0.999)}, "Invalid beta1: 1.0")],
+    ),
+    OptimizerSpec(
+        name="Adagrad",
+        cls=descent.Adagrad,
+        configs=[
+            dict(lr=0.1),
+            dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1),
+            dict(lr=0.1, eps=1e-6, maximize=True),
+        ],
+        group2=dict(lr=0.03, lr_decay=0.05),
+        references={"torch": torch.optim.Adagrad,
+                    "numpy": oracle(adagrad_rule, lr_decay=0.0, weight_decay=0.0,
+                                    initial_accumulator_value=0.0, eps=1e-10)},
+        torch_cls=torch.optim.Adagrad,
+        backends=("loop", "foreach", "fused"),
+        converge=Convergence(lr=0.5, steps=1000, quadratic_tol=1e-4, rosenbrock_tol=5e-2,
+                             rosenbrock_lr=2.0, rosenbrock_steps=10000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"lr_decay": -1.0}, "Invalid lr_decay: -1.0"),
+            ({"eps": -1.0}, "Invalid eps: -1.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="RMSprop",
+        cls=descent.RMSprop,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, alpha=0.9, momentum=0.9, centered=True, weight_decay=0.1),
+            dict(lr=0.01, momentum=0.5, maximize=True),
+        ],
+        group2=dict(lr=0.002, alpha=0.95, eps=1e-5),
+        references={"torch": torch.optim.RMSprop,
+                    "numpy": oracle(rmsprop_rule, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                                    momentum=0.0, centered=False)},
+        torch_cls=torch.optim.RMSprop,
+        backends=("loop", "foreach"),
+        converge=Convergence(lr=0.01, steps=2000, quadratic_tol=2e-2, rosenbrock_tol=2e-2,
+                             rosenbrock_lr=3e-3, rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [({"alpha": 1.5}, "Invalid alpha: 1.5"),
+                                        ({"momentum": -0.1}, "Invalid momentum: -0.1")],
+    ),
+]
+
+
+def spec(name: str) -> OptimizerSpec:
+    """The row named ``name``."""
+    for s in SPECS:
+        if s.name == name:
+            return s
+    raise KeyError(name)
