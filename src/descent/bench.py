@@ -1,0 +1,258 @@
+"""Step-speed and state-memory benchmark of descent's optimizers against torch and peers.
+
+Two parameter sets: (a) one flat 16M-element tensor and (b) a GPT-shaped list of 196
+tensors totalling ~20M parameters (16 blocks of width 320, as in DESIGN.md). Every
+optimizer is timed on the same tensors with fixed gradients; the memory bandwidth of
+``a.add_(b)`` is measured in the same run, so each result also reports the fraction of
+that roofline it reaches (``bytes moved per parameter / bandwidth``).
+
+``benchmarks/step_speed.py`` and ``descent bench`` are thin front-ends over
+:func:`run`. Peers that are not installed (pytorch-optimizer) are skipped and said so.
+
+Example:
+    >>> from descent import bench
+    >>> results = bench.run(only=["AdamW"], scale=0.01, iters=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger("descent.bench")
+
+__all__ = ["Case", "Result", "CASES", "gpt_shapes", "measure_bandwidth", "run", "format_table"]
+
+Factory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class Case:
+    """One optimizer under test, with the peers it is compared against.
+
+    Attributes:
+        name: the optimizer's name (``descent.<name>``).
+        bytes_per_param: bytes one step must move per fp32 parameter (roofline).
+        descent: builds descent's optimizer, or ``None`` if it is not available.
+        peers: label -> factory, for torch's and other packages' implementations.
+        matrices_only_16m: skip the single 16M tensor (matrix methods such as Muon).
+    """
+
+    name: str
+    bytes_per_param: float | None
+    descent: Factory | None
+    peers: dict[str, Factory] = field(default_factory=dict)
+    matrices_only_16m: bool = False
+
+
+@dataclass
+class Result:
+    """Timing of one implementation on one parameter set."""
+
+    case: str
+    impl: str
+    params: str
+    ms: float
+    roofline_pct: float | None
+    state_bytes_per_param: float
+    vs_descent: float | None = None
+    note: str = ""
+
+
+def gpt_shapes(width: int = 320, layers: int = 16, vocab: int = 1024, ctx: int = 256) -> list[tuple[int, ...]]:
+    """Shapes of a GPT-2-style model: embeddings, 12 tensors per block, final norm (196 tensors)."""
+    d = width
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def _params(shapes: Iterable[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=g) * 0.02)
+        p.grad = torch.randn(s, generator=g) * 1e-3
+        params.append(p)
+    return params
+
+
+def measure_bandwidth(numel: int = 64 * 2**20, iters: int = 10) -> float:
+    """GB/s of ``a.add_(b)`` on ``numel`` fp32 elements (reads a and b, writes a: 12 bytes/element)."""
+    a, b = torch.zeros(numel), torch.ones(numel)
+    a.add_(b)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        a.add_(b)
+        times.append(time.perf_counter() - t0)
+    return 12 * numel / statistics.median(times) / 1e9
+
+
+def _time(opt: torch.optim.Optimizer, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        opt.step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _state_bytes(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> float:
+    total = 0
+    for st in opt.state.values():
+        for v in st.values() if isinstance(st, dict) else ():
+            if isinstance(v, torch.Tensor) and v.numel() > 1:
+                total += v.numel() * v.element_size()
+    return total / max(1, sum(p.numel() for p in params))
+
+
+def _descent(name: str, **kw: Any) -> Factory | None:
+    import descent
+
+    cls = getattr(descent, name, None)
+    return None if cls is None else (lambda ps: cls(ps, **kw))
+
+
+def _torch(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> dict[str, Factory]:
+    out: dict[str, Factory] = {"torch default": lambda ps: cls(ps, **kw),
+                               "torch foreach": lambda ps: cls(ps, foreach=True, **kw)}
+    if "fused" in cls.__init__.__code__.co_varnames:
+        out["torch fused"] = lambda ps: cls(ps, fused=True, **kw)
+    return out
+
+
+def _po(name: str, **kw: Any) -> dict[str, Factory]:
+    try:
+        import pytorch_optimizer as po
+    except ImportError:
+        return {}
+    cls = getattr(po, name, None)
+    return {} if cls is None else {f"pytorch_optimizer.{name}": lambda ps: cls(ps, **kw)}
+
+
+def _po_muon(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    import pytorch_optimizer as po
+
+    mats = [p for p in ps[2:] if p.ndim == 2]
+    rest = [p for p in ps if not (p.ndim == 2 and any(p is m for m in mats))]
+    return po.Muon([dict(params=mats, use_muon=True, lr=0.02), dict(params=rest, use_muon=False, lr=3e-4)])
+
+
+def _muon_cases() -> Case:
+    def make(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        import descent
+
+        mats = [p for p in ps[2:] if p.ndim == 2]
+        rest = [p for p in ps if not (p.ndim == 2 and any(p is m for m in mats))]
+        return descent.Muon([dict(params=mats, use_muon=True), dict(params=rest, use_muon=False)], lr=0.02)
+
+    import descent
+
+    return Case("Muon", None, make if hasattr(descent, "Muon") else None,
+                {"pytorch_optimizer.Muon": _po_muon} if _po("Muon") else {}, matrices_only_16m=True)
+
+
+def _cases() -> list[Case]:
+    adam_kw = dict(lr=1e-3)
+    cases = [
+        Case("AdamW", 28, _descent("AdamW", **adam_kw), _torch(torch.optim.AdamW, **adam_kw)),
+        Case("Adam", 28, _descent("Adam", **adam_kw), _torch(torch.optim.Adam, **adam_kw)),
+        Case("SGD", 20, _descent("SGD", lr=0.1, momentum=0.9), _torch(torch.optim.SGD, lr=0.1, momentum=0.9)),
+        Case("Adagrad", 20, _descent("Adagrad", lr=0.01), _torch(torch.optim.Adagrad, lr=0.01)),
+        Case("RMSprop", 20, _descent("RMSprop", lr=0.01), _torch(torch.optim.RMSprop, lr=0.01)),
+        Case("Lion", 20, _descent("Lion", lr=1e-4), _po("Lion", lr=1e-4)),
+        Case("LAMB", 28, _descent("LAMB", lr=1e-3), _po("Lamb", lr=1e-3)),
+        Case("Adafactor", 12, _descent("Adafactor", lr=1e-3, relative_step=False),
+             {**_po("AdaFactor", lr=1e-3, relative_step=False, betas=(None, 0.999)),
+              "torch Adafactor": lambda ps: torch.optim.Adafactor(ps, lr=1e-3)}),
+        Case("SophiaG", 24, _descent("SophiaG", lr=1e-4), _po("SophiaH", lr=1e-4)),
+        _muon_cases(),
+    ]
+    return cases
+
+
+#: Built lazily so that optimizers added later are picked up.
+CASES = _cases
+
+
+def run(
+    only: Iterable[str] | None = None,
+    scale: float = 1.0,
+    iters: int = 10,
+    warmup: int = 3,
+    sets: Iterable[str] = ("16M", "gpt20M"),
+) -> tuple[float, list[Result]]:
+    """Time every case (or those in ``only``); returns (bandwidth GB/s, results).
+
+    Args:
+        only: case names to run (case-insensitive); all by default.
+        scale: multiply parameter counts by this (e.g. 0.01 for a smoke run).
+        iters, warmup: timed and untimed steps per implementation.
+        sets: which parameter sets: ``"16M"`` (one tensor) and/or ``"gpt20M"``.
+    """
+    wanted = {n.lower() for n in only} if only else None
+    bandwidth = measure_bandwidth(max(2**16, int(64 * 2**20 * scale)))
+    width = max(16, int(round(320 * scale**0.5 / 16)) * 16)
+    param_sets = {"16M": [(max(1, int(16 * 2**20 * scale)),)], "gpt20M": gpt_shapes(width=width)}
+    results: list[Result] = []
+    for case in CASES():
+        if wanted and case.name.lower() not in wanted:
+            continue
+        for set_name in sets:
+            if set_name == "16M" and case.matrices_only_16m:
+                continue
+            impls = ({"descent": case.descent} if case.descent else {}) | case.peers
+            rows = []
+            for impl, factory in impls.items():
+                params = _params(param_sets[set_name])
+                n = sum(p.numel() for p in params)
+                try:
+                    opt = factory(params)
+                    ms = _time(opt, warmup, iters)
+                except Exception as exc:  # a peer that cannot run this set is reported, not fatal
+                    log.warning("%s / %s on %s failed: %s", case.name, impl, set_name, exc)
+                    rows.append(Result(case.name, impl, set_name, float("nan"), None, 0.0, note=f"failed: {exc}"))
+                    continue
+                roof = None
+                if case.bytes_per_param:
+                    roof = 100 * (case.bytes_per_param * n / (bandwidth * 1e9)) / (ms / 1e3)
+                rows.append(Result(case.name, impl, set_name, ms, roof, _state_bytes(opt, params)))
+                del opt, params
+                gc.collect()
+            base = next((r.ms for r in rows if r.impl == "descent"), None)
+            for r in rows:
+                r.vs_descent = (r.ms / base) if base and r.ms == r.ms else None
+            if case.descent is None:
+                rows.append(Result(case.name, "descent", set_name, float("nan"), None, 0.0, note="not available"))
+            results += rows
+    return bandwidth, results
+
+
+def format_table(bandwidth: float, results: list[Result]) -> str:
+    """A plain-text table of :func:`run`'s results."""
+    lines = [f"memory bandwidth (a.add_(b), fp32): {bandwidth:.1f} GB/s; threads: {torch.get_num_threads()}",
+             f"{'optimizer':<10} {'params':<7} {'implementation':<28} {'ms/step':>9} {'x descent':>9} "
+             f"{'roofline':>8} {'state B/p':>9}"]
+    for r in results:
+        roof = f"{r.roofline_pct:.0f}%" if r.roofline_pct is not None else "-"
+        ratio = f"{r.vs_descent:.2f}" if r.vs_descent is not None else "-"
+        ms = f"{r.ms:.1f}" if r.ms == r.ms else "-"
+        lines.append(f"{r.case:<10} {r.params:<7} {r.impl:<28} {ms:>9} {ratio:>9} {roof:>8} "
+                     f"{r.state_bytes_per_param:>9.2f} {r.note}".rstrip())
+    return "\n".join(lines)
+
+
+def as_dicts(results: list[Result]) -> list[dict[str, Any]]:
+    """Results as plain dicts (for ``--json``)."""
+    return [asdict(r) for r in results]
