@@ -1,0 +1,230 @@
+"""Muon (Jordan et al., 2024): momentum orthogonalized by a Newton–Schulz iteration."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["NS_COEFFICIENTS", "newton_schulz", "muon", "muon_batched", "muon_lr_scale", "muon_ns_dtype"]
+
+#: Keller Jordan's quintic coefficients (a, b, c), tuned for the slope at zero.
+NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(
+    G: Tensor,
+    steps: int = 5,
+    coeffs: Sequence[float] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    r"""Approximate the orthogonal polar factor :math:`UV^\top` of ``G`` (or of each matrix of a batch).
+
+    .. math::
+        X_0 = G / \max(\lVert G\rVert_F, \epsilon), \qquad
+        A = X_k X_k^\top, \quad X_{k+1} = a X_k + (bA + cA^2) X_k
+
+    A wide orientation is used (a tall matrix is transposed and back), so the Gram
+    matrix :math:`A` is the small one. With the default coefficients the singular
+    values land in roughly [0.7, 1.2] rather than exactly 1, which is what Muon wants.
+
+    Args:
+        G: a matrix ``(m, n)`` or a batch ``(k, m, n)``; the Frobenius norm is per matrix.
+        steps: number of iterations (default 5).
+        coeffs: ``(a, b, c)`` (default :data:`NS_COEFFICIENTS`).
+        eps: floor of the norm, so a zero matrix maps to zero.
+        dtype: the dtype to iterate in (default: ``G``'s); the result has this dtype.
+
+    Returns:
+        A new tensor of ``G``'s shape.
+
+    Example:
+        >>> O = newton_schulz(torch.randn(4, 3, dtype=torch.float64))
+        >>> bool(((torch.linalg.svdvals(O) > 0.6) & (torch.linalg.svdvals(O) < 1.3)).all())
+        True
+    """
+    if G.ndim not in (2, 3):
+        raise ValueError(f"Invalid G: newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    a, b, c = coeffs
+    X = G.to(dtype) if dtype is not None and dtype != G.dtype else G.clone()
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    if X.ndim == 2:
+        X = X.div_(X.norm().clamp(min=eps))
+        for _ in range(steps):
+            A = X @ X.T
+            B = torch.addmm(A, A, A, beta=b, alpha=c)
+            X = torch.addmm(X, B, X, beta=a)
+    else:
+        X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+        for _ in range(steps):
+            A = torch.bmm(X, X.mT)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+            X = torch.baddbmm(X, B, X, beta=a)
+    return X.mT if tall else X
+
+
+def muon_lr_scale(shape: Sequence[int], adjust_lr_fn: str | None) -> float:
+    r"""The shape factor of Muon's step for a parameter of ``shape`` (rows ``A``, the rest ``B``).
+
+    ``None``/``"original"``: :math:`\sqrt{\max(1, A/B)}` (Keller Jordan);
+    ``"match_rms_adamw"``: :math:`0.2\sqrt{\max(A, B)}` (Liu et al. 2025, so AdamW's lr carries over).
+    A conv kernel ``(out, in, kh, kw)`` counts as ``A = out``, ``B = in·kh·kw``.
+    """
+    rows = shape[0]
+    cols = math.prod(shape[1:])
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r} (must be None, 'original' or 'match_rms_adamw')")
+
+
+def muon_ns_dtype(ns_dtype: torch.dtype | None, param: Tensor) -> torch.dtype:
+    """The dtype the iteration runs in when ``ns_dtype`` is ``None`` ("auto").
+
+    bfloat16 (as torch and Keller Jordan) on CUDA and on CPUs with native bf16 matmul
+    (AVX512-BF16/AMX; measured 2.2-3.3x faster than float32 for 384-2048 wide batches
+    on the 2-core AVX512 machine); float32 on CPUs without it (bf16 would be
+    emulated); float64 parameters keep float64 (for exact references).
+    """
+    if ns_dtype is not None:
+        return ns_dtype
+    if param.dtype == torch.float64:
+        return torch.float64
+    if param.device.type == "cpu" and not _cpu_bf16():
+        return torch.float32
+    return torch.bfloat16
+
+
+def _cpu_bf16() -> bool:
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            _CPU_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            _CPU_BF16 = False
+    return _CPU_BF16
+
+
+_CPU_BF16: bool | None = None
+
+
+def _direction(grad: Tensor, momentum_buffer: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    momentum_buffer.lerp_(grad, 1 - momentum)
+    return grad.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
+
+
+def muon(
+    param: Tensor,
+    grad: Tensor,
+    momentum_buffer: Tensor,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: Sequence[float] = NS_COEFFICIENTS,
+    ns_steps: int = 5,
+    eps: float = 1e-7,
+    adjust_lr_fn: str | None = None,
+    ns_dtype: torch.dtype | None = None,
+    maximize: bool = False,
+) -> None:
+    r"""One Muon step on a matrix (or a conv kernel, flattened to ``(out, -1)``), in place.
+
+    .. math::
+        B_t &= \mu B_{t-1} + (1-\mu) g_t, \qquad
+        U_t = (1-\mu) g_t + \mu B_t \ (\text{Nesterov}) \text{ or } B_t \\
+        \theta_t &\leftarrow \theta_{t-1}(1 - \eta\lambda) - \eta\, s(\text{shape})\,
+            \mathrm{NS}_k(U_t)
+
+    This is torch's form (an EMA buffer, as ``torch.optim.Muon``); Keller Jordan's
+    ``B = μB + g`` differs from it only by the constant factor the normalization removes.
+
+    Args:
+        param: the parameter (``ndim >= 2``), updated in place.
+        grad: its gradient (not modified).
+        momentum_buffer: :math:`B`, updated in place.
+        lr, weight_decay, momentum: :math:`\eta, \lambda, \mu`.
+        nesterov: use the look-ahead :math:`U_t`.
+        ns_coefficients, ns_steps, eps: of :func:`newton_schulz`.
+        adjust_lr_fn: the shape factor :math:`s`, see :func:`muon_lr_scale`.
+        ns_dtype: iteration dtype (default: :func:`muon_ns_dtype`).
+        maximize: ascend instead.
+
+    Example:
+        >>> p, g, buf = torch.zeros(3, 3), torch.eye(3), torch.zeros(3, 3)
+        >>> muon(p, g, buf, lr=0.1, ns_dtype=torch.float32)
+        >>> bool((p.diagonal() < 0).all())
+        True
+    """
+    if maximize:
+        grad = -grad
+    update = _direction(grad, momentum_buffer, momentum, nesterov)
+    matrix = update.reshape(update.size(0), -1)
+    ortho = newton_schulz(matrix, ns_steps, ns_coefficients, eps, muon_ns_dtype(ns_dtype, param))
+    if weight_decay != 0:
+        param.mul_(1 - lr * weight_decay)
+    param.add_(ortho.reshape(param.shape), alpha=-lr * muon_lr_scale(param.shape, adjust_lr_fn))
+
+
+def muon_batched(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: Sequence[float] = NS_COEFFICIENTS,
+    ns_steps: int = 5,
+    eps: float = 1e-7,
+    adjust_lr_fn: str | None = None,
+    ns_dtype: torch.dtype | None = None,
+    maximize: bool = False,
+) -> None:
+    """:func:`muon` over many parameters: matrices of one shape are orthogonalized as one batch.
+
+    The same update as calling :func:`muon` on each parameter, except that matrices with
+    equal ``(rows, cols)`` (or its transpose: tall ones are transposed first) share one
+    batched Newton–Schulz call, and the momentum and weight decay run as multi-tensor
+    ops. All tensors must share device and dtype. Zero-size parameters are skipped.
+
+    Example:
+        >>> ps = [torch.zeros(4, 2) for _ in range(3)]
+        >>> gs, bufs = [torch.randn(4, 2) for _ in ps], [torch.zeros(4, 2) for _ in ps]
+        >>> muon_batched(ps, gs, bufs, lr=0.1)
+    """
+    keep = [i for i, p in enumerate(params) if p.numel() > 0]
+    if not keep:
+        return
+    params = [params[i] for i in keep]
+    grads = [-grads[i] for i in keep] if maximize else [grads[i] for i in keep]
+    bufs = [momentum_buffers[i] for i in keep]
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+    updates = [g.lerp(b, momentum) for g, b in zip(grads, bufs)] if nesterov else bufs
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, p in enumerate(params):
+        rows, cols = p.shape[0], p.numel() // p.shape[0]
+        by_shape.setdefault((min(rows, cols), max(rows, cols)), []).append(i)
+    dtype = muon_ns_dtype(ns_dtype, params[0])
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    for idx in by_shape.values():
+        mats = []
+        for i in idx:
+            m = updates[i].reshape(params[i].shape[0], -1)
+            mats.append(m.mT if m.size(0) > m.size(1) else m)
+        stacked = newton_schulz(mats[0] if len(mats) == 1 else torch.stack(mats), ns_steps, ns_coefficients,
+                                eps, dtype)
+        outs = [stacked] if len(mats) == 1 else stacked.unbind(0)
+        for i, o in zip(idx, outs):
+            p = params[i]
+            o = o.mT if p.shape[0] > p.numel() // p.shape[0] else o
+            p.add_(o.reshape(p.shape), alpha=-lr * muon_lr_scale(p.shape, adjust_lr_fn))

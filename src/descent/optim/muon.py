@@ -1,0 +1,241 @@
+"""``descent.Muon``: orthogonalized momentum for matrices, with an auxiliary AdamW for the rest."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._validate import check_betas, check_nonneg, check_unit_interval
+from ..functional.muon import NS_COEFFICIENTS, muon, muon_batched
+from ._backend import floating, torch_fused
+from ._base import Optimizer, param_label
+from .adam import Adam
+
+__all__ = ["Muon"]
+
+_EMBED_HINTS = ("embed", "wte", "wpe", "tok_emb", "pos_emb")
+_HEAD_HINTS = ("head", "classifier")
+_ADJUST = (None, "original", "match_rms_adamw")
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns)
+
+
+def _route_module(model: nn.Module, head_names: Sequence[str] | None) -> tuple[list, list]:
+    """(muon, aux) lists of (name, param) for a module."""
+    entries: list[tuple[str, Tensor, nn.Module]] = []
+    seen: set[int] = set()
+    for mname, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                entries.append((f"{mname}.{pname}" if mname else pname, p, module))
+    if head_names is None:
+        head_names = list(_HEAD_HINTS)
+        if not any(_matches(n, head_names) for n, _, _ in entries):
+            linears = [m for _, _, m in entries if isinstance(m, nn.Linear)]
+            last = linears[-1] if linears else None
+            head_names = [n for n, _, m in entries if m is last]
+    muon, aux = [], []
+    for name, p, module in entries:
+        to_aux = (p.ndim < 2 or isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+                  or _matches(name, head_names))
+        (aux if to_aux else muon).append((name, p))
+    return muon, aux
+
+
+def _route_named(named: list[tuple[str, Tensor]], head_names: Sequence[str] | None) -> tuple[list, list]:
+    patterns = list(_HEAD_HINTS if head_names is None else head_names) + list(_EMBED_HINTS)
+    muon, aux = [], []
+    for name, p in named:
+        (aux if p.ndim < 2 or _matches(name, patterns) else muon).append((name, p))
+    return muon, aux
+
+
+def _groups(params: Any, head_names: Sequence[str] | None, aux_hp: dict[str, Any]) -> list[dict[str, Any]]:
+    """Route ``params`` (module, named params, tensors or group dicts) into Muon/AdamW groups."""
+    if isinstance(params, nn.Module):
+        muon, aux = _route_module(params, head_names)
+    else:
+        items = [params] if isinstance(params, Tensor) else list(params)
+        if items and all(isinstance(x, dict) for x in items):
+            return [dict(g) for g in items]  # explicit groups: "use_muon" (default True) decides
+        if items and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
+            muon, aux = _route_named(items, head_names)
+        elif all(isinstance(x, Tensor) for x in items):
+            muon = [(None, p) for p in items if p.ndim >= 2]
+            aux = [(None, p) for p in items if p.ndim < 2]
+        else:
+            raise ValueError("Invalid params: expected a module, named parameters, tensors or param group dicts")
+    groups = []
+    for members, extra in ((muon, {"use_muon": True}), (aux, {"use_muon": False, **aux_hp})):
+        if members:
+            group = {"params": [p for _, p in members], **extra}
+            if members[0][0] is not None:
+                group["param_names"] = [n for n, _ in members]
+            groups.append(group)
+    return groups
+
+
+class Muon(Optimizer):
+    r"""Muon for hidden matrices and conv kernels; AdamW for embeddings, the head and vectors.
+
+    Matrix groups (``group["use_muon"] = True``):
+
+    .. math::
+        B_t = \mu B_{t-1} + (1-\mu) g_t,\quad U_t = (1-\mu) g_t + \mu B_t,\quad
+        \theta_t = \theta_{t-1}(1-\eta\lambda) - \eta\, s(A, B)\, \mathrm{NS}_5(U_t)
+
+    with :func:`descent.functional.newton_schulz` (quintic, coefficients (3.4445, −4.7750,
+    2.0315)) and the shape factor :math:`s` of ``adjust_lr_fn``. Conv kernels are
+    flattened to ``(out, in·kh·kw)``. Matrices of one shape are orthogonalized as one
+    batch (backends ``"fused"``/``"foreach"``, the CPU default); ``"loop"`` does one at a time.
+    Auxiliary groups (``use_muon=False``) run :class:`descent.AdamW`'s step (torch's fused
+    kernel on CPU) with ``adamw_*`` hyperparameters.
+
+    Routing when ``params`` is not a list of group dicts: a module sends embeddings
+    (``nn.Embedding``), the output head (names containing ``head``/``classifier``, else
+    the last ``nn.Linear``; or ``head_names``) and every parameter with ``ndim < 2`` to
+    AdamW and the other matrices/kernels to Muon; ``named_parameters()`` routes by name
+    (``embed``, ``wte``, ``wpe``, ``head``, ...) and ndim; plain tensors by ndim only.
+    Group dicts are taken as given (``use_muon`` defaults to True, as for
+    ``torch.optim.Muon``); a parameter Muon cannot take raises ``ValueError`` naming it.
+
+    Same defaults as ``torch.optim.Muon`` (``lr=1e-3, weight_decay=0.1, momentum=0.95,
+    nesterov=True, eps=1e-7, ns_steps=5``) and the same numbers on 2-D parameters (the
+    iteration in bfloat16 as torch, also batched: tested). Differences: ``ns_dtype=None``
+    iterates float64 parameters in float64 and uses float32 on CPUs without native bf16
+    (torch always uses bf16); no ``torch.distributed`` is needed; state key
+    ``momentum_buffer`` as torch. State: 4 bytes per Muon parameter (fp32), 8 per AdamW one.
+
+    Args:
+        params: a module, ``named_parameters()``, tensors, or group dicts.
+        lr: Muon learning rate :math:`\eta`. weight_decay: decoupled :math:`\lambda`.
+        momentum: :math:`\mu`. nesterov: use :math:`U_t` (else :math:`B_t`).
+        ns_coefficients, eps, ns_steps: of the Newton–Schulz iteration.
+        adjust_lr_fn: ``None``/``"original"`` (:math:`\sqrt{\max(1, A/B)}`) or ``"match_rms_adamw"``
+            (:math:`0.2\sqrt{\max(A,B)}`).
+        ns_dtype: dtype of the iteration; ``None`` chooses per device (see above).
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the auxiliary AdamW's (defaults as
+            Keller Jordan's ``MuonWithAuxAdam``: 3e-4, (0.9, 0.95), 1e-8 (his 1e-10), 0).
+        head_names: name patterns of the output head (sent to AdamW); replaces the automatic rule.
+        maximize, foreach, fused, backend, skip_nonfinite: see :class:`descent.SGD`.
+
+    References:
+        Jordan et al. (2024), "Muon: An optimizer for hidden layers in neural networks",
+        https://kellerjordan.github.io/posts/muon/ (reference code: github.com/KellerJordan/Muon);
+        Liu et al. (2025), "Muon is Scalable for LLM Training".
+
+    Example:
+        >>> import torch, descent
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> opt = descent.Muon(model, lr=0.02, adamw_lr=3e-3)
+        >>> [(g["use_muon"], g["param_names"]) for g in opt.param_groups]
+        [(True, ['0.weight']), (False, ['0.bias', '2.weight', '2.bias'])]
+        >>> model(torch.randn(4, 8)).square().mean().backward(); _ = opt.step()
+    """
+
+    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        *,
+        ns_dtype: torch.dtype | None = None,
+        adamw_lr: float = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.0,
+        head_names: Sequence[str] | None = None,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        backend: str | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        aux_hp = dict(lr=adamw_lr, eps=adamw_eps, weight_decay=adamw_weight_decay)
+        for name, value in aux_hp.items():
+            check_nonneg(f"adamw_{name}", value)
+        check_betas(adamw_betas, ("adamw_beta1", "adamw_beta2"))
+        groups = _groups(params, head_names, aux_hp)
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
+                        adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, use_muon=True,
+                        adamw_lr=adamw_lr, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+                        betas=tuple(adamw_betas), amsgrad=False, decoupled_weight_decay=True,
+                        maximize=maximize, foreach=foreach, fused=fused, backend=backend,
+                        skip_nonfinite=skip_nonfinite)
+        super().__init__(groups, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; a ``use_muon=False`` group takes the ``adamw_*`` values it does not set."""
+        if not param_group.get("use_muon", True):
+            for key in ("lr", "eps", "weight_decay"):
+                param_group.setdefault(key, self.defaults[f"adamw_{key}"])
+        super().add_param_group(param_group)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_nonneg("lr", group["lr"])
+        check_nonneg("weight_decay", group["weight_decay"])
+        check_nonneg("eps", group["eps"])
+        if not group["use_muon"]:
+            check_betas(group["betas"])
+            return
+        check_unit_interval("momentum", group["momentum"])
+        steps = group["ns_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps < 100:
+            raise ValueError(f"Invalid ns_steps: {steps!r} (must be an int in [1, 100))")
+        if len(group["ns_coefficients"]) != 3:
+            raise ValueError(f"Invalid ns_coefficients: {group['ns_coefficients']!r} (must be (a, b, c))")
+        if group["adjust_lr_fn"] not in _ADJUST:
+            raise ValueError(f"Invalid adjust_lr_fn: {group['adjust_lr_fn']!r} "
+                             "(must be None, 'original' or 'match_rms_adamw')")
+        dtype = group["ns_dtype"]
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"Invalid ns_dtype: {dtype!r} (must be a floating torch.dtype or None)")
+        gi = len(self.param_groups) - 1
+        for i, p in enumerate(group["params"]):
+            why = None
+            if p.ndim < 2:
+                why = f"it has shape {tuple(p.shape)}; Muon orthogonalizes matrices (ndim >= 2)"
+            elif p.is_complex():
+                why = "it is complex; Muon's iteration is real"
+            if why:
+                raise ValueError(f"Invalid parameter for Muon: {param_label(group, gi, i)}: {why}. "
+                                 "Put it in a use_muon=False group (AdamW) or pass the model to route it.")
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        if not group["use_muon"]:
+            return Adam._init_state(self, p, group)  # type: ignore[arg-type]
+        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]]) -> None:
+        if not group["use_muon"]:
+            Adam._update(self, backend, group, params, grads, states)  # type: ignore[arg-type]
+            return
+        hp = dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], momentum=group["momentum"],
+                  nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"],
+                  ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
+                  ns_dtype=group["ns_dtype"], maximize=group["maximize"])
+        bufs = [s["momentum_buffer"] for s in states]
+        if backend == "loop":
+            for p, g, b in zip(params, grads, bufs):
+                if p.numel():
+                    muon(p, g, b, **hp)
+            return
+        muon_batched(params, grads, bufs, **hp)
+
