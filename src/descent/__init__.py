@@ -7,6 +7,7 @@ below is re-exported from its module; nothing is defined here. ``descent.sklearn
 
 # --- optimizers (descent.optim; one class per file) ---------------------------------
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .optim import KFAC, LBFGS, Muon, Shampoo
 from .param_groups import param_groups
 
 # --- schedules and stability ---------------------------------------------------------
@@ -23,6 +24,10 @@ __all__ = [
     "RMSprop",
     "Adam",
     "AdamW",
+    "Muon",
+    "Shampoo",
+    "KFAC",
+    "LBFGS",
     "param_groups",
     # schedules and stability
     # training tools

@@ -11,5 +11,9 @@ from .adagrad import adagrad
 from .adam import adam
 from .rmsprop import rmsprop
 from .sgd import sgd
+from .muon import muon, muon_batched, newton_schulz  # matrix optimizers (issue 3)
+from .shampoo import matrix_inverse_root, shampoo
+from . import kfac
 
 __all__ = ["adagrad", "adam", "rmsprop", "sgd"]
+__all__ += ["muon", "muon_batched", "newton_schulz", "shampoo", "matrix_inverse_root", "kfac"]

@@ -5,5 +5,10 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .rmsprop import RMSprop
 from .sgd import SGD
+from .kfac import KFAC  # matrix optimizers (issue 3)
+from .lbfgs import LBFGS
+from .muon import Muon
+from .shampoo import Shampoo
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
