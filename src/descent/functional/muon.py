@@ -192,8 +192,9 @@ def muon_batched(
     """:func:`muon` over many parameters: matrices of one shape are orthogonalized as one batch.
 
     The same update as calling :func:`muon` on each parameter, except that matrices with
-    equal ``(rows, cols)`` (or its transpose: tall ones are transposed first) share one
-    batched Newton–Schulz call, and the momentum and weight decay run as multi-tensor
+    equal ``(rows, cols)`` (a kernel counts as ``(out, in·kh·kw)``) share one batched
+    Newton–Schulz call (the same numbers in float32/float64 to rounding; in bfloat16 the
+    batched matmul rounds differently from one-at-a-time now and then, by one bf16 ulp), and the momentum and weight decay run as multi-tensor
     ops. All tensors must share device and dtype. Zero-size parameters are skipped.
 
     Example:
@@ -211,20 +212,15 @@ def muon_batched(
     updates = [g.lerp(b, momentum) for g, b in zip(grads, bufs)] if nesterov else bufs
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(params):
-        rows, cols = p.shape[0], p.numel() // p.shape[0]
-        by_shape.setdefault((min(rows, cols), max(rows, cols)), []).append(i)
+        by_shape.setdefault((p.shape[0], p.numel() // p.shape[0]), []).append(i)
     dtype = muon_ns_dtype(ns_dtype, params[0])
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-    for idx in by_shape.values():
-        mats = []
-        for i in idx:
-            m = updates[i].reshape(params[i].shape[0], -1)
-            mats.append(m.mT if m.size(0) > m.size(1) else m)
+    for (rows, cols), idx in by_shape.items():
+        mats = [updates[i].reshape(rows, cols) for i in idx]
         stacked = newton_schulz(mats[0] if len(mats) == 1 else torch.stack(mats), ns_steps, ns_coefficients,
                                 eps, dtype)
         outs = [stacked] if len(mats) == 1 else stacked.unbind(0)
         for i, o in zip(idx, outs):
             p = params[i]
-            o = o.mT if p.shape[0] > p.numel() // p.shape[0] else o
             p.add_(o.reshape(p.shape), alpha=-lr * muon_lr_scale(p.shape, adjust_lr_fn))

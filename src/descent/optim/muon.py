@@ -107,8 +107,9 @@ class Muon(Optimizer):
     ``torch.optim.Muon``); a parameter Muon cannot take raises ``ValueError`` naming it.
 
     Same defaults as ``torch.optim.Muon`` (``lr=1e-3, weight_decay=0.1, momentum=0.95,
-    nesterov=True, eps=1e-7, ns_steps=5``) and the same numbers on 2-D parameters (the
-    iteration in bfloat16 as torch, also batched: tested). Differences: ``ns_dtype=None``
+    nesterov=True, eps=1e-7, ns_steps=5``) and the same numbers on 2-D parameters: bit
+    for bit with ``backend="loop"``; the batched default agrees to bf16 rounding (a batched
+    bf16 matmul rounds differently from torch's one-at-a-time one now and then). Differences: ``ns_dtype=None``
     iterates float64 parameters in float64 and uses float32 on CPUs without native bf16
     (torch always uses bf16); no ``torch.distributed`` is needed; state key
     ``momentum_buffer`` as torch. State: 4 bytes per Muon parameter (fp32), 8 per AdamW one.
