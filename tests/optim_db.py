@@ -183,3 +183,67 @@ def spec(name: str) -> OptimizerSpec:
         if s.name == name:
             return s
     raise KeyError(name)
+
+
+# --- matrix optimizers (issue 3): Muon, Shampoo ------------------------------------
+from reference.matrix import muon_rule, shampoo_rule  # noqa: E402
+
+#: Muon takes matrices and kernels only: the standard run with 2-D shapes, a zero-size
+#: one and a conv kernel. (torch.optim.Muon is no float64 reference: it iterates in bf16;
+#: tests/test_matrix_optim.py checks parity with it in float32.)
+MUON_SHAPES: tuple[tuple[int, ...], ...] = ((6, 5), (5, 4), (0, 3), (4, 3), (3, 4), (2, 3, 2, 2))
+
+SPECS += [
+    OptimizerSpec(
+        name="Muon",
+        cls=descent.Muon,
+        configs=[
+            dict(lr=0.02),
+            dict(lr=0.02, nesterov=False, weight_decay=0.0, adjust_lr_fn="match_rms_adamw"),
+            dict(lr=0.05, momentum=0.9, ns_steps=3, maximize=True),
+        ],
+        group2=dict(lr=0.01, momentum=0.8, weight_decay=0.05),
+        references={"numpy": oracle(muon_rule, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                                    ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5,
+                                    adjust_lr_fn=None)},
+        backends=("loop", "foreach", "fused"),
+        shapes=MUON_SHAPES,
+        # plain vectors (the quadratic, Rosenbrock) are routed to Muon's auxiliary AdamW
+        converge=Convergence(lr=0.02, steps=1000, quadratic_tol=1e-3, rosenbrock_tol=2e-2,
+                             rosenbrock_steps=5000, kwargs=dict(adamw_lr=0.005)),
+        # the default iteration runs in bf16 for float32 parameters (as torch's)
+        low_precision={torch.float32: 1e-2, torch.bfloat16: 6e-2},
+        error_inputs=_COMMON_ERRORS + [
+            ({"momentum": 1.5}, r"Invalid momentum: 1.5"),
+            ({"ns_steps": 0}, "Invalid ns_steps: 0"),
+            ({"adjust_lr_fn": "rms"}, "Invalid adjust_lr_fn: 'rms'"),
+            ({"weight_decay": -1.0}, "Invalid weight_decay: -1.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="Shampoo",
+        cls=descent.Shampoo,
+        configs=[
+            dict(lr=0.01, grafting=None, eps=1e-6, maximize=True, block_size=3),
+            dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, grafting="sgd", update_freq=3, block_size=4),
+            dict(lr=0.01),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), update_freq=2),
+        references={"numpy": oracle(shampoo_rule, betas=(0.9, 0.999), eps=1e-12, weight_decay=0.0,
+                                    update_freq=10, block_size=256, grafting="adam", graft_eps=1e-8)},
+        backends=("loop",),
+        # (L + eps I)^(-1/4) of rank-deficient statistics amplifies round-off (eps=1e-12)
+        atol=1e-8,
+        low_precision={torch.float32: 5e-3, torch.bfloat16: 6e-2},
+        # vectors take the diagonal (Adam-like) fallback here
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=1e-3, rosenbrock_tol=2e-2,
+                             rosenbrock_lr=0.02, rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 1.0)}, "Invalid beta2: 1.0"),
+            ({"update_freq": 0}, "Invalid update_freq: 0"),
+            ({"block_size": 0}, "Invalid block_size: 0"),
+            ({"grafting": "adagrad"}, "Invalid grafting: 'adagrad'"),
+            ({"eps": 0.0}, "Invalid eps: 0.0"),
+        ],
+    ),
+]

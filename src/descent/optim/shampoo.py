@@ -43,8 +43,9 @@ class Shampoo(Optimizer):
     ``beta2`` close to 1 approaches up to scale, and grafting removes the scale), the
     update is grafted and momentum is applied after preconditioning, as in Anil et al.
     (2020) and Shi et al. (2023). State (torch-style keys): ``step``, ``exp_avg``,
-    ``exp_avg_sq`` (when needed), ``preconditioners`` and ``inv_roots`` (lists, in the
-    parameter's dtype; the roots are computed in float64). Changing ``block_size`` mid-run
+    ``exp_avg_sq`` (when needed), and ``preconditioner_k``/``inv_root_k`` for the k-th
+    (block, dimension) pair in :func:`descent.functional.shampoo` order, flat so that
+    state_dicts stay plain (in the parameter's dtype; the roots are computed in float64). Changing ``block_size`` mid-run
     is refused.
 
     Args:
@@ -70,8 +71,8 @@ class Shampoo(Optimizer):
         >>> model = torch.nn.Linear(8, 4)
         >>> opt = descent.Shampoo(model.parameters(), lr=1e-2, update_freq=5)
         >>> model(torch.randn(16, 8)).square().mean().backward(); _ = opt.step()
-        >>> [t.shape for t in opt.state[model.weight]["preconditioners"]]
-        [torch.Size([4, 4]), torch.Size([8, 8])]
+        >>> opt.state[model.weight]["preconditioner_0"].shape, opt.state[model.weight]["inv_root_1"].shape
+        (torch.Size([4, 4]), torch.Size([8, 8]))
     """
 
     _supported = {"loop": floating}
@@ -120,8 +121,9 @@ class Shampoo(Optimizer):
             for block in shampoo_blocks(p, group["block_size"]):
                 pre.extend(torch.zeros(block.shape[d], block.shape[d], dtype=p.dtype, device=p.device)
                            for d in shampoo_dims(block))
-        state["preconditioners"] = pre
-        state["inv_roots"] = [torch.eye(t.shape[0], dtype=p.dtype, device=p.device) for t in pre]
+        for k, t in enumerate(pre):
+            state[f"preconditioner_{k}"] = t
+            state[f"inv_root_{k}"] = torch.eye(t.shape[0], dtype=p.dtype, device=p.device)
         if not pre or group["grafting"] == "adam":
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
@@ -137,5 +139,8 @@ class Shampoo(Optimizer):
             if group["grafting"] == "adam" and "exp_avg_sq" not in s:  # grafting switched mid-run
                 s["exp_avg_sq"] = torch.zeros_like(p)
             s["step"] += 1
-            shampoo(p, g, s["preconditioners"], s["inv_roots"], s["exp_avg"], s.get("exp_avg_sq"),
+            n = sum(1 for key in s if key.startswith("preconditioner_"))
+            pre = [s[f"preconditioner_{k}"] for k in range(n)]
+            roots = [s[f"inv_root_{k}"] for k in range(n)]
+            shampoo(p, g, pre, roots, s["exp_avg"], s.get("exp_avg_sq"),
                     step=int(s["step"].item()), **hp)
