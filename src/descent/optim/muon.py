@@ -93,8 +93,10 @@ class Muon(Optimizer):
 
     with :func:`descent.functional.newton_schulz` (quintic, coefficients (3.4445, −4.7750,
     2.0315)) and the shape factor :math:`s` of ``adjust_lr_fn``. Conv kernels are
-    flattened to ``(out, in·kh·kw)``. Matrices of one shape are orthogonalized as one
-    batch (backends ``"fused"``/``"foreach"``, the CPU default); ``"loop"`` does one at a time.
+    flattened to ``(out, in·kh·kw)``. Small matrices of one shape are orthogonalized as
+    one batch (backends ``"fused"``/``"foreach"``, the CPU default; large ones, where
+    batching stops paying on CPU, one at a time: see
+    :data:`descent.functional.muon.BATCH_LIMIT`); ``"loop"`` does all one at a time.
     Auxiliary groups (``use_muon=False``) run :class:`descent.AdamW`'s step (torch's fused
     kernel on CPU) with ``adamw_*`` hyperparameters.
 
