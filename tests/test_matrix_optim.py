@@ -395,7 +395,7 @@ def test_quadratic():
             return loss
 
         opt.step(closure)
-        return float((W - target).norm() / target.norm())
+        return float((W.detach() - target).norm() / target.norm())
 
     assert closure_quadratic() < 1e-5
     # KFAC on the quadratic 0.5·mean((XW - Y)^2): exact Kronecker structure, a few steps
