@@ -310,6 +310,22 @@ def test_kfac_fisher_backward_leaves_grads():
     torch.testing.assert_close(opt.state[model.weight]["G"], torch.full((2, 2), 8 * 8 * (2 / 16) ** 2))
 
 
+def test_kfac_precondition_solves_the_damped_kronecker_system():
+    from descent.functional import kfac as K
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    gr = torch.randn(50, 3, generator=g, dtype=torch.float64) / 50
+    A, G = K.input_factor(a, bias=True), K.output_factor(gr, 50)
+    grad = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    QA, dA = K.factor_eigen(A)
+    QG, dG = K.factor_eigen(G)
+    M = K.kfac_precondition(grad, QA, dA, QG, dG, damping=0.1)
+    torch.testing.assert_close(G @ M @ A + 0.1 * M, grad)  # (G ⊗ A + λI) vec(M) = vec(∇W)
+    torch.testing.assert_close(A[:4, :4], a.T @ a / 50)
+    assert torch.allclose(A[-1], torch.cat([a.mean(0), torch.ones(1, dtype=torch.float64)]))
+
+
 def test_kfac_errors():
     with pytest.raises(ValueError, match="no layer KFAC supports"):
         descent.KFAC(nn.Sequential(nn.LayerNorm(3), nn.Embedding(4, 3)))

@@ -60,7 +60,8 @@ class KFAC(Optimizer):
     By default :math:`g` is the gradient of the loss you backpropagate (the empirical
     Fisher); for the true Fisher, backpropagate a loss on targets sampled from the model
     through :meth:`fisher_backward` in the same step (its :math:`G` takes precedence and
-    ``.grad`` is untouched). The loss is assumed to be a mean over the batch.
+    ``.grad`` is untouched). The loss is assumed to be a mean over the batch; with
+    gradient accumulation the factors come from the last micro-batch of the step.
     ``remove_hooks()`` detaches the hooks; they are also removed when the optimizer is
     garbage-collected (the hooks hold it only weakly), so the model is left as it was.
     A copy (``deepcopy``, or ``load_state_dict`` into a new optimizer without the model)
