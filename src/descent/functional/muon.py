@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -218,19 +218,24 @@ def muon_batched(
     grads = [-grads[i] for i in keep] if maximize else [grads[i] for i in keep]
     bufs = [momentum_buffers[i] for i in keep]
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
-    updates = [g.lerp(b, momentum) for g, b in zip(grads, bufs)] if nesterov else bufs
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, p in enumerate(params):
         by_shape.setdefault((p.shape[0], p.numel() // p.shape[0]), []).append(i)
     dtype = muon_ns_dtype(ns_dtype, params[0])
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
+
+    def update(i: int, rows: int, cols: int) -> Tensor:  # made when needed: fewer live temporaries
+        u = grads[i].lerp(bufs[i], momentum) if nesterov else bufs[i]
+        return u.reshape(rows, cols)
+
     for (rows, cols), idx in by_shape.items():
-        mats = [updates[i].reshape(rows, cols) for i in idx]
-        if len(mats) == 1 or min(rows, cols) ** 2 * max(rows, cols) >= BATCH_LIMIT:
-            outs = [newton_schulz(m, ns_steps, ns_coefficients, eps, dtype) for m in mats]
+        if len(idx) == 1 or min(rows, cols) ** 2 * max(rows, cols) >= BATCH_LIMIT:
+            outs: Iterable[Tensor] = (newton_schulz(update(i, rows, cols), ns_steps, ns_coefficients, eps, dtype)
+                                      for i in idx)
         else:
-            outs = newton_schulz(torch.stack(mats), ns_steps, ns_coefficients, eps, dtype).unbind(0)
+            stacked = torch.stack([update(i, rows, cols) for i in idx])
+            outs = newton_schulz(stacked, ns_steps, ns_coefficients, eps, dtype).unbind(0)
         for i, o in zip(idx, outs):
             p = params[i]
             p.add_(o.reshape(p.shape), alpha=-lr * muon_lr_scale(p.shape, adjust_lr_fn))
