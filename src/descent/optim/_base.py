@@ -17,7 +17,6 @@ and the optional NaN-safe step (``skip_nonfinite``).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._backend import Support, floating, resolve_request, select_backend
+from ..nonfinite import nonfinite_indices
 
 __all__ = ["Optimizer", "step_tensor", "param_label"]
 
@@ -157,11 +157,9 @@ class Optimizer(torch.optim.Optimizer):
             return False
         bad: list[tuple[int, list[str]]] = []
         for gi, (group, _params, grads, index) in checked:
-            norms = torch._foreach_norm([g if not g.is_complex() else torch.view_as_real(g) for g in grads], math.inf)
-            finite = torch.isfinite(torch.stack([n.to(torch.float32).cpu() for n in norms]))
-            if not bool(finite.all()):
-                where = [param_label(group, gi, index[k]) for k in torch.nonzero(~finite).flatten().tolist()]
-                bad.append((gi, where))
+            nonfinite = nonfinite_indices(grads)
+            if nonfinite:
+                bad.append((gi, [param_label(group, gi, index[k]) for k in nonfinite]))
         if not bad:
             return False
         for group, *_ in work:
