@@ -11,6 +11,13 @@ from .optim import KFAC, LBFGS, Muon, Shampoo
 from .param_groups import param_groups
 
 # --- schedules and stability ---------------------------------------------------------
+from . import schedules
+from .accumulate import GradientAccumulator, micro_batches_for
+from .amp import MixedPrecision, precision_agreement
+from .clip import ClipResult, clip_grad_norm_, clip_grad_value_
+from .nonfinite import NonFiniteGuard, skip_nonfinite
+from .scaling import lion_from_adamw, scale_lr
+from .schedules import ReduceLROnPlateau, Scheduler, attach
 
 # --- training tools (descent.tools) -------------------------------------------------
 
@@ -30,5 +37,20 @@ __all__ = [
     "LBFGS",
     "param_groups",
     # schedules and stability
+    "schedules",
+    "Scheduler",
+    "attach",
+    "ReduceLROnPlateau",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "ClipResult",
+    "NonFiniteGuard",
+    "skip_nonfinite",
+    "MixedPrecision",
+    "precision_agreement",
+    "GradientAccumulator",
+    "micro_batches_for",
+    "scale_lr",
+    "lion_from_adamw",
     # training tools
 ]
