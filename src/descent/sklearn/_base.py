@@ -1,0 +1,282 @@
+"""The training engine every descent estimator shares.
+
+:class:`DescentTrainer` runs epochs of shuffled mini-batches (sampling without
+replacement, ``ceil(n / batch_size)`` steps an epoch) through any
+``torch.optim.Optimizer`` chosen by name, sets the learning rate of every step from a
+closed-form schedule of the step counter, and implements scikit-learn's stopping rule
+(``tol`` / ``n_iter_no_change``, on the training loss or on a held-out
+``validation_fraction`` with ``early_stopping``). The counter and the optimizer state
+survive between ``partial_fit`` calls, so schedules continue where they stopped.
+
+A subclass provides ``_init_params(n_features, n_outputs, rng)``, ``_batch_loss``,
+``_after_step(lr)`` (e.g. the L1 proximal step), ``_export()`` (fitted attributes
+from the tensors) and ``_dloss_at`` (for ``schedule="optimal"``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+
+from ._schedules import check_schedule, make_schedule
+
+__all__ = ["DescentTrainer", "optimizer_table", "resolve_optimizer"]
+
+#: Optimizers that cannot run on a plain parameter list (they need the module itself).
+_NEEDS_MODULE = {"kfac"}
+
+
+def optimizer_table() -> dict[str, type]:
+    """Lower-case name -> optimizer class, for every optimizer exported by :mod:`descent`.
+
+    Wrappers (no ``lr`` argument) and optimizers that need the module (KFAC) are left out.
+
+    Example:
+        >>> "adamw" in optimizer_table()
+        True
+    """
+    import descent
+
+    table = {}
+    for name in getattr(descent, "__all__", []):
+        obj = getattr(descent, name, None)
+        if (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
+                and obj is not descent.Optimizer and name.lower() not in _NEEDS_MODULE
+                and "lr" in inspect.signature(obj.__init__).parameters):
+            table[name.lower()] = obj
+    return table
+
+
+def resolve_optimizer(spec: Any) -> type:
+    """An optimizer class from a name (``"adamw"``, case and ``_`` ignored) or a class.
+
+    Raises:
+        ValueError: naming the valid choices when ``spec`` is unknown.
+    """
+    if isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer):
+        return spec
+    table = optimizer_table()
+    if isinstance(spec, str):
+        key = spec.lower().replace("_", "").replace("-", "")
+        for name, cls in table.items():
+            if name.replace("_", "") == key:
+                return cls
+    raise ValueError(f"Invalid optimizer: {spec!r} (must be a torch.optim.Optimizer subclass or one of "
+                     f"{', '.join(sorted(table))})")
+
+
+def _check_number(name: str, value: Any, *, low: float, strict: bool = False, integer: bool = False) -> None:
+    ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    if isinstance(value, bool) or not ok_type or (not integer and math.isnan(float(value))):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"Invalid {name}: {value!r} (must be {kind})")
+    if value < low or (strict and value == low):
+        raise ValueError(f"Invalid {name}: {value} (must be {'>' if strict else '>='} {low})")
+
+
+class DescentTrainer:
+    """Mixin with the epoch loop; see the module docstring."""
+
+    _dtype: torch.dtype = torch.float64
+    _is_classifier: bool = False
+
+    # ----------------------------------------------------------- validation
+    def _check_common_params(self) -> None:
+        _check_number("lr", self.lr, low=0.0, strict=True)
+        _check_number("alpha", self.alpha, low=0.0)
+        _check_number("max_iter", self.max_iter, low=1, integer=True)
+        _check_number("n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
+        if self.tol is not None:
+            _check_number("tol", self.tol, low=-math.inf)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"Invalid validation_fraction: {self.validation_fraction} (must be in (0, 1))")
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            _check_number("batch_size", self.batch_size, low=1, integer=True)
+        _check_number("power_t", self.power_t, low=-math.inf)
+        check_schedule(self.schedule)
+        if self.optimizer_kwargs is not None and not isinstance(self.optimizer_kwargs, dict):
+            raise ValueError(f"Invalid optimizer_kwargs: {self.optimizer_kwargs!r} (must be a dict or None)")
+        resolve_optimizer(self.optimizer)
+
+    def _batch_size_for(self, n: int) -> int:
+        if isinstance(self.batch_size, str):
+            return max(1, min(200, n))
+        return max(1, min(int(self.batch_size), n))
+
+    # ---------------------------------------------------------- optimizer
+    def _new_run(self, n_train: int) -> None:
+        """Fresh optimizer, step counter and schedule for a run over ``n_train`` samples."""
+        kwargs = dict(self.optimizer_kwargs or {})
+        kwargs.pop("lr", None)
+        cls = resolve_optimizer(self.optimizer)
+        try:
+            self._optim = cls(self._params, lr=float(self.lr), **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"Invalid optimizer_kwargs for {cls.__name__}: {exc}") from exc
+        self._horizon = self.max_iter * math.ceil(n_train / self._batch_size_for(n_train))
+        self._schedule_fn = self._build_schedule()
+        self.n_steps_ = 0
+        self._lr_scale = 1.0
+        self._best = math.inf
+        self._no_improve = 0
+        self._best_state: list[torch.Tensor] | None = None
+
+    def _dloss_at(self, p: float, y: float) -> float:
+        return -y
+
+    def _build_schedule(self) -> Callable[[int], float]:
+        return make_schedule(
+            self.schedule, float(self.lr), alpha=float(self.alpha), power_t=float(self.power_t),
+            warmup=float(getattr(self, "warmup", 0.1)), total_steps=self._horizon, dloss_at=self._dloss_at)
+
+    def current_lr(self) -> float:
+        """The learning rate the next step will use (after any ``adaptive`` divisions)."""
+        fn = self.__dict__.get("_schedule_fn")
+        if fn is None:  # after unpickling
+            fn = self._schedule_fn = self._build_schedule()
+        return fn(self.n_steps_) * self._lr_scale
+
+    # ------------------------------------------------------------- epochs
+    def _tensors(self, *arrays: np.ndarray | None) -> list[torch.Tensor | None]:
+        return [None if a is None else torch.as_tensor(np.ascontiguousarray(a), dtype=self._dtype)
+                for a in arrays]
+
+    def _run_epoch(self, X: np.ndarray, Y: np.ndarray, sw: np.ndarray) -> float:
+        """One pass of shuffled mini-batches; returns the mean objective over the pass."""
+        Xt, Yt, st = self._tensors(X, Y, sw)
+        n = X.shape[0]
+        bs = self._batch_size_for(n)
+        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        total = 0.0
+        for start in range(0, n, bs):
+            idx = torch.as_tensor(order[start:start + bs])
+            xb, yb, sb = Xt[idx], Yt[idx], st[idx]
+            lr = self.current_lr()
+            for group in self._optim.param_groups:
+                group["lr"] = lr
+
+            def closure() -> torch.Tensor:
+                self._optim.zero_grad()
+                loss = self._batch_loss(xb, yb, sb, n)
+                loss.backward()
+                return loss
+
+            loss = self._optim.step(closure)
+            with torch.no_grad():
+                self._after_step(lr)
+            self.n_steps_ += 1
+            total += float(loss.detach()) * len(idx)
+        self.t_ += n
+        return total / n + self._extra_penalty()
+
+    def _extra_penalty(self) -> float:
+        return 0.0
+
+    def _after_step(self, lr: float) -> None:
+        """Hook after each optimizer step (no grad), e.g. a proximal step."""
+
+    def _stopped(self, score: float) -> bool:
+        """scikit-learn's rule on a lower-is-better score; may divide the lr (``adaptive``)."""
+        if self.tol is not None and score > self._best - self.tol:
+            self._no_improve += 1
+        else:
+            self._no_improve = 0
+        if score < self._best:
+            self._best = score
+            if self.early_stopping:
+                self._best_state = [p.detach().clone() for p in self._params]
+        if self._no_improve < self.n_iter_no_change:
+            return False
+        if self.schedule == "adaptive" and self.current_lr() / 5.0 > 1e-6:
+            self._lr_scale /= 5.0
+            self._no_improve = 0
+            return False
+        return True
+
+    def _fit_loop(self, X: np.ndarray, Y: np.ndarray, sw: np.ndarray, y_raw: np.ndarray) -> None:
+        """Full ``fit``: optional validation split, then up to ``max_iter`` epochs."""
+        X_val = y_val = None
+        if self.early_stopping:
+            stratify = y_raw if self._is_classifier else None
+            idx = np.arange(X.shape[0])
+            tr, va = train_test_split(idx, test_size=self.validation_fraction, stratify=stratify,
+                                      random_state=self._rng.randint(np.iinfo(np.int32).max))
+            if len(va) < 2 or len(tr) < 1:
+                raise ValueError(f"Invalid validation_fraction: {self.validation_fraction} leaves "
+                                 f"{len(va)} validation and {len(tr)} training samples (need 2 and 1)")
+            X_val, y_val = X[va], y_raw[va]
+            X, Y, sw = X[tr], Y[tr], sw[tr]
+        self._new_run(X.shape[0])
+        self.loss_curve_: list[float] = []
+        self.validation_scores_: list[float] | None = [] if self.early_stopping else None
+        converged = False
+        for epoch in range(self.max_iter):
+            loss = self._run_epoch(X, Y, sw)
+            self.loss_curve_.append(loss)
+            self.n_iter_ = epoch + 1
+            if not math.isfinite(loss):
+                raise ValueError(f"Floating-point under-/overflow occurred at epoch #{epoch + 1} (loss {loss}). "
+                                 f"Scaling input data with StandardScaler or MinMaxScaler, or a lower lr "
+                                 f"(now {self.lr}), might help.")
+            if self.early_stopping:
+                self._export()
+                val = float(self.score(X_val, y_val))
+                self.validation_scores_.append(val)
+                score = -val
+            else:
+                score = loss
+            if self._stopped(score):
+                converged = True
+                break
+        if self.early_stopping and self._best_state is not None:
+            with torch.no_grad():
+                for p, best in zip(self._params, self._best_state):
+                    p.copy_(best)
+        self._best_state = None
+        self.best_loss_ = min(self.loss_curve_)
+        if self.early_stopping:
+            self.best_validation_score_ = max(self.validation_scores_)
+        self._export()
+        if not converged and self.tol is not None:
+            warnings.warn(f"Maximum number of iteration reached ({self.max_iter}) before convergence; "
+                          "consider increasing max_iter.", ConvergenceWarning, stacklevel=3)
+
+    def _partial_loop(self, X: np.ndarray, Y: np.ndarray, sw: np.ndarray) -> None:
+        """One epoch on ``X``, continuing the optimizer state and the step counter."""
+        if not hasattr(self, "_optim"):
+            self._new_run(X.shape[0])
+            self.loss_curve_ = []
+            self.n_iter_ = 0
+        loss = self._run_epoch(X, Y, sw)
+        self.loss_curve_.append(loss)
+        self.n_iter_ += 1
+        self._export()
+
+    # ---------------------------------------------------------------- misc
+    def _seed_rng(self) -> None:
+        from sklearn.utils import check_random_state
+
+        rs = check_random_state(self.random_state)
+        # Own copy: never advance a RandomState the user passed in.
+        self._rng = np.random.RandomState(rs.randint(np.iinfo(np.int32).max))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        state = dict(state)
+        state.pop("_schedule_fn", None)  # a closure; rebuilt on first use
+        return state
+
+
+def dloss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], p: float, y: float) -> float:
+    """Derivative of ``loss_fn`` in the prediction at ``(p, y)`` (autograd, float64)."""
+    pt = torch.tensor([p], dtype=torch.float64, requires_grad=True)
+    loss_fn(pt, torch.tensor([y], dtype=torch.float64)).sum().backward()
+    return float(pt.grad[0])
