@@ -168,6 +168,16 @@ def test_optimizer_kwargs_reach_the_optimizer(cancer):
     assert clf._optim.param_groups[0]["momentum"] == 0.9
     with pytest.raises(ValueError, match="Invalid optimizer_kwargs"):
         SGDClassifier(optimizer="sgd", optimizer_kwargs={"bogus": 1}).fit(X, y)
+    with pytest.raises(ValueError, match="Invalid optimizer_kwargs: 'lr'"):
+        SGDClassifier(optimizer_kwargs={"lr": 0.1}).fit(X, y)
+
+
+def test_import_descent_does_not_import_sklearn():
+    import subprocess
+    import sys
+
+    code = "import sys, descent; assert 'sklearn' not in sys.modules, 'import descent imported sklearn'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_unknown_optimizer_lists_valid_names(cancer):

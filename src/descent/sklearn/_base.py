@@ -115,7 +115,8 @@ class DescentTrainer:
     def _new_run(self, n_train: int) -> None:
         """Fresh optimizer, step counter and schedule for a run over ``n_train`` samples."""
         kwargs = dict(self.optimizer_kwargs or {})
-        kwargs.pop("lr", None)
+        if "lr" in kwargs:
+            raise ValueError("Invalid optimizer_kwargs: 'lr' goes in the estimator's lr= (the schedule sets it)")
         cls = resolve_optimizer(self.optimizer)
         try:
             self._optim = cls(self._params, lr=float(self.lr), **kwargs)
