@@ -145,6 +145,7 @@ def clip_grad_value_(parameters: Params, clip_value: float, foreach: bool | None
     if not grads:
         return ClipResult(torch.tensor(0.0), False, clip_value)
     total = torch.nn.utils.get_total_norm(grads, norm_type, False, foreach)
-    peak = torch.nn.utils.get_total_norm(grads, math.inf, False, foreach)
+    nonempty = [g for g in grads if g.numel()]  # torch's inf-norm raises on empty tensors
+    peak = torch.nn.utils.get_total_norm(nonempty, math.inf, False, foreach) if nonempty else torch.tensor(0.0)
     torch.nn.utils.clip_grad_value_(params, clip_value, foreach=foreach)
     return ClipResult(total, bool(peak > clip_value), clip_value)

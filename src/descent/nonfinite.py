@@ -32,14 +32,15 @@ def nonfinite_indices(tensors: Sequence[Tensor]) -> list[int]:
         >>> nonfinite_indices([torch.ones(2), torch.tensor([1.0, float("inf")])])
         [1]
     """
-    if not tensors:
+    keep = [i for i, t in enumerate(tensors) if t.numel()]  # the inf-norm of an empty tensor raises
+    if not keep:
         return []
-    real = [t if not t.is_complex() else torch.view_as_real(t) for t in tensors]
+    real = [tensors[i] if not tensors[i].is_complex() else torch.view_as_real(tensors[i]) for i in keep]
     norms = torch._foreach_norm(real, math.inf)
     finite = torch.isfinite(torch.stack([n.to(torch.float32).cpu() for n in norms]))
     if bool(finite.all()):
         return []
-    return torch.nonzero(~finite).flatten().tolist()
+    return [keep[k] for k in torch.nonzero(~finite).flatten().tolist()]
 
 
 def nonfinite_grads(optimizer: torch.optim.Optimizer) -> list[str]:
