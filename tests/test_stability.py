@@ -276,3 +276,15 @@ def test_lion_from_adamw() -> None:
     assert a.lr_range == pytest.approx((1e-4, 1e-3 / 3)) and "3-10x" in a.explanation
     with pytest.raises(ValueError, match="100"):
         descent.lion_from_adamw(1e-3, 0.01, factor=100)
+
+
+def test_skip_nonfinite_with_zero_size_params() -> None:
+    # torch's inf-norm raises on empty tensors; the shared detection must skip them
+    empty, w = torch.nn.Parameter(torch.zeros(0)), torch.nn.Parameter(torch.ones(2))
+    for opt in (descent.Adam([empty, w], lr=0.1, skip_nonfinite=True),
+                descent.NonFiniteGuard(torch.optim.Adam([empty, w], lr=0.1))):
+        empty.grad, w.grad = torch.zeros(0), torch.tensor([1.0, math.inf])
+        opt.step()
+        assert opt.param_groups[0]["skipped_steps"] == 1
+        assert opt.param_groups[0]["nonfinite_params"] == ["param_groups[0]['params'][1]"]
+        assert w.tolist() == [1.0, 1.0]
