@@ -20,6 +20,8 @@ from .scaling import lion_from_adamw, scale_lr
 from .schedules import ReduceLROnPlateau, Scheduler, attach
 
 # --- training tools (descent.tools) -------------------------------------------------
+from .tools import (EarlyStopping, Finding, Monitor, audit, diagnose, find_lr, recipe,  # noqa: E402
+                    trace_nan)
 
 __version__ = "0.1.0"
 
@@ -53,4 +55,12 @@ __all__ = [
     "scale_lr",
     "lion_from_adamw",
     # training tools
+    "find_lr",
+    "Monitor",
+    "EarlyStopping",
+    "diagnose",
+    "audit",
+    "trace_nan",
+    "recipe",
+    "Finding",
 ]
