@@ -82,8 +82,8 @@ def test_logistic_regression_reaches_lbfgs_optimum(cancer):
 @pytest.mark.parametrize("penalty", ["l2", None])
 def test_optimal_schedule_matches_sklearn_exactly(cancer, loss, penalty):
     """batch_size=1, no shuffling: the same per-sample updates as scikit-learn's plain SGD."""
-    X, y = cancer[0][:200], cancer[1][:200]
-    kw = dict(loss=loss, penalty=penalty, alpha=1e-3, max_iter=3, tol=None, shuffle=False)
+    X, y = cancer[0][:150], cancer[1][:150]
+    kw = dict(loss=loss, penalty=penalty, alpha=1e-3, max_iter=2, tol=None, shuffle=False)
     ours = SGDClassifier(batch_size=1, optimizer="sgd", schedule="optimal", **kw).fit(X, y)
     ref = linear_model.SGDClassifier(learning_rate="optimal", **kw).fit(X, y)
     # scikit-learn's log-loss derivative switches to exp(-z) / a constant for |yp| > 18,
@@ -96,8 +96,8 @@ def test_optimal_schedule_matches_sklearn_exactly(cancer, loss, penalty):
 
 @pytest.mark.parametrize("loss", ["squared_error", "huber", "epsilon_insensitive"])
 def test_invscaling_schedule_matches_sklearn_exactly(diabetes, loss):
-    X, y = diabetes
-    kw = dict(loss=loss, alpha=1e-3, max_iter=3, tol=None, shuffle=False, power_t=0.25)
+    X, y = diabetes[0][:150], diabetes[1][:150]
+    kw = dict(loss=loss, alpha=1e-3, max_iter=2, tol=None, shuffle=False, power_t=0.25)
     ours = SGDRegressor(batch_size=1, optimizer="sgd", lr=0.01, schedule="invscaling", **kw).fit(X, y)
     ref = linear_model.SGDRegressor(learning_rate="invscaling", eta0=0.01, **kw).fit(X, y)
     np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=1e-9, atol=1e-10)

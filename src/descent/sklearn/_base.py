@@ -147,7 +147,8 @@ class DescentTrainer:
 
     # ------------------------------------------------------------- epochs
     def _tensors(self, *arrays: np.ndarray | None) -> list[torch.Tensor | None]:
-        return [None if a is None else torch.as_tensor(np.ascontiguousarray(a), dtype=self._dtype)
+        np_dtype = np.float64 if self._dtype == torch.float64 else np.float32
+        return [None if a is None else torch.from_numpy(np.array(a, dtype=np_dtype, order="C", copy=True))
                 for a in arrays]
 
     def _run_epoch(self, X: np.ndarray, Y: np.ndarray, sw: np.ndarray) -> float:
