@@ -315,3 +315,15 @@ def test_bad_parameters(cancer):
         clf = SGDClassifier().partial_fit(X, y, classes=[0, 1])
     with pytest.raises(ValueError, match="features"):
         clf.partial_fit(X[:, :5], y)
+
+
+def test_warm_start_continues_from_previous_solution(cancer):
+    X, y = cancer
+    kw = dict(loss="log_loss", optimizer="sgd", lr=0.1, schedule="constant", shuffle=False, tol=None)
+    two = SGDClassifier(max_iter=2, **kw).fit(X, y)
+    warm = SGDClassifier(max_iter=1, warm_start=True, **kw).fit(X, y)
+    first = warm.coef_.copy()
+    warm.fit(X, y)  # plain SGD without momentum has no other state: same as two epochs
+    np.testing.assert_allclose(warm.coef_, two.coef_, rtol=0, atol=1e-12)
+    cold = SGDClassifier(max_iter=1, **kw).fit(X, y).fit(X, y)
+    np.testing.assert_allclose(cold.coef_, first, rtol=0, atol=1e-12)
