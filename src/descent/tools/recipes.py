@@ -37,7 +37,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     "quick": dict(opt="adamw", lr=1e-3, betas=(0.9, 0.999), wd=0.01, sched="plateau", warmup=0.0, clip=None,
                   precision="fp32", ref=32, src=_S002 + " ('quick experiments: Adam(W) + ReduceLROnPlateau', factor "
                   "0.5 patience 3 min_lr 1e-6); " + _S003 + " (start: lr 1e-3 at batch 32)"),
-    "memory_limited": dict(opt="adafactor", lr=1e-2, wd=0.0, sched="warmup_cosine", warmup=0.02, clip=1.0,
+    "memory_limited": dict(opt="adafactor", lr=1e-3, wd=0.0, sched="warmup_cosine", warmup=0.02, clip=1.0,
                            precision="bf16", src=_S002 + " ('memory-limited: Adafactor / 8-bit AdamW'); "
                            + _S000 + " ('Lion or 8-bit Adam')"),
     "large_batch": dict(opt="lamb", lr=2e-3, betas=(0.9, 0.999), wd=0.01, sched="warmup_cosine", warmup=0.05,
@@ -90,17 +90,25 @@ def _optimizer(kind: str, groups: list[dict[str, Any]], row: dict[str, Any], lr:
         cls = descent.AdamW if kind == "adamw" else descent.Adam
         return cls(groups, lr=lr, betas=betas, eps=row.get("eps", 1e-8))
     if kind == "adafactor":
-        for name in ("Adafactor", "Lion"):
-            cls = getattr(descent, name, None)
-            if cls is not None:
-                return cls(groups, lr=lr if name == "Adafactor" else 1e-4)
-        why.append(("optimizer", "descent has no Adafactor yet: torch.optim.Adafactor (factored second moment, "
-                    "no momentum: ~0.03 bytes of state per parameter for matrices)", "torch.optim.Adafactor"))
-        return torch.optim.Adafactor(groups, lr=lr)
+        cls = getattr(descent, "Adafactor", None)
+        if cls is not None:
+            why.append(("optimizer", f"descent.Adafactor with an external lr {lr:g} (relative_step=False, "
+                        "scale_parameter=False: the schedule below drives it), factored second moment, no momentum",
+                        "Shazeer & Stern 2018; Hugging Face's recommended external-lr setting"))
+            return cls(groups, lr=lr, relative_step=False, scale_parameter=False)
+        cls = getattr(descent, "Lion", None)
+        if cls is not None:
+            why.append(("optimizer", "descent has no Adafactor: Lion (one state tensor) at lr 1e-4", _S000))
+            return cls(groups, lr=1e-4)
+        why.append(("optimizer", "descent has no Adafactor or Lion: torch.optim.Adafactor at its default lr 1e-2 "
+                    "(factored second moment, no momentum)", "torch.optim.Adafactor"))
+        return torch.optim.Adafactor(groups, lr=1e-2)
     if kind == "lamb":
         for name, lr_k in (("LAMB", lr), ("Lion", lr / 10)):
             cls = getattr(descent, name, None)
             if cls is not None:
+                why.append(("optimizer", f"descent.{name} at lr {lr_k:g}" + (" (Lion: ~1/10 of the adaptive lr)"
+                            if name == "Lion" else " (layer-wise trust ratio keeps large-batch steps stable)"), _S002))
                 return cls(groups, lr=lr_k)
         why.append(("optimizer", "descent has neither LAMB nor Lion yet: falling back to AdamW with the same warmup; "
                     "expect it to need a lower lr at very large batch", _S002))
