@@ -247,3 +247,100 @@ SPECS += [
         ],
     ),
 ]
+
+
+# --- elementwise optimizers (issue 3): Lion, LAMB, Adafactor, SophiaG ---------------
+from reference.elementwise import adafactor_rule, lamb_rule, lion_rule, sophia_rule  # noqa: E402
+
+_ADAFACTOR_DEFAULTS = dict(lr=None, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, beta1=None,
+                           weight_decay=0.0, scale_parameter=True, relative_step=True, warmup_init=False)
+
+SPECS += [
+    OptimizerSpec(
+        name="Lion",
+        cls=descent.Lion,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.95, 0.98), weight_decay=0.1),
+            dict(lr=0.02, weight_decay=0.3, maximize=True),
+        ],
+        group2=dict(lr=0.004, betas=(0.8, 0.9), weight_decay=0.05),
+        references={"numpy": oracle(lion_rule, betas=(0.9, 0.99), weight_decay=0.0)},
+        backends=("loop", "fused"),
+        converge=Convergence(lr=0.01, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
+                             rosenbrock_lr=1e-3, rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 1.0)}, r"Invalid beta2: 1.0"),
+            ({"weight_decay": -0.1}, "Invalid weight_decay: -0.1"),
+        ],
+    ),
+    OptimizerSpec(
+        name="LAMB",
+        cls=descent.LAMB,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, clamp_value=1.5),
+            dict(lr=0.02, weight_decay=0.05, bias_correction=False, maximize=True, eps=1e-4),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-5),
+        references={"numpy": oracle(lamb_rule, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)},
+        backends=("loop", "fused"),
+        atol=1e-11,  # norms are sums in another order
+        # the step is lr * ||theta|| per tensor, so a fixed lr hovers at about that distance
+        # No Rosenbrock row: from (-1.5, 2) the path passes the origin, where LAMB's step
+        # (lr * ||theta|| for the one 2-vector "layer") vanishes; it stalls at (0, 0).
+        converge=Convergence(lr=0.01, steps=2000, quadratic_tol=5e-2),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (1.5, 0.99)}, r"Invalid beta1: 1.5"),
+            ({"eps": -1.0}, "Invalid eps: -1.0"),
+            ({"clamp_value": 0.0}, "Invalid clamp_value: 0.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="Adafactor",
+        cls=descent.Adafactor,
+        configs=[
+            dict(),
+            dict(lr=0.01, relative_step=False, beta1=0.9, weight_decay=0.1),
+            dict(warmup_init=True, scale_parameter=False, maximize=True, clip_threshold=0.5, decay_rate=-0.5),
+        ],
+        group2=dict(eps=(1e-20, 1e-2), clip_threshold=2.0),
+        references={"numpy": oracle(adafactor_rule, **_ADAFACTOR_DEFAULTS)},
+        backends=("loop", "fused"),
+        atol=1e-11,
+        shapes=((6, 5), (5,), (0,), (4, 3), (3, 4), (2, 3, 4)),
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
+                             rosenbrock_lr=0.01, rosenbrock_steps=5000,
+                             kwargs=dict(relative_step=False, scale_parameter=False, beta1=0.9)),
+        error_inputs=[
+            ({"lr": -1e-3, "relative_step": False}, "Invalid lr: -0.001"),
+            ({"lr": 0.01}, "Invalid lr: 0.01 with relative_step=True"),
+            ({"relative_step": False}, "Invalid lr: None with relative_step=False"),
+            ({"eps": (1e-30, -1.0)}, "Invalid eps2: -1.0"),
+            ({"decay_rate": 0.5}, "Invalid decay_rate: 0.5"),
+            ({"beta1": 1.0}, "Invalid beta1: 1.0"),
+            ({"clip_threshold": 0.0}, "Invalid clip_threshold: 0.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="SophiaG",
+        cls=descent.SophiaG,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.9, 0.95), rho=0.1, weight_decay=0.0, bs=64),
+            dict(lr=0.02, weight_decay=0.2, maximize=True, eps=1e-12),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), rho=0.02),
+        references={"numpy": oracle(sophia_rule, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1, bs=5120,
+                                    eps=1e-15)},
+        backends=("loop", "fused"),
+        # no Hessian refresh here: h = 0 and the step is lr * sign(m), so a small lr
+        converge=Convergence(lr=0.003, steps=2000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
+                             rosenbrock_lr=1e-3, rosenbrock_steps=5000, kwargs=dict(weight_decay=0.0)),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 1.0)}, r"Invalid beta2: 1.0"),
+            ({"rho": -0.1}, "Invalid rho: -0.1"),
+            ({"bs": 0}, "Invalid bs: 0.0"),
+        ],
+    ),
+]

@@ -8,6 +8,7 @@ below is re-exported from its module; nothing is defined here. ``descent.sklearn
 # --- optimizers (descent.optim; one class per file) ---------------------------------
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .optim import KFAC, LBFGS, Muon, Shampoo
+from .optim import LAMB, Adafactor, Lion, SophiaG
 from .param_groups import param_groups
 
 # --- schedules and stability ---------------------------------------------------------
@@ -37,6 +38,10 @@ __all__ = [
     "Shampoo",
     "KFAC",
     "LBFGS",
+    "Lion",
+    "LAMB",
+    "Adafactor",
+    "SophiaG",
     "param_groups",
     # schedules and stability
     "schedules",

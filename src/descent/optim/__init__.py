@@ -9,6 +9,11 @@ from .kfac import KFAC  # matrix optimizers (issue 3)
 from .lbfgs import LBFGS
 from .muon import Muon
 from .shampoo import Shampoo
+from .adafactor import Adafactor  # elementwise optimizers (issue 3)
+from .lamb import LAMB
+from .lion import Lion
+from .sophia import SophiaG
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 __all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
+__all__ += ["Lion", "LAMB", "Adafactor", "SophiaG"]

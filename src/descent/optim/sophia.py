@@ -1,0 +1,192 @@
+"""``descent.SophiaG``: second-order clipped stochastic optimization (Liu et al., 2023).
+
+The Hessian EMA is refreshed by the user's loop, every ``k`` steps (10 in the paper):
+
+* classification / language models, Gauss-Newton-Bartlett (GNB): sample labels from
+  the model's own logits with :func:`gnb_sample_labels`, back-propagate the loss on
+  them, call :meth:`SophiaG.update_hessian`;
+* any twice-differentiable loss: :meth:`SophiaG.update_hessian_hutchinson`.
+
+Example (a runnable loop; the refresh is the ``if`` block)::
+
+    >>> import torch, torch.nn.functional as Fn, descent
+    >>> from descent.optim.sophia import gnb_sample_labels
+    >>> torch.manual_seed(0); X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    >>> model = torch.nn.Linear(5, 3)
+    >>> opt = descent.SophiaG(model.parameters(), lr=1e-2, bs=64)
+    >>> for step in range(30):
+    ...     opt.zero_grad(); Fn.cross_entropy(model(X), y).backward(); _ = opt.step()
+    ...     if step % 10 == 9:                      # refresh every k = 10 steps
+    ...         opt.zero_grad()
+    ...         logits = model(X)
+    ...         Fn.cross_entropy(logits, gnb_sample_labels(logits)).backward()
+    ...         opt.update_hessian()
+    ...         opt.zero_grad()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from .. import kernels as K
+from .._validate import check_betas, check_nonneg, check_positive
+from ._backend import floating
+from ._base import Optimizer, step_tensor
+
+__all__ = ["SophiaG", "gnb_sample_labels"]
+
+
+def gnb_sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r"""Labels :math:`\hat y \sim \mathrm{softmax}(\text{logits})`, one per row of the last dimension.
+
+    The gradient of the cross-entropy on these labels, squared and scaled by the batch
+    size in the step, is the Gauss-Newton-Bartlett estimate of the diagonal Hessian.
+
+    Example:
+        >>> import torch
+        >>> gnb_sample_labels(torch.tensor([[0.0, 50.0], [50.0, 0.0]]))
+        tensor([1, 0])
+    """
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+class SophiaG(Optimizer):
+    r"""Sophia with the Gauss-Newton-Bartlett Hessian estimator (see the module docstring).
+
+    .. math::
+        \theta \leftarrow \theta(1-\eta\lambda),\quad m \leftarrow \beta_1 m + (1-\beta_1) g,\quad
+        \theta \leftarrow \theta - \eta\,\mathrm{sign}(m)\min\!\Big(\frac{|m|}{\rho\,b\,h+\epsilon}, 1\Big)
+
+    and, on refresh, :math:`h \leftarrow \beta_2 h + (1-\beta_2)\hat h`. ``bs`` (:math:`b`)
+    is the number of examples (tokens for a language model) the sampled loss averages
+    over: the GNB estimate is :math:`b\,\hat g\odot\hat g`. Set ``bs=1`` with the
+    Hutchinson estimator, whose estimate is already the Hessian diagonal. State:
+    ``step``, ``exp_avg``, ``hessian`` (8 bytes per float32 parameter). Until the first
+    refresh :math:`h=0` and the step is :math:`\eta\,\mathrm{sign}(m)`, as in the
+    reference code. Defaults are the paper's (reference implementation
+    ``Liuhong99/Sophia``, where ``bs`` is passed to ``step``; here it is a group
+    hyperparameter, and ``step(bs=...)`` overrides it for one step).
+
+    Args:
+        params: parameters or param group dicts.
+        lr: :math:`\eta` (default 1e-4).
+        betas: :math:`(\beta_1, \beta_2)` (default (0.965, 0.99)).
+        rho: :math:`\rho` (default 0.04).
+        weight_decay: decoupled :math:`\lambda` (default 0.1).
+        bs: :math:`b` (default 5120, the reference's).
+        eps: :math:`\epsilon` (default 1e-15).
+        maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+
+    References:
+        Liu, Li, Hall, Liang & Ma (2023), "Sophia: A Scalable Stochastic Second-order
+        Optimizer for Language Model Pre-training", Algorithms 1-3.
+    """
+
+    _supported = {"loop": floating, "fused": K.numba_cpu}
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.965, 0.99),
+        rho: float = 0.04,
+        weight_decay: float = 0.1,
+        *,
+        bs: float = 5120,
+        eps: float = 1e-15,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        backend: str | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs, eps=eps, maximize=maximize,
+                        foreach=foreach, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+        self._bs_override: float | None = None
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_nonneg("lr", group["lr"])
+        check_betas(group["betas"])
+        check_nonneg("rho", group["rho"])
+        check_nonneg("weight_decay", group["weight_decay"])
+        check_positive("bs", group["bs"])
+        check_positive("eps", group["eps"])
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return {"step": step_tensor(p), "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "hessian": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None, *, bs: float | None = None) -> Any:
+        """One step; ``bs`` overrides every group's ``bs`` for this step only."""
+        if bs is not None:
+            check_positive("bs", bs)
+        self._bs_override = bs
+        try:
+            return super().step(closure)
+        finally:
+            self._bs_override = None
+
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]]) -> None:
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        b1 = group["betas"][0]
+        bs = float(self._bs_override if getattr(self, "_bs_override", None) is not None else group["bs"])
+        rho, eps = float(group["rho"]), float(group["eps"])
+        for p, g, s in zip(params, grads, states):
+            s["step"] += 1
+            m, h = s["exp_avg"], s["hessian"]
+            if backend == "fused" and K.kernel_ok(p, g, m, h):
+                from ..kernels.elementwise import sophia_kernel
+
+                dt = p.detach().numpy().dtype.type
+                sophia_kernel(K.flat(p), K.flat(g), K.flat(m), K.flat(h), dt(1 - lr * wd), dt(lr), dt(b1),
+                              dt(1 - b1), dt(rho * bs), dt(eps), dt(-1.0 if group["maximize"] else 1.0))
+            else:
+                F.sophia(p, g, m, h, lr=lr, beta1=b1, rho=rho, bs=bs, weight_decay=wd, eps=eps,
+                         maximize=group["maximize"])
+
+    def _hessian_states(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield group, p, self._state_of(p, group)
+
+    @torch.no_grad()
+    def update_hessian(self) -> None:
+        r"""Fold :math:`\hat g\odot\hat g` of the current ``.grad`` into the ``hessian`` EMA (GNB).
+
+        Call it right after a backward pass of the loss on labels drawn with
+        :func:`gnb_sample_labels`; parameters without a gradient are left alone.
+        """
+        for group, p, st in self._hessian_states():
+            if p.grad is not None:
+                F.sophia_hessian_ema(st["hessian"], p.grad * p.grad, beta2=group["betas"][1])
+
+    def update_hessian_hutchinson(self, closure: Callable[[], Tensor],
+                                  generator: torch.Generator | None = None) -> Tensor:
+        r"""Hutchinson refresh: :math:`\hat h = u\odot(\nabla^2 L)u`, :math:`u` Rademacher; returns the loss.
+
+        ``closure`` computes the loss (with a graph; no ``backward`` inside). The
+        estimate can be negative; the step treats a negative :math:`h` as 0 (sign
+        step). Use ``bs=1`` with this estimator.
+        """
+        params = [p for _, p, _ in self._hessian_states() if p.requires_grad]
+        with torch.enable_grad():
+            loss = closure()
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            pairs = [(p, gr) for p, gr in zip(params, grads) if gr is not None]
+            us = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype).mul_(2).sub_(1) for p, _ in pairs]
+            hvps = torch.autograd.grad([gr for _, gr in pairs], [p for p, _ in pairs], grad_outputs=us)
+        with torch.no_grad():
+            for (p, _), u, hv in zip(pairs, us, hvps):
+                group = next(gr for gr in self.param_groups if any(q is p for q in gr["params"]))
+                F.sophia_hessian_ema(self._state_of(p, group)["hessian"], u * hv, beta2=group["betas"][1])
+        return loss.detach()
