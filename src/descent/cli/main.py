@@ -1,61 +1,142 @@
-"""Entry point of the ``descent`` command (a first demo; the full CLI grows here)."""
+"""Entry point of the ``descent`` command: argparse parsers; the work is in :mod:`.commands`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+
+from . import commands, demo, tools
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import torch
-    from sklearn.datasets import load_digits
+def _common(p: argparse.ArgumentParser, out: str | None = None) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, only the result")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    p.add_argument("--seed", type=int, default=0, help="seed of data split, shuffling and init (default 0)")
+    if out is not None:
+        p.add_argument("--out", default=out, help=f"directory for artifacts (default {out})")
 
-    import descent
 
-    x, y = load_digits(return_X_y=True)
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(y), generator=g)
-    x = torch.tensor(x, dtype=torch.float32)[perm] / 16.0
-    y = torch.tensor(y)[perm]
-    n_train = int(0.8 * len(y))
-    print(f"digits: {n_train} train / {len(y) - n_train} test images, MLP 64-128-10, {args.epochs} epochs")
-    print(f"{'optimizer':<10} {'test acc':>8} {'seconds':>8}")
-    for name, make in {
-        "SGD": lambda p: descent.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
-        "Adam": lambda p: descent.Adam(p, lr=1e-3),
-        "AdamW": lambda p: descent.AdamW(p, lr=1e-3, weight_decay=0.01),
-        "RMSprop": lambda p: descent.RMSprop(p, lr=1e-3),
-        "Adagrad": lambda p: descent.Adagrad(p, lr=0.05),
-    }.items():
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-        opt = make(descent.param_groups(model, weight_decay=0.0))
-        t0 = time.perf_counter()
-        for _ in range(args.epochs):
-            for idx in torch.randperm(n_train, generator=g).split(64):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
-        with torch.no_grad():
-            acc = (model(x[n_train:]).argmax(1) == y[n_train:]).float().mean().item()
-        print(f"{name:<10} {acc:8.3f} {time.perf_counter() - t0:8.2f}")
-    return 0
+def _sub(sub: argparse._SubParsersAction, name: str, help_: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n" + examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_train_like(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "train", "one monitored training run with checkpoints (--resume continues exactly)",
+             "  descent train --task digits-mlp --recipe quick --steps 300 --out runs/a\n"
+             "  descent train --task charlm --optimizer muon --lr 0.02 --out runs/b\n"
+             "  descent train --task charlm --optimizer muon --lr 0.02 --out runs/b --resume")
+    p.add_argument("--task", default="digits-mlp", help="a built-in task (descent tasks lists them)")
+    p.add_argument("--recipe", help="a descent.recipe scenario (quick, cnn, llm, convex, ...)")
+    p.add_argument("--optimizer", default="adamw", help="optimizer when no recipe is given (default adamw)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the task's or the recipe's)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--clip", type=float, help="clip the global grad norm to this")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    _common(p, "descent-out/train")
+    p.set_defaults(func=commands.train)
+
+    p = _sub(sub, "compare", "the same budget for several optimizers, mean ± spread over seeds",
+             "  descent compare --task digits-mlp --optimizers sgd,adamw,lion,muon --steps 300 --seeds 3\n"
+             "  descent compare --task rosenbrock --optimizers sgd,adam,lion --steps 500")
+    p.add_argument("--task", default="digits-mlp")
+    p.add_argument("--optimizers", default="sgd,adamw,lion,muon", help="comma-separated names")
+    p.add_argument("--lrs", default="", help="per-optimizer lrs, e.g. sgd=0.05,adamw=1e-3")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seeds", type=int, default=1)
+    _common(p, "descent-out/compare")
+    p.set_defaults(func=commands.compare)
+
+    p = _sub(sub, "find-lr", "the LR range test on a task, with plot and suggestion",
+             "  descent find-lr --task digits-mlp\n  descent find-lr --task charlm --optimizer adamw --num-iter 60")
+    p.add_argument("--task", default="digits-mlp")
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--num-iter", type=int, default=100)
+    _common(p, "descent-out/find-lr")
+    p.set_defaults(func=tools.find_lr)
+
+
+def _add_other(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "demo", "LR range test -> recipe run with monitor + doctor -> optimizer comparison -> HTML report",
+             "  descent demo\n  descent demo --out /tmp/demo --steps 200\n  descent demo --quick")
+    p.add_argument("--task", default="digits-mlp")
+    p.add_argument("--steps", type=int, default=400, help="steps of the monitored run and of each compared run")
+    p.add_argument("--quick", action="store_true", help="a tiny budget (for smoke tests)")
+    _common(p, "descent-out")
+    p.set_defaults(func=demo.run)
+
+    p = _sub(sub, "lab", "the source documents' labs: lr-sensitivity (001) and batch-size scaling (001/003)",
+             "  descent lab lr-sensitivity\n  descent lab batch-size --epochs 3")
+    p.add_argument("name", choices=["lr-sensitivity", "batch-size"])
+    p.add_argument("--steps", type=int, default=20, help="lr-sensitivity: steps per lr (default 20)")
+    p.add_argument("--lrs", default="0.01,0.1", help="lr-sensitivity: comma-separated lrs")
+    p.add_argument("--task", default="digits-mlp", help="batch-size: the task")
+    p.add_argument("--batch-sizes", default="32,64,128,256")
+    p.add_argument("--base-lr", type=float, default=0.01)
+    p.add_argument("--epochs", type=int, default=3)
+    _common(p, "descent-out/lab")
+    p.set_defaults(func=tools.lab)
+
+    p = _sub(sub, "doctor", "diagnose a training log (descent JSONL, CSV, TensorBoard event file)",
+             "  descent doctor descent-out/train/train.jsonl\n  descent doctor metrics.csv --json")
+    p.add_argument("log")
+    _common(p)
+    p.set_defaults(func=tools.doctor)
+
+    p = _sub(sub, "bench", "optimizer step speed and state memory vs torch and the memory roofline",
+             "  descent bench --only AdamW,Lion --scale 0.05\n  descent bench --scale 1 --iters 10")
+    p.add_argument("--only", default="", help="comma-separated optimizer names (default: all)")
+    p.add_argument("--scale", type=float, default=0.05, help="fraction of the 16M/20M parameter sets")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--sets", default="16M,gpt20M")
+    _common(p)
+    p.set_defaults(func=tools.bench)
+
+    p = _sub(sub, "tasks", "list the built-in tasks and optimizers", "  descent tasks\n  descent tasks --json")
+    _common(p)
+    p.set_defaults(func=tools.tasks)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="descent", description="descent: optimizers and training tools on PyTorch")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a small model on bundled real data with descent's optimizers")
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.set_defaults(func=_demo)
+    """The ``descent`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="descent", description="descent: optimizers and training tools on PyTorch, shown on real data",
+        epilog="examples:\n  descent demo\n  descent compare --task digits-mlp --optimizers sgd,adamw,lion,muon "
+               "--seeds 3\n  descent doctor run.jsonl\nrun 'descent COMMAND --help' for each command's options",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_other(sub)
+    _add_train_like(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns 0 (ok), 1 (failure) or 2 (usage error)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args))
+    except commands.UsageError as exc:
+        print(f"descent {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except commands.Failure as exc:
+        print(f"descent {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

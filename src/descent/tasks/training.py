@@ -140,7 +140,7 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
           seed: int = 0, clip: float | None = None, warmup: float = 0.0, schedule: bool = True,
           eval_every: int = 0, monitor: Any = None, checkpoint_dir: str | Path | None = None,
           checkpoint_every: int = 0, resume: bool = False, stop_at: int | None = None,
-          callback: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+          callback: Callable[[dict[str, Any]], None] | None = None, recipe: str | None = None) -> RunResult:
     """Train a fresh seeded model of ``task`` with descent's ``optimizer`` for ``steps`` steps.
 
     Each step: loss on ``task.train.at(step)``, backward, optional clipping (``clip`` = max norm,
@@ -154,12 +154,12 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
         monitor: an object with ``log(step, loss=..., model=..., optimizer=..., clip=..., **metrics)``
             (e.g. :class:`descent.Monitor`), called every step.
         callback: called with each step's record (progress bars).
+        recipe: a :func:`descent.recipe` scenario: its optimizer, scheduler and clipping norm replace
+            ``optimizer``/``schedule``/``clip`` (``lr`` still overrides the recipe's lr when given).
     """
-    lr = task.lr_for(optimizer) if lr is None else float(lr)
     model = task.make_model(seed)
-    opt = make_optimizer(optimizer, model, lr)
-    sched = _schedule(opt, steps, warmup) if schedule else None
-    res = RunResult(task.name, optimizer, lr, steps, seed, clip=clip, model=model)
+    res = RunResult(task.name, optimizer, 0.0, steps, seed, model=model)
+    opt, sched, clip = _setup(task, model, res, optimizer, lr, steps, recipe, clip, schedule, warmup)
     start = 0
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
     if resume:
@@ -183,7 +183,7 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
             monitor.log(step, loss=loss, model=model, optimizer=opt, clip=clip_res,
                         **{k: v for k, v in rec.items() if k.startswith("val_")})
         if sched is not None:
-            sched.step()
+            _sched_step(sched, rec)
         opt.zero_grad(set_to_none=True)
         res.history.append(rec)
         if callback is not None:
@@ -194,6 +194,31 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
     res.final = task.evaluate(model)
     res.final["train_loss"] = _tail_mean(res.column("loss"))
     return res
+
+
+def _setup(task: Task, model: nn.Module, res: RunResult, optimizer: str, lr: float | None, steps: int,
+           recipe: str | None, clip: float | None, schedule: bool, warmup: float) -> tuple[Any, Any, float | None]:
+    if recipe is not None:
+        make = getattr(descent, "recipe", None)
+        if make is None:
+            raise Unavailable("descent.recipe is not available in this build of descent")
+        rec = make(recipe, model, steps, batch_size=getattr(task.train, "batch_size", None), lr=lr)
+        res.optimizer, res.lr = f"{type(rec.optimizer).__name__} (recipe {recipe})", float(rec.lr)
+        res.clip = rec.clip_norm if clip is None else clip
+        res.notes += [f"{what}: {choice} [{src}]" for what, choice, src in rec.explanations]
+        return rec.optimizer, rec.scheduler, res.clip
+    res.lr = task.lr_for(optimizer) if lr is None else float(lr)
+    opt = make_optimizer(optimizer, model, res.lr)
+    res.clip = clip
+    return opt, (_schedule(opt, steps, warmup) if schedule else None), clip
+
+
+def _sched_step(sched: Any, rec: dict[str, Any]) -> None:
+    if "Plateau" in type(sched).__name__:  # metric-driven: step on each evaluation only
+        if rec.get("val_loss") is not None:
+            sched.step(rec["val_loss"])
+    else:
+        sched.step()
 
 
 def _tail_mean(values: Sequence[Any], frac: float = 0.1) -> float:

@@ -1,0 +1,156 @@
+"""``descent find-lr``, ``lab``, ``doctor``, ``bench`` and ``tasks``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import descent
+
+from . import _progress
+from .commands import Failure, UsageError, emit, fmt, get_task, outdir
+
+
+def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num_iter: int, seed: int = 0) -> Any:
+    """:func:`descent.find_lr` on a fresh model of ``task`` (its batches, its loss)."""
+    from descent.tasks.training import Unavailable, make_optimizer
+
+    fn = getattr(descent, "find_lr", None)
+    if fn is None:
+        raise Failure("descent.find_lr is not available in this build of descent")
+    model = task.make_model(seed)
+    try:
+        opt = make_optimizer(optimizer, model, start_lr)
+    except Unavailable as exc:
+        raise Failure(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    batches = [task.train.at(i) for i in range(min(num_iter, 4 * len(task.train)))]
+    return fn(model, opt, batches, forward=task.loss, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)
+
+
+def find_lr(args: argparse.Namespace) -> int:
+    task = get_task(args.task, args.seed)
+    out = outdir(args)
+    res = lr_range_test(task, args.optimizer.lower(), args.start_lr, args.end_lr, args.num_iter, args.seed)
+    plot = out / "lr_finder.png"
+    res.plot(str(plot))
+    payload = {"task": args.task, "optimizer": args.optimizer, "suggestion": res.suggestion, "method": res.method,
+               "suggestions": res.suggestions, "stopped_early": res.stopped_early, "notes": res.notes,
+               "plot": plot, "lrs": res.lrs, "losses": res.losses}
+    sugg = fmt(res.suggestion)
+    lines = [f"LR range test on {args.task} with {args.optimizer}: {len(res.lrs)} steps "
+             f"from {args.start_lr:g} to {max(res.lrs) if res.lrs else args.end_lr:.3g}"
+             + (f" (stopped: {res.stopped_early})" if res.stopped_early else ""),
+             f"suggested lr: {sugg} (method: {res.method})",
+             "all methods: " + ", ".join(f"{k}={fmt(v)}" for k, v in res.suggestions.items()),
+             *[f"note: {n}" for n in res.notes], f"plot: {plot}"]
+    emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def lab(args: argparse.Namespace) -> int:
+    from descent.tasks.labs import batch_size_scaling, lr_sensitivity
+
+    out = outdir(args)
+    try:
+        if args.name == "lr-sensitivity":
+            lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+            res = lr_sensitivity(lrs, args.steps, args.seed)
+            text = _lr_text(res, out)
+        else:
+            sizes = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
+            with _progress.bar(args, len(sizes) * 3, "batch-size lab"):
+                res = batch_size_scaling(args.task, sizes, args.base_lr, args.epochs, args.seed)
+            text = _bs_text(res)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    emit(args, res, text)
+    return 0
+
+
+def _lr_text(res: dict[str, Any], out: Path) -> str:
+    from descent.plotting import line_plot
+
+    plot = line_plot({f"lr={r['lr']:g}": (list(range(res["steps"])), r["descent"]) for r in res["runs"]},
+                     out / "lr_sensitivity.png", ylabel="loss", title="source 001: SGD(momentum=0.9), lr x10")
+    res["plot"] = plot
+    lines = [f"source document 001, 5-minute lab: MLP 32-64-10, SGD(momentum=0.9), {res['steps']} steps, "
+             "random batches (seed 0)"]
+    for r in res["runs"]:
+        lines.append(f"lr={r['lr']:g} first/last: {r['first']:.4f} {r['last']:.4f}   "
+                     f"(descent.SGD vs torch.optim.SGD max |diff| {r['max_abs_diff_vs_torch']:.1e})")
+    lines.append("(the data is noise, so the loss cannot fall far: the lab shows how the lr changes the path)")
+    return "\n".join(lines + [f"plot: {plot}"])
+
+
+def _bs_text(res: dict[str, Any]) -> str:
+    metric = res["metric"]
+    lines = [f"batch-size lab on {res['task']}: SGD-momentum, {res['epochs']} epochs at every batch size, "
+             f"base lr {res['base_lr']:g} at the smallest batch",
+             f"{'batch':>6} {'rule':>7} {'lr':>9} {'steps':>6} {metric:>9} {'val_loss':>9}"]
+    for r in res["rows"]:
+        lines.append(f"{r['batch_size']:>6} {r['rule']:>7} {r['lr']:>9.4g} {r['steps']:>6} {fmt(r.get(metric)):>9} "
+                     f"{fmt(r.get('val_loss')):>9}")
+    return "\n".join(lines)
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from descent.logs import LogError, read_log
+
+    try:
+        cols = read_log(args.log)
+    except LogError as exc:
+        raise Failure(str(exc)) from None
+    fn = getattr(descent, "diagnose", None)
+    if fn is None:
+        raise Failure("descent.diagnose is not available in this build of descent")
+    try:
+        found = fn(cols)
+    except ValueError as exc:
+        raise Failure(f"{args.log}: {exc}") from None
+    notes = list(getattr(found, "notes", []))
+    payload = {"log": args.log, "steps": len(cols["loss"]), "columns": sorted(cols),
+               "findings": [f.to_dict() for f in found], "notes": notes}
+    lines = [f"{args.log}: {len(cols['loss'])} steps, columns {', '.join(sorted(cols))}",
+             f"{len(found)} finding(s)" + ("" if found else ": nothing wrong detected")]
+    for f in found:
+        lines += [f"[{f.severity}] {f.code}: {f.message}", f"    evidence: {f.evidence}", f"    fix: {f.fix}"]
+    lines += [f"note: {n}" for n in notes]
+    emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from descent import bench as b
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or None
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    bad = [s for s in sets if s not in ("16M", "gpt20M")]
+    if bad or args.scale <= 0 or args.iters < 1:
+        raise UsageError(f"Invalid --sets/--scale/--iters: {args.sets}/{args.scale}/{args.iters} "
+                         "(sets from 16M,gpt20M; scale > 0; iters >= 1)")
+    if only:
+        names = {c.name.lower() for c in b.CASES()}
+        unknown = [o for o in only if o.lower() not in names]
+        if unknown:
+            raise UsageError(f"Invalid optimizer: {', '.join(unknown)} (valid: {', '.join(c.name for c in b.CASES())})")
+    bandwidth, results = b.run(only=only, scale=args.scale, iters=args.iters, sets=sets)
+    emit(args, {"bandwidth_gb_s": bandwidth, "scale": args.scale, "results": b.as_dicts(results)},
+         b.format_table(bandwidth, results) + f"\n(scale {args.scale:g} of the full 16M / 20M parameter sets)")
+    return 0
+
+
+def tasks(args: argparse.Namespace) -> int:
+    from descent.tasks import TASKS
+    from descent.tasks.training import OPTIMIZERS, available_optimizers
+
+    avail = set(available_optimizers())
+    payload = {"tasks": TASKS, "optimizers": {k: {"description": v[2], "available": k in avail}
+                                              for k, v in OPTIMIZERS.items()}}
+    lines = ["tasks:"] + [f"  {k:<12} {v}" for k, v in TASKS.items()] + ["optimizers:"]
+    lines += [f"  {k:<12} {v[2]}" + ("" if k in avail else "  (not available in this build)")
+              for k, v in OPTIMIZERS.items()]
+    emit(args, payload, "\n".join(lines))
+    return 0
