@@ -82,7 +82,7 @@ def train(args: argparse.Namespace) -> int:
         try:
             res = run(task, args.optimizer, args.lr, args.steps, seed=args.seed, clip=args.clip,
                       eval_every=args.eval_every, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, recipe=args.recipe, monitor=monitor,
+                      resume=args.resume, recipe=args.recipe, monitor=monitor, stop_at=args.stop_at,
                       callback=_progress.step_callback(pbar, 10))
         except Unavailable as exc:
             raise Failure(str(exc)) from None
@@ -140,7 +140,9 @@ def run_compare(args: argparse.Namespace, task_name: str, optimizers: list[str],
     task = get_task(task_name, 0)
     with _progress.bar(args, steps * seeds * len(optimizers), f"compare on {task_name}") as pbar:
         results = compare(task_name, optimizers, steps, seeds, lrs=lrs, callback=lambda n, s, r: pbar.update(1))
-    keys = [task.metric] + [k for k in ("val_loss", "train_loss", "test_acc") if k != task.metric]
+    present = {k for runs in results.values() for r in runs for k in r.final}
+    keys = [task.metric] + [k for k in ("val_loss", "train_loss", "test_acc", "dist")
+                            if k != task.metric and k in present]
     return task, results, summarize(results, keys), keys
 
 

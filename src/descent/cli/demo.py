@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = outdir(args)
     task = get_task(args.task, args.seed)
-    steps = 30 if args.quick else args.steps
+    steps = min(30, args.steps) if args.quick else args.steps
     _say(args, f"descent demo on {task.name}: {task.description}")
     _say(args, "[1/3] LR range test (AdamW)")
     lr, lr_note, lr_plots = _find_lr(args, task, out, 20 if args.quick else 100)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     task_c, results, rows, keys = run_compare(args, task.name, DEMO_OPTIMIZERS, steps, 1, {})
     table = compare_table(task_c, rows, keys)
     cmp_plots = compare_plots(out, task_c, results)
-    cmp_plots.append(trajectories(out, "rosenbrock", ["sgd", "adam", "lion"], 30 if args.quick else 300, {}))
+    cmp_plots.append(trajectories(out, "rosenbrock", ["sgd", "adam", "lion"], steps if args.quick else 300, {}))
     report = write_report(out, f"descent demo: {task.name}", [
         ("1. LR range test (AdamW)", f"<p>{lr_note}</p>", lr_plots),
         ("2. Monitored run", f"<p>{res.optimizer}, lr {res.lr:.3g}, clip {res.clip}, {steps} steps, "

@@ -37,6 +37,7 @@ def _add_train_like(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-at", type=int, help="stop after this many steps, as if interrupted (to try --resume)")
     _common(p, "descent-out/train")
     p.set_defaults(func=commands.train)
 
