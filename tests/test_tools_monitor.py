@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import descent
-from tools_runs import batches, dataset, digits_run, mlp
+from tools_runs import batches, dataset, mlp
 
 torch.set_num_threads(1)
 
