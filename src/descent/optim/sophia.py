@@ -11,7 +11,7 @@ Example (a runnable loop; the refresh is the ``if`` block)::
 
     >>> import torch, torch.nn.functional as Fn, descent
     >>> from descent.optim.sophia import gnb_sample_labels
-    >>> torch.manual_seed(0); X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    >>> _ = torch.manual_seed(0); X, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
     >>> model = torch.nn.Linear(5, 3)
     >>> opt = descent.SophiaG(model.parameters(), lr=1e-2, bs=64)
     >>> for step in range(30):
