@@ -7,7 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 from descent.cli.main import main

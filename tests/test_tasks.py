@@ -56,7 +56,7 @@ def test_logistic_optimum_is_stationary_and_not_beaten() -> None:
     z = np.hstack([x, np.ones((len(x), 1))]) @ (w + 1e-3)
     worse = np.mean(np.logaddexp(0, z) - y * z) + 0.5 * task.extra["l2"] * np.sum((w[:-1] + 1e-3) ** 2)
     assert worse > obj and abs(obj - task.optimum) < 1e-8  # float32-rounded inputs here
-    res = train(task, "adamw", 0.05, 300, schedule=True)
+    res = train(task, "adamw", 0.05, 100, schedule=True)
     assert 0 <= res.final["gap"] < 0.01  # gap is objective - optimum: never negative beyond float32 noise
 
 
@@ -65,25 +65,25 @@ def test_linear_optimum_matches_lstsq_and_training_approaches_it() -> None:
     x, y = (t.double().numpy() for t in task.extra["train_full"])
     _, mse = linear_optimum(x, y)
     assert abs(mse - task.optimum) < 1e-8  # float32-rounded inputs here
-    res = train(task, "sgd", 0.05, 300)
+    res = train(task, "sgd", 0.05, 150)
     assert -1e-4 < res.final["gap"] < 0.05
 
 
 def test_rosenbrock_adam_gets_close() -> None:
-    res = train(get_task("rosenbrock"), "adam", 0.05, 1500, schedule=False)
-    assert res.final["dist"] < 0.1
+    res = train(get_task("rosenbrock"), "adam", 0.05, 800, schedule=False)
+    assert res.final["dist"] < 0.3 and res.final["gap"] < 0.01  # from 12.5 at the start
 
 
 def test_digits_mlp_learns() -> None:
-    res = train(get_task("digits-mlp"), "adamw", 3e-3, 150)
+    res = train(get_task("digits-mlp"), "adamw", 1e-2, 60)
     assert res.final["val_acc"] > 0.85
 
 
 def test_resume_gives_identical_weights(tmp_path) -> None:
     task = get_task("digits-mlp")
-    full = train(task, "sgd", 0.1, 12, checkpoint_dir=tmp_path / "a")
-    train(task, "sgd", 0.1, 12, checkpoint_dir=tmp_path / "b", stop_at=5)
-    resumed = train(task, "sgd", 0.1, 12, checkpoint_dir=tmp_path / "b", resume=True)
+    full = train(task, "muon", 0.02, 8, checkpoint_dir=tmp_path / "a")
+    train(task, "muon", 0.02, 8, checkpoint_dir=tmp_path / "b", stop_at=5)
+    resumed = train(task, "muon", 0.02, 8, checkpoint_dir=tmp_path / "b", resume=True)
     for p, q in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(p, q)
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]

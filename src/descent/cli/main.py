@@ -67,7 +67,7 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "demo", "LR range test -> recipe run with monitor + doctor -> optimizer comparison -> HTML report",
              "  descent demo\n  descent demo --out /tmp/demo --steps 200\n  descent demo --quick")
     p.add_argument("--task", default="digits-mlp")
-    p.add_argument("--steps", type=int, default=400, help="steps of the monitored run and of each compared run")
+    p.add_argument("--steps", type=int, default=300, help="steps of the monitored run and of each compared run")
     p.add_argument("--quick", action="store_true", help="a tiny budget (for smoke tests)")
     _common(p, "descent-out")
     p.set_defaults(func=demo.run)

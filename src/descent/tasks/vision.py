@@ -20,7 +20,7 @@ log = logging.getLogger("descent.tasks")
 __all__ = ["digits_mlp", "digits_cnn", "mnist1d"]
 
 _CLASSIFIER_LRS = {"sgd": 0.1, "sgd-plain": 0.1, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "adagrad": 0.05,
-                   "lion": 3e-4, "lamb": 1e-2, "adafactor": 1e-2, "sophiag": 3e-4, "muon": 0.02,
+                   "lion": 1e-3, "lamb": 1e-2, "adafactor": 1e-2, "sophiag": 3e-4, "muon": 0.02,
                    "shampoo": 3e-3, "kfac": 1e-2}
 
 
