@@ -39,6 +39,7 @@ TASKS = {
 }
 
 
+@pytest.mark.slow  # 15 full training runs per task
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_suggestion_within_3x_of_grid_search(task):
     name, opt = TASKS[task]

@@ -73,7 +73,9 @@ def _supervised(scenario, steps=100):
         return start, float(CE(model(x), y)), r
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in ("gan", "rl", "convex", "online")])
+@pytest.mark.parametrize("scenario", [
+    pytest.param(s, marks=pytest.mark.slow) if s == "large_batch" else s  # descent.LAMB: ~10-40 s here
+    for s in SCENARIOS if s not in ("gan", "rl", "convex", "online")])
 def test_supervised_scenarios_train(scenario):
     start, end, r = _supervised(scenario)
     assert end < 0.85 * start, (scenario, start, end)  # the recipes' lrs are for long runs: a clear drop
@@ -117,6 +119,7 @@ def test_convex_and_online_logistic_regression():
     assert lrs[-1] / lrs[99] == pytest.approx(math.sqrt((100 + 2) / (200 + 2)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_gan_recipe_trains_a_toy_gan():
     torch.manual_seed(0)
     gen = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
