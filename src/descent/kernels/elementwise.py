@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["lion_kernel", "sophia_kernel", "lamb_moments_kernel", "lamb_apply_kernel"]
+__all__ = ["lion_kernel", "sophia_kernel", "lamb_moments_kernel", "lamb_apply_kernel", "lamb_direction_kernel"]
 
 _OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 
@@ -70,3 +70,15 @@ def lamb_apply_kernel(p, m, v, bc1, bc2, eps, wd, scale):  # pragma: no cover - 
     for i in prange(p.size):
         u = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps) + p[i] * wd
         p[i] = p[i] - u * scale
+
+
+@njit(**_OPTS)
+def lamb_direction_kernel(p, g, m, v, u, b1, c1, b2, c2, bc1, bc2, eps, wd, sign):  # pragma: no cover
+    """Update m, v and write the direction u (no reduction, so the loop vectorizes)."""
+    for i in prange(p.size):
+        gi = g[i] * sign
+        mi = m[i] * b1 + gi * c1
+        vi = v[i] * b2 + gi * gi * c2
+        m[i] = mi
+        v[i] = vi
+        u[i] = (mi / bc1) / (math.sqrt(vi / bc2) + eps) + p[i] * wd
