@@ -75,9 +75,9 @@ def train(args: argparse.Namespace) -> int:
     if args.resume and not (out / "checkpoint.pt").exists():
         raise Failure(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
     monitor_cls = getattr(descent, "Monitor", None)
-    monitor = monitor_cls(jsonl=out / "train.jsonl") if monitor_cls and not args.resume else None
-    if monitor is None and monitor_cls and args.resume:
-        monitor = monitor_cls(jsonl=out / "train.jsonl")  # appends
+    if not args.resume:
+        (out / "train.jsonl").unlink(missing_ok=True)  # a resumed run appends to its log
+    monitor = monitor_cls(jsonl=out / "train.jsonl", clip_max_norm=args.clip) if monitor_cls else None
     with _progress.bar(args, args.steps, f"train {args.task}") as pbar:
         try:
             res = run(task, args.optimizer, args.lr, args.steps, seed=args.seed, clip=args.clip,
@@ -179,8 +179,10 @@ def compare(args: argparse.Namespace) -> int:
         plots.append(trajectories(out, args.task, optimizers, args.steps, parse_lrs(args.lrs)))
     (out / "compare.json").write_text(json.dumps(rows, indent=2))
     payload = {"task": args.task, "steps": args.steps, "seeds": args.seeds, "rows": rows, "plots": plots}
+    ref = "".join(f"\npublished, {k}: {v}" for k, v in task.reference.items())
     text = (f"{args.task}: {task.description}; {args.steps} steps x {args.seeds} seed(s)\n"
-            + compare_table(task, rows, keys) + f"\nplots: {', '.join(str(p) for p in plots)}")
+            + compare_table(task, rows, keys) + ref + f"\nplots: {', '.join(str(p) for p in plots)}")
+    payload["reference"] = task.reference
     emit(args, payload, text)
     return 0
 

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     _say(args, f"      {lr_note}")
     _say(args, f"[2/3] monitored run: recipe '{task.recipe}', lr {lr:.3g}, clip 1.0, {steps} steps")
     res, found, run_plots = _monitored(args, task, out, lr, steps)
+    _say(args, f"      {res.optimizer}, lr {res.lr:.3g}, {res.seconds:.1f} s")
     _say(args, "      final: " + ", ".join(f"{k}={fmt(v)}" for k, v in res.final.items()))
     doc_lines = ["descent.diagnose not available in this build"] if found is None else (
         [str(f) for f in found] or ["no problem found"]) + [f"note: {n}" for n in getattr(found, "notes", [])]

@@ -202,7 +202,9 @@ def _setup(task: Task, model: nn.Module, res: RunResult, optimizer: str, lr: flo
         make = getattr(descent, "recipe", None)
         if make is None:
             raise Unavailable("descent.recipe is not available in this build of descent")
-        rec = make(recipe, model, steps, batch_size=getattr(task.train, "batch_size", None), lr=lr)
+        # an explicit lr was chosen at this batch size already: no batch-size rescaling on top
+        bs = getattr(task.train, "batch_size", None) if lr is None else None
+        rec = make(recipe, model, steps, batch_size=bs, lr=lr)
         res.optimizer, res.lr = f"{type(rec.optimizer).__name__} (recipe {recipe})", float(rec.lr)
         res.clip = rec.clip_norm if clip is None else clip
         res.notes += [f"{what}: {choice} [{src}]" for what, choice, src in rec.explanations]
