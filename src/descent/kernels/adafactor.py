@@ -4,7 +4,8 @@ A factored parameter, viewed as ``(rows, m)`` with ``rows = batch * n``, takes t
 passes over the gradient: (1) row means of :math:`g^2+\\epsilon_1` with per-thread
 column partial sums and :math:`\\sum\\theta^2`; (2) :math:`\\sum U^2` for the RMS clip;
 (3) the update. A vector takes two. Means and norms are parallel sums, so results
-agree with the torch expression to rounding (about 1e-15 relative in float64).
+agree with the torch expression to rounding (about 1e-15 relative in float64); the
+sums may be reassociated (``fastmath={'reassoc'}``) so that they vectorize.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from numba import get_num_threads, njit, prange
 __all__ = ["adafactor_factored", "adafactor_vector"]
 
 _OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+#: The three reduction kernels may reassociate sums (and only that), so they vectorize;
+#: the update itself (``_apply``, ``_vec_apply``) keeps strict IEEE order.
+_SUM_OPTS = dict(_OPTS, fastmath={"reassoc"})
 
 
-@njit(**_OPTS)
+@njit(**_SUM_OPTS)
 def _stats(p, g, row, partial, n, eps1, b2, c2):  # pragma: no cover - compiled
     rows, m = g.shape
     chunks = partial.shape[0]
@@ -40,7 +44,7 @@ def _stats(p, g, row, partial, n, eps1, b2, c2):  # pragma: no cover - compiled
     return psums.sum()
 
 
-@njit(**_OPTS)
+@njit(**_SUM_OPTS)
 def _usum(g, rf, cf, n):  # pragma: no cover - compiled
     rows, m = g.shape
     total = 0.0
@@ -91,7 +95,7 @@ def adafactor_factored(p, g, row, col, mom, *, n, eps1, b2, c2, eps2, lr, clip, 
     _apply(p, g, rf, cf, n, dt(denom), dt(alpha), dt(decay), mom2, dt(b1 or 0.0), dt(1 - (b1 or 0.0)), use_m)
 
 
-@njit(**_OPTS)
+@njit(**_SUM_OPTS)
 def _vec_stats(p, g, v, eps1, b2, c2):  # pragma: no cover - compiled
     one = p.dtype.type(1.0)
     us = 0.0

@@ -2,8 +2,8 @@
 
 Scalars are passed in the arrays' dtype so float32 arithmetic stays float32, and
 ``fastmath`` is off, so every elementwise result equals the torch expression in
-:mod:`descent.functional` bit for bit; only LAMB's norms (parallel sums) are
-reordered.
+:mod:`descent.functional` bit for bit in float64. (LAMB's norms are left to torch:
+a Numba loop that also sums does not vectorize without fastmath.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["lion_kernel", "sophia_kernel", "lamb_moments_kernel", "lamb_apply_kernel", "lamb_direction_kernel"]
+__all__ = ["lion_kernel", "sophia_kernel", "lamb_direction_kernel"]
 
 _OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 
@@ -45,31 +45,6 @@ def sophia_kernel(p, g, m, h, decay, lr, b1, c1, rho_bs, eps, sign):  # pragma: 
             r = one
         s = one if mi > zero else (-one if mi < zero else mi)
         p[i] = p[i] * decay - s * r * lr
-
-
-@njit(**_OPTS)
-def lamb_moments_kernel(p, g, m, v, b1, c1, b2, c2, bc1, bc2, eps, wd, sign):  # pragma: no cover
-    """Update m, v; return (sum theta^2, sum u^2) in float64."""
-    wsum = 0.0
-    usum = 0.0
-    for i in prange(p.size):
-        gi = g[i] * sign
-        mi = m[i] * b1 + gi * c1
-        vi = v[i] * b2 + gi * gi * c2
-        m[i] = mi
-        v[i] = vi
-        u = (mi / bc1) / (math.sqrt(vi / bc2) + eps) + p[i] * wd
-        wsum += np.float64(p[i]) * np.float64(p[i])
-        usum += np.float64(u) * np.float64(u)
-    return wsum, usum
-
-
-@njit(**_OPTS)
-def lamb_apply_kernel(p, m, v, bc1, bc2, eps, wd, scale):  # pragma: no cover - compiled
-    """p <- p - u*scale with u recomputed from the updated moments (scale = ratio*lr)."""
-    for i in prange(p.size):
-        u = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps) + p[i] * wd
-        p[i] = p[i] - u * scale
 
 
 @njit(**_OPTS)

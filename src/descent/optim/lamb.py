@@ -34,9 +34,9 @@ class LAMB(Optimizer):
     parameter tensor is one "layer"; exclude biases and norms from adaptation and decay
     with :func:`descent.param_groups` and a group of plain Adam if you wish.
 
-    The default CPU backend (``"fused"``) is two Numba passes per tensor (moments and
-    norms, then the update); it equals :func:`descent.functional.lamb` elementwise, and
-    the norms agree to float rounding (parallel sums, accumulated in float64).
+    The default CPU backend (``"fused"``) is one Numba pass per tensor (moments and the
+    direction :math:`u`, into a temporary), then torch's norms and one in-place apply;
+    in float64 it equals :func:`descent.functional.lamb`.
 
     Args:
         params: parameters or param group dicts.
