@@ -246,9 +246,9 @@ def test_sophia_gnb_loop_trains_softmax_regression():
 
 #: (kwargs on top of the documented defaults, accuracy reached on held-out digits)
 DIGITS = {
-    "Lion": (dict(lr=1e-3), 0.93),
+    "Lion": (dict(lr=1e-3), 0.93),  # reached 0.947 (LAMB 0.965, SophiaG 0.942)
     "LAMB": (dict(lr=1e-2), 0.93),
-    "Adafactor": (dict(), 0.93),
+    "Adafactor": (dict(), 0.92),  # reached 0.935
     "SophiaG": (dict(lr=1e-3, bs=64), 0.93),
 }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 __all__ = ["adafactor_factored", "adafactor_vector"]
 
@@ -21,6 +21,7 @@ _OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 #: The three reduction kernels may reassociate sums (and only that), so they vectorize;
 #: the update itself (``_apply``, ``_vec_apply``) keeps strict IEEE order.
 _SUM_OPTS = dict(_OPTS, fastmath={"reassoc"})
+_CHUNKS = 16
 
 
 @njit(**_SUM_OPTS)
@@ -77,7 +78,7 @@ def adafactor_factored(p, g, row, col, mom, *, n, eps1, b2, c2, eps2, lr, clip, 
     if sign < 0:
         g = -g
     rows, m = g.shape
-    chunks = max(1, min(get_num_threads(), rows))
+    chunks = max(1, min(_CHUNKS, rows))  # fixed, so results do not depend on the thread count
     partial = np.zeros((chunks, col.size), dtype=p.dtype)
     psum = _stats(p, g, row, partial, n, dt(eps1), dt(b2), dt(c2))
     col *= dt(b2)
