@@ -61,8 +61,9 @@ def lab(args: argparse.Namespace) -> int:
             text = _lr_text(res, out)
         else:
             sizes = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
-            with _progress.bar(args, len(sizes) * 3, "batch-size lab"):
-                res = batch_size_scaling(args.task, sizes, args.base_lr, args.epochs, args.seed)
+            with _progress.bar(args, len(sizes) * 3, "batch-size lab") as pbar:
+                res = batch_size_scaling(args.task, sizes, args.base_lr, args.epochs, args.seed,
+                                         callback=lambda row: pbar.update(1))
             text = _bs_text(res)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

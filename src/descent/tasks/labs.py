@@ -45,7 +45,8 @@ def lr_sensitivity(lrs: Sequence[float] = (1e-2, 1e-1), steps: int = 20, seed: i
 
 def batch_size_scaling(task_name: str = "digits-mlp", batch_sizes: Sequence[int] = (32, 64, 128, 256),
                        base_lr: float = 0.01, epochs: int = 3, seed: int = 0,
-                       rules: Sequence[str] = ("fixed", "linear", "sqrt")) -> dict[str, Any]:
+                       rules: Sequence[str] = ("fixed", "linear", "sqrt"),
+                       callback: Any = None) -> dict[str, Any]:
     """Source documents 001/003: when the batch grows, scale the lr (linear rule
     :math:`\\eta_2 = \\eta_1 B_2/B_1`, or sqrt). Trains SGD-momentum for the same number of
     epochs at every batch size, with the lr fixed at ``base_lr`` (tuned at the smallest batch)
@@ -69,4 +70,6 @@ def batch_size_scaling(task_name: str = "digits-mlp", batch_sizes: Sequence[int]
                 lr = base_lr * (b / b0 if rule == "linear" else (b / b0) ** 0.5)
             res = train(task, "sgd", lr, steps, seed=seed, schedule=False)
             rows.append({"batch_size": b, "rule": rule, "lr": lr, "steps": steps, **res.final})
+            if callback is not None:
+                callback(rows[-1])
     return {"task": task_name, "metric": task.metric, "epochs": epochs, "base_lr": base_lr, "rows": rows}
