@@ -102,6 +102,27 @@ def _check_number(name: str, value: Any, *, low: float, strict: bool = False, in
 class DescentTrainer:
     """Mixin with the epoch loop; see the module docstring."""
 
+    def _validate_partial_fit_classes(self, X: Any, y: Any, classes: Any) -> tuple[Any, Any, bool]:
+        """Validate ``X, y`` for ``partial_fit``; fix ``classes_`` on the first call (returns ``first``)."""
+        import numpy as np
+        from sklearn.utils.multiclass import check_classification_targets
+        from sklearn.utils.validation import validate_data
+
+        first = not hasattr(self, "classes_")
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
+        check_classification_targets(y)
+        if first:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            self._set_classes(np.unique(classes))
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                             f"was: {self.classes_!r}")
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y contains labels {unknown!r} that are not in classes {self.classes_!r}")
+        return X, y, first
+
     _dtype: torch.dtype = torch.float64
     _is_classifier: bool = False
 

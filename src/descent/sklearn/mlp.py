@@ -198,19 +198,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> MLPClassifier:
         """One epoch over ``X``, continuing the optimizer state and the schedule (``classes`` on the first call)."""
         self._check_params()
-        first = not hasattr(self, "classes_")
-        X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
-        check_classification_targets(y)
-        if first:
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            self._set_classes(np.unique(classes))
-        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
-                             f"was: {self.classes_!r}")
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if unknown.size:
-            raise ValueError(f"y contains labels {unknown!r} that are not in classes {self.classes_!r}")
+        X, y, first = self._validate_partial_fit_classes(X, y, classes)
         if self.class_weight == "balanced":
             raise ValueError("class_weight 'balanced' is not supported for partial_fit")
         Y, sw = self._prepare(X, y, sample_weight)
