@@ -103,16 +103,19 @@ class LAMB(Optimizer):
         hp = dict(lr=float(group["lr"]), beta1=b1, beta2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
                   clamp_value=group["clamp_value"], bias_correction=group["bias_correction"],
                   maximize=group["maximize"])
+        # one scratch buffer for the direction u, reused by every tensor of the bucket
+        scratch = torch.empty(max(p.numel() for p in params), dtype=params[0].dtype) if backend == "fused" else None
         for p, g, s in zip(params, grads, states):
             s["step"] += 1
             step = int(s["step"].item())
             if backend == "fused" and K.kernel_ok(p, g, s["exp_avg"], s["exp_avg_sq"]):
-                _lamb_fused(p, g, s["exp_avg"], s["exp_avg_sq"], step=step, **hp)
+                _lamb_fused(p, g, s["exp_avg"], s["exp_avg_sq"], scratch[: p.numel()].view_as(p), step=step, **hp)
             else:
                 F.lamb(p, g, s["exp_avg"], s["exp_avg_sq"], step=step, **hp)
 
 
-def _lamb_fused(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: float, beta1: float, beta2: float,
+def _lamb_fused(p: Tensor, g: Tensor, m: Tensor, v: Tensor, u: Tensor, *, step: int, lr: float, beta1: float,
+                beta2: float,
                 eps: float, weight_decay: float, clamp_value: float | None, bias_correction: bool,
                 maximize: bool) -> None:
     """Kernel pass (moments and direction u, vectorized), torch norms, torch apply.
@@ -124,7 +127,6 @@ def _lamb_fused(p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, step: int, lr: fl
 
     pa = K.flat(p)
     dt = pa.dtype.type
-    u = torch.empty_like(p, memory_format=torch.contiguous_format)
     bc1 = dt(1 - beta1**step if bias_correction else 1.0)
     bc2 = dt(1 - beta2**step if bias_correction else 1.0)
     lamb_direction_kernel(pa, K.flat(g), K.flat(m), K.flat(v), K.flat(u), dt(beta1), dt(1 - beta1), dt(beta2),
