@@ -69,6 +69,70 @@ def test_fused_kernel_matches_functional(name, dtype):
                 torch.testing.assert_close(va, vb, atol=tol, rtol=tol)
 
 
+#: many tensors of awkward shapes: zero-size, 0-d, vectors, rows/columns of one, a batch of matrices
+MANY = [(7, 5), (0,), (30, 23), (3, 4, 6), (11,), (2, 50, 3), (), (120,), (13, 1), (1, 17), (0, 4), (9, 40)]
+
+
+@pytest.fixture
+def tiny_plan(monkeypatch):
+    """Blocks of ~40 elements and waves of ~300: every tensor above is cut, waves hold several tensors."""
+    from descent.kernels import multi
+
+    monkeypatch.setattr(multi, "BLOCK", 40)
+    monkeypatch.setattr(multi, "WAVE", 300)
+    multi.plan.cache_clear()
+    yield
+    multi.plan.cache_clear()
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("name", list(OPTIMS))
+def test_multi_tensor_kernel_over_many_blocks_and_waves(name, tiny_plan):
+    """One kernel call over a bucket of many tensors equals the per-tensor functional."""
+    cls, kw = OPTIMS[name]
+    a, b = _params(torch.float64, shapes=MANY), _params(torch.float64, shapes=MANY)
+    opt_a, opt_b = cls(a, backend="fused", **kw), cls(b, backend="loop", **kw)
+    every = 3 if name == "SophiaG" else 0
+    _run(opt_a, a, 8, hessian_every=every)
+    _run(opt_b, b, 8, hessian_every=every)
+    tol = KERNEL_TOL[name]
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, atol=tol, rtol=tol)
+        for key, va in opt_a.state[pa].items():
+            torch.testing.assert_close(va, opt_b.state[pb][key], atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("name", list(OPTIMS))
+def test_multi_tensor_kernel_results_do_not_depend_on_the_thread_count(name, monkeypatch):
+    """float32, bit for bit: sums are per block and added in block order, whatever the threads."""
+    cls, kw = OPTIMS[name]
+    shapes = [(300, 230), (5,), (3, 40, 700), (70000,)]
+    runs = []
+    for parallel_min in (1 << 60, 0):  # one thread, then all of them
+        monkeypatch.setattr(K, "PARALLEL_MIN", parallel_min)
+        ps = _params(torch.float32, shapes=shapes)
+        opt = cls(ps, **kw)
+        _run(opt, ps, 4, hessian_every=2 if name == "SophiaG" else 0)
+        runs.append(ps)
+    for pa, pb in zip(*runs):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("name", list(OPTIMS))
+def test_a_non_contiguous_tensor_inside_a_bucket_takes_the_functional(name, tiny_plan):
+    cls, kw = OPTIMS[name]
+    base = torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    a = _params(torch.float64, shapes=MANY[:4]) + [torch.nn.Parameter(base.t())]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a[:4]] + [torch.nn.Parameter(base.t().contiguous())]
+    opt_a, opt_b = cls(a, **kw), cls(b, backend="loop", **kw)
+    _run(opt_a, a, 5)
+    _run(opt_b, b, 5)
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, atol=1e-13, rtol=1e-13)
+
+
 @pytest.mark.parametrize("name", list(OPTIMS))
 def test_default_backend_is_fused_on_cpu_and_loop_for_bf16(name):
     cls, kw = OPTIMS[name]

@@ -1,14 +1,15 @@
 """descent's CPU kernels: single-pass Numba loops for optimizers torch has no fused kernel for.
 
-Each kernel runs over the flat, zero-copy NumPy view of contiguous float32/float64 CPU
-tensors and is tested against the pure function in :mod:`descent.functional` that it
-implements. Numba is optional: without it :func:`numba_cpu` is False and
+Each kernel steps all the contiguous float32/float64 CPU tensors of a bucket in one call,
+through their addresses (:mod:`descent.kernels.multi`), and is tested against the pure
+function in :mod:`descent.functional` that it implements. Numba is optional: without it :func:`numba_cpu` is False and
 :func:`descent.optim._backend.select_backend` picks the ``"loop"`` backend instead.
 Compiled code is cached on disk (``cache=True``), so only the first run compiles.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 try:  # pragma: no cover - depends on the environment
@@ -18,9 +19,9 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "PARALLEL_MIN", "numba_cpu", "flat", "kernel_ok", "threads_for"]
+__all__ = ["AVAILABLE", "PARALLEL_MIN", "numba_cpu", "kernel_ok", "partition", "like", "threads_for", "addresses", "bucket_plan"]
 
-#: Tensors smaller than this run on one thread: waking the thread pool costs more than
+#: Buckets smaller than this run on one thread: waking the thread pool costs more than
 #: the work, and on a busy machine (torch's own OpenMP pool spinning) far more.
 PARALLEL_MIN = 1 << 16
 
@@ -33,23 +34,53 @@ def numba_cpu(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def kernel_ok(*tensors: torch.Tensor | None) -> bool:
-    """True when every tensor can be handed to a kernel as a zero-copy view (contiguous, non-empty).
-
-    It also sets the Numba thread count for the tensor (:func:`threads_for`).
-    """
+    """True when every tensor can be handed to a kernel as a zero-copy view (contiguous, non-empty)."""
     if tensors[0] is None or tensors[0].numel() == 0:
         return False
-    if not all(t is None or t.is_contiguous() for t in tensors):
-        return False
-    threads_for(tensors[0].numel())
-    return True
+    return all(t is None or t.is_contiguous() for t in tensors)
+
+
+def partition(*columns: list[torch.Tensor | None]) -> tuple[list[int], list[int]]:
+    """Split positions into those a kernel can take (:func:`kernel_ok` across the columns) and the rest.
+
+    Each column is a list with one entry per tensor of the bucket (parameters,
+    gradients, a state tensor...).
+    """
+    ok: list[int] = []
+    rest: list[int] = []
+    for i, row in enumerate(zip(*columns)):
+        (ok if kernel_ok(*row) else rest).append(i)
+    return ok, rest
+
+
+def like(t: torch.Tensor):  # -> numpy.ndarray
+    """An empty NumPy array of ``t``'s dtype: tells a kernel which dtype to compile for."""
+    return _LIKE[t.dtype]
 
 
 def threads_for(numel: int) -> None:
-    """Use one Numba thread for a small tensor, all of them for a large one."""
+    """Use one Numba thread for a small bucket, all of them for a large one."""
     numba.set_num_threads(1 if numel < PARALLEL_MIN else numba.config.NUMBA_NUM_THREADS)
 
 
-def flat(t: torch.Tensor):  # -> numpy.ndarray
-    """The zero-copy 1-D NumPy view of a contiguous CPU tensor."""
-    return t.detach().view(-1).numpy()
+def addresses(*tensors: list[torch.Tensor] | None) -> np.ndarray:
+    """An ``(len(tensors), T)`` int64 array of data pointers, one row per list (0 for ``None``)."""
+    count = next(len(ts) for ts in tensors if ts is not None)
+    out = np.zeros((len(tensors), count), dtype=np.int64)
+    for r, ts in enumerate(tensors):
+        if ts is not None:
+            out[r] = [0 if t is None else t.data_ptr() for t in ts]
+    return out
+
+
+def bucket_plan(params: list[torch.Tensor], row_lengths: tuple[int, ...] | None = None,
+                spans: tuple[int, ...] | None = None):  # -> descent.kernels.multi.Plan
+    """The cached block/wave plan for these tensors' sizes; also sets the thread count for it."""
+    from .multi import plan
+
+    result = plan(tuple(p.numel() for p in params), row_lengths, spans)
+    threads_for(result.numel)
+    return result
+
+
+_LIKE = {torch.float32: np.empty(1, dtype=np.float32), torch.float64: np.empty(1, dtype=np.float64)}

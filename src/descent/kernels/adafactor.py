@@ -1,11 +1,18 @@
-"""Numba kernels for Adafactor (see :mod:`descent.kernels` and :func:`descent.functional.adafactor`).
+"""Numba multi-tensor kernel for Adafactor (see :mod:`descent.kernels` and :func:`descent.functional.adafactor`).
 
-A factored parameter, viewed as ``(rows, m)`` with ``rows = batch * n``, takes three
-passes over the gradient: (1) row means of :math:`g^2+\\epsilon_1` with per-thread
-column partial sums and :math:`\\sum\\theta^2`; (2) :math:`\\sum U^2` for the RMS clip;
-(3) the update. A vector takes two. Means and norms are parallel sums, so results
-agree with the torch expression to rounding (about 1e-15 relative in float64); the
-sums may be reassociated (``fastmath={'reassoc'}``) so that they vectorize.
+One call steps every tensor of a bucket, one wave of tensors at a time
+(:mod:`descent.kernels.multi`), in three parallel passes over the wave's blocks:
+
+A. factored tensors (viewed as ``(rows, m)``, blocks of whole rows inside one matrix of
+   the batch): row means of :math:`g^2+\\epsilon_1` into ``row_var``, per-block column
+   partial sums, :math:`\\sum\\theta^2`; vectors: the ``variance`` update,
+   :math:`\\sum U^2` and :math:`\\sum\\theta^2`;
+B. factored tensors: :math:`\\sum U^2` with the row and column factors made in between;
+C. the update (strict IEEE order, as the functional).
+
+A wave is small enough that passes B and C read the gradient from cache. Sums are
+float64 per block, added in block order, so results do not depend on the thread count;
+the sums may be reassociated (``fastmath={'reassoc'}``) so that they vectorize.
 """
 
 from __future__ import annotations
@@ -15,121 +22,188 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["adafactor_factored", "adafactor_vector"]
+from .multi import view
 
-_OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
-#: The three reduction kernels may reassociate sums (and only that), so they vectorize;
-#: the update itself (``_apply``, ``_vec_apply``) keeps strict IEEE order.
-_SUM_OPTS = dict(_OPTS, fastmath={"reassoc"})
-_CHUNKS = 16
+__all__ = ["adafactor_multi"]
 
-
-@njit(**_SUM_OPTS)
-def _stats(p, g, row, partial, n, eps1, b2, c2):  # pragma: no cover - compiled
-    rows, m = g.shape
-    chunks = partial.shape[0]
-    per = (rows + chunks - 1) // chunks
-    psums = np.zeros(chunks)
-    for c in prange(chunks):
-        for r in range(c * per, min(rows, (c + 1) * per)):
-            b = r // n
-            s = 0.0
-            ps = 0.0
-            for j in range(m):
-                x = g[r, j] * g[r, j] + eps1
-                s += x
-                partial[c, b * m + j] += x
-                ps += np.float64(p[r, j]) * np.float64(p[r, j])
-            row[r] = row[r] * b2 + g.dtype.type(s / m) * c2
-            psums[c] += ps
-    return psums.sum()
+_OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
+_SUM_OPTS = dict(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
 
 
 @njit(**_SUM_OPTS)
-def _usum(g, rf, cf, n):  # pragma: no cover - compiled
-    rows, m = g.shape
-    total = 0.0
-    for r in prange(rows):
-        b = r // n
+def _factored_stats(p, g, row, colpart, eps1, b2, c2):  # pragma: no cover - compiled
+    """Row update of a block of rows ``g`` (2-D), column partial sums; returns sum p^2."""
+    nr, m = g.shape
+    for r in range(nr):
         s = 0.0
         for j in range(m):
-            u = g[r, j] * rf[r] * cf[b * m + j]
+            x = g[r, j] * g[r, j] + eps1
+            s += x
+            colpart[j] += x
+        row[r] = row[r] * b2 + g.dtype.type(s / m) * c2
+    ps = 0.0
+    for i in range(p.size):
+        ps += np.float64(p[i]) * np.float64(p[i])
+    return ps
+
+
+@njit(**_SUM_OPTS)
+def _factored_usum(g, rf, cf):  # pragma: no cover - compiled
+    nr, m = g.shape
+    s = 0.0
+    for r in range(nr):
+        for j in range(m):
+            u = g[r, j] * rf[r] * cf[j]
             s += np.float64(u) * np.float64(u)
-        total += s
-    return total
+    return s
 
 
 @njit(**_OPTS)
-def _apply(p, g, rf, cf, n, inv_clip, alpha, decay, mom, b1, c1, use_m):  # pragma: no cover
-    rows, m = g.shape
-    for r in prange(rows):
-        b = r // n
+def _factored_apply(p, g, rf, cf, denom, alpha, decay, mom, b1, c1, use_m, sign):  # pragma: no cover
+    nr, m = g.shape
+    for r in range(nr):
         for j in range(m):
-            u = g[r, j] * rf[r] * cf[b * m + j] / inv_clip * alpha
+            u = (g[r, j] * sign) * rf[r] * cf[j] / denom * alpha
             if use_m:
                 u = mom[r, j] * b1 + u * c1
                 mom[r, j] = u
             p[r, j] = p[r, j] * decay - u
 
 
-def adafactor_factored(p, g, row, col, mom, *, n, eps1, b2, c2, eps2, lr, clip, wd, b1, scale_parameter, sign):
-    """One factored step on 2-D views ``p, g`` (``(rows, m)``); ``row``/``col`` flat views of R, C."""
-    dt = p.dtype.type
-    if sign < 0:
-        g = -g
-    rows, m = g.shape
-    chunks = max(1, min(_CHUNKS, rows))  # fixed, so results do not depend on the thread count
-    partial = np.zeros((chunks, col.size), dtype=p.dtype)
-    psum = _stats(p, g, row, partial, n, dt(eps1), dt(b2), dt(c2))
-    col *= dt(b2)
-    col += (partial.sum(axis=0) / dt(n)) * dt(c2)
-    mean = row.reshape(-1, n).mean(axis=1)
-    rf = (row.reshape(-1, n) / mean[:, None]).reshape(-1)
-    rf = dt(1.0) / np.sqrt(rf)
-    cf = dt(1.0) / np.sqrt(col)
-    rms_u = math.sqrt(_usum(g, rf, cf, n)) / math.sqrt(g.size)
-    denom = max(1.0, rms_u / clip)
-    alpha = lr * max(eps2, math.sqrt(psum) / math.sqrt(g.size)) if scale_parameter else lr
-    decay = 1.0 - wd * alpha if wd != 0 else 1.0
-    use_m = mom is not None
-    mom2 = mom if use_m else np.zeros((1, 1), dtype=p.dtype)
-    _apply(p, g, rf, cf, n, dt(denom), dt(alpha), dt(decay), mom2, dt(b1 or 0.0), dt(1 - (b1 or 0.0)), use_m)
+@njit(**_OPTS)
+def _vector_variance(g, v, eps1, b2, c2):  # pragma: no cover - compiled
+    for i in range(g.size):
+        v[i] = v[i] * b2 + (g[i] * g[i] + eps1) * c2
 
 
 @njit(**_SUM_OPTS)
-def _vec_stats(p, g, v, eps1, b2, c2):  # pragma: no cover - compiled
+def _vector_sums(p, g, v):  # pragma: no cover - compiled
     one = p.dtype.type(1.0)
     us = 0.0
     ps = 0.0
-    for i in prange(p.size):
-        vi = v[i] * b2 + (g[i] * g[i] + eps1) * c2
-        v[i] = vi
-        u = g[i] * (one / math.sqrt(vi))
+    for i in range(p.size):
+        u = g[i] * (one / math.sqrt(v[i]))
         us += np.float64(u) * np.float64(u)
         ps += np.float64(p[i]) * np.float64(p[i])
     return us, ps
 
 
 @njit(**_OPTS)
-def _vec_apply(p, g, v, inv_clip, alpha, decay, mom, b1, c1, use_m):  # pragma: no cover - compiled
+def _vector_apply(p, g, v, denom, alpha, decay, mom, b1, c1, use_m, sign):  # pragma: no cover - compiled
     one = p.dtype.type(1.0)
-    for i in prange(p.size):
-        u = g[i] * (one / math.sqrt(v[i])) / inv_clip * alpha
+    for i in range(p.size):
+        u = (g[i] * sign) * (one / math.sqrt(v[i])) / denom * alpha
         if use_m:
             u = mom[i] * b1 + u * c1
             mom[i] = u
         p[i] = p[i] * decay - u
 
 
-def adafactor_vector(p, g, v, mom, *, eps1, b2, c2, eps2, lr, clip, wd, b1, scale_parameter, sign):
-    """One unfactored step on flat views ``p, g, v`` (and the momentum ``mom`` or None)."""
-    dt = p.dtype.type
-    if sign < 0:
-        g = -g
-    usum, psum = _vec_stats(p, g, v, dt(eps1), dt(b2), dt(c2))
-    denom = max(1.0, math.sqrt(usum) / math.sqrt(p.size) / clip)
-    alpha = lr * max(eps2, math.sqrt(psum) / math.sqrt(p.size)) if scale_parameter else lr
-    decay = 1.0 - wd * alpha if wd != 0 else 1.0
-    use_m = mom is not None
-    mom2 = mom if use_m else np.zeros(1, dtype=p.dtype)
-    _vec_apply(p, g, v, dt(denom), dt(alpha), dt(decay), mom2, dt(b1 or 0.0), dt(1 - (b1 or 0.0)), use_m)
+@njit(**_OPTS)
+def _factors(row, col, colsum, rf, cf, n, m, b2, c2):  # pragma: no cover - compiled
+    """Column update from the summed partials, then the row and column factors of one tensor."""
+    dt = row.dtype.type
+    for i in range(col.size):
+        col[i] = col[i] * b2 + dt(colsum[i] / n) * c2
+        cf[i] = dt(1.0) / math.sqrt(col[i])
+    for b in range(row.size // n):
+        s = 0.0
+        for r in range(b * n, (b + 1) * n):
+            s += row[r]
+        mean = dt(s / n)
+        for r in range(b * n, (b + 1) * n):
+            rf[r] = dt(1.0) / math.sqrt(row[r] / mean)
+
+
+@njit(parallel=True, **_OPTS)
+def adafactor_multi(ptrs, sizes, meta, blocks, waves, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
+                    scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
+    """Adafactor over every wave (see the module docstring).
+
+    ``ptrs`` rows: param, grad, row_var, col_var, variance, exp_avg (0 where absent);
+    ``meta[t]`` = (n, m, row offset, column offset): rows per matrix (0 for a vector),
+    columns, and where the tensor's factors start in ``rf_all``/``cf_all``; ``b2s``/``lrs``
+    per tensor; ``colpart`` float64 scratch of (blocks per wave, columns) at least.
+    """
+    dt = like.dtype.type
+    nblocks = blocks.shape[0]
+    usum = np.zeros(nblocks)
+    psum = np.zeros(nblocks)
+    tot_u = np.zeros(sizes.size)
+    tot_p = np.zeros(sizes.size)
+    denom = np.ones(sizes.size)
+    alpha = np.zeros(sizes.size)
+    decay = np.ones(sizes.size)
+    for w in range(waves.size - 1):
+        w0, w1 = waves[w], waves[w + 1]
+        colpart[: w1 - w0] = 0.0
+        for k in prange(w0, w1):  # pass A
+            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+            n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+            p = view(ptrs[0, t], size, like)[lo:hi]
+            g = view(ptrs[1, t], size, like)[lo:hi]
+            b2 = dt(b2s[t])
+            if n > 0:
+                r0 = lo // m
+                row = view(ptrs[2, t], size // m, like)[r0:r0 + (hi - lo) // m]
+                psum[k] = _factored_stats(p, g.reshape(((hi - lo) // m, m)), row, colpart[k - w0, :m], dt(eps1),
+                                          b2, dt(1.0) - b2)
+            else:
+                v = view(ptrs[4, t], size, like)[lo:hi]
+                _vector_variance(g, v, dt(eps1), b2, dt(1.0) - b2)
+                us, ps = _vector_sums(p, g, v)
+                usum[k] = us
+                psum[k] = ps
+        for k in range(w0, w1):  # per tensor: sums, column update, factors
+            t = blocks[k, 0]
+            n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+            tot_p[t] += psum[k]
+            if n == 0:
+                tot_u[t] += usum[k]
+            if n == 0 or (k + 1 < w1 and blocks[k + 1, 0] == t):
+                continue
+            batch = size // (n * m)
+            colsum = np.zeros(batch * m)
+            j = k
+            while j >= w0 and blocks[j, 0] == t:
+                b = blocks[j, 1] // (n * m)
+                colsum[b * m:(b + 1) * m] += colpart[j - w0, :m]
+                j -= 1
+            b2 = dt(b2s[t])
+            _factors(view(ptrs[2, t], size // m, like), view(ptrs[3, t], batch * m, like), colsum,
+                     rf_all[meta[t, 2]:meta[t, 2] + size // m], cf_all[meta[t, 3]:meta[t, 3] + batch * m],
+                     n, m, b2, dt(1.0) - b2)
+        for k in prange(w0, w1):  # pass B
+            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+            n, m = meta[t, 0], meta[t, 1]
+            if n > 0:
+                r0 = lo // m
+                c0 = meta[t, 3] + (lo // (n * m)) * m
+                g = view(ptrs[1, t], sizes[t], like)[lo:hi].reshape(((hi - lo) // m, m))
+                usum[k] = _factored_usum(g, rf_all[meta[t, 2] + r0:], cf_all[c0:c0 + m])
+        for k in range(w0, w1):  # per tensor: clip, step size, decay
+            t = blocks[k, 0]
+            if meta[t, 0] > 0:
+                tot_u[t] += usum[k]
+            if k + 1 < w1 and blocks[k + 1, 0] == t:
+                continue
+            root = math.sqrt(sizes[t])
+            denom[t] = max(1.0, math.sqrt(tot_u[t]) / root / clip)
+            alpha[t] = lrs[t] * max(eps2, math.sqrt(tot_p[t]) / root) if scale_parameter else lrs[t]
+            decay[t] = 1.0 - wd * alpha[t] if wd != 0 else 1.0
+        for k in prange(w0, w1):  # pass C
+            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+            n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+            p = view(ptrs[0, t], size, like)[lo:hi]
+            g = view(ptrs[1, t], size, like)[lo:hi]
+            mom = view(ptrs[5, t], size, like)[lo:hi] if use_m else p
+            if n > 0:
+                r0 = lo // m
+                c0 = meta[t, 3] + (lo // (n * m)) * m
+                shape = ((hi - lo) // m, m)
+                _factored_apply(p.reshape(shape), g.reshape(shape), rf_all[meta[t, 2] + r0:], cf_all[c0:c0 + m],
+                                dt(denom[t]), dt(alpha[t]), dt(decay[t]), mom.reshape(shape), dt(b1), dt(c1), use_m,
+                                dt(sign))
+            else:
+                _vector_apply(p, g, view(ptrs[4, t], size, like)[lo:hi], dt(denom[t]), dt(alpha[t]), dt(decay[t]),
+                              mom, dt(b1), dt(c1), use_m, dt(sign))

@@ -1,9 +1,13 @@
-"""Numba kernels for Lion, Sophia-G and LAMB (see :mod:`descent.kernels`).
+"""Numba multi-tensor kernels for Lion, Sophia-G and LAMB (see :mod:`descent.kernels`).
 
-Scalars are passed in the arrays' dtype so float32 arithmetic stays float32, and
-``fastmath`` is off, so every elementwise result equals the torch expression in
-:mod:`descent.functional` bit for bit in float64. (LAMB's norms are left to torch:
-a Numba loop that also sums does not vectorize without fastmath.)
+Each kernel steps every tensor of a bucket in one call (:mod:`descent.kernels.multi`):
+``ptrs`` holds the addresses (one row per role: parameter, gradient, state...),
+``plan`` the blocks. Scalars are passed in the arrays' dtype so float32 arithmetic stays
+float32, and the elementwise loops run without ``fastmath``, so every elementwise result
+equals the torch expression in :mod:`descent.functional` bit for bit in float64. Only
+LAMB's norms are sums that may be reassociated (``fastmath={'reassoc'}``) so that they
+vectorize; they are per-block float64 partial sums added in block order, so the result
+does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["lion_kernel", "sophia_kernel", "lamb_direction_kernel"]
+from .multi import view
 
-_OPTS = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+__all__ = ["lion_multi", "sophia_multi", "lamb_multi"]
+
+_OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
+_SUM_OPTS = dict(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
 
 
 @njit(**_OPTS)
-def lion_kernel(p, g, m, decay, lr, b1, c1, b2, c2, sign):  # pragma: no cover - compiled
+def _lion_block(p, g, m, decay, lr, b1, c1, b2, c2, sign):  # pragma: no cover - compiled
     """p <- p*decay - lr*sign(b1*m + c1*g'), m <- b2*m + c2*g' with g' = sign*g."""
     zero = p.dtype.type(0.0)
     one = p.dtype.type(1.0)
-    for i in prange(p.size):
+    for i in range(p.size):
         gi = g[i] * sign
         c = m[i] * b1 + gi * c1
         s = one if c > zero else (-one if c < zero else c)
@@ -31,12 +38,22 @@ def lion_kernel(p, g, m, decay, lr, b1, c1, b2, c2, sign):  # pragma: no cover -
         m[i] = m[i] * b2 + gi * c2
 
 
+@njit(parallel=True, **_OPTS)
+def lion_multi(ptrs, sizes, blocks, like, decay, lr, b1, c1, b2, c2, sign):  # pragma: no cover - compiled
+    """Lion over every block; ``ptrs`` rows: param, grad, exp_avg."""
+    for k in prange(blocks.shape[0]):
+        t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+        n = sizes[t]
+        _lion_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
+                    view(ptrs[2, t], n, like)[lo:hi], decay, lr, b1, c1, b2, c2, sign)
+
+
 @njit(**_OPTS)
-def sophia_kernel(p, g, m, h, decay, lr, b1, c1, rho_bs, eps, sign):  # pragma: no cover - compiled
+def _sophia_block(p, g, m, h, decay, lr, b1, c1, rho_bs, eps, sign):  # pragma: no cover - compiled
     """Sophia step: p <- p*decay - lr*sign(m)*min(|m|/(rho_bs*max(h,0)+eps), 1)."""
     zero = p.dtype.type(0.0)
     one = p.dtype.type(1.0)
-    for i in prange(p.size):
+    for i in range(p.size):
         mi = m[i] * b1 + (g[i] * sign) * c1
         m[i] = mi
         hi = h[i] if h[i] > zero else zero
@@ -47,13 +64,89 @@ def sophia_kernel(p, g, m, h, decay, lr, b1, c1, rho_bs, eps, sign):  # pragma: 
         p[i] = p[i] * decay - s * r * lr
 
 
+@njit(parallel=True, **_OPTS)
+def sophia_multi(ptrs, sizes, blocks, like, decay, lr, b1, c1, rho_bs, eps, sign):  # pragma: no cover
+    """Sophia over every block; ``ptrs`` rows: param, grad, exp_avg, hessian."""
+    for k in prange(blocks.shape[0]):
+        t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+        n = sizes[t]
+        _sophia_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
+                      view(ptrs[2, t], n, like)[lo:hi], view(ptrs[3, t], n, like)[lo:hi],
+                      decay, lr, b1, c1, rho_bs, eps, sign)
+
+
 @njit(**_OPTS)
-def lamb_direction_kernel(p, g, m, v, u, b1, c1, b2, c2, bc1, bc2, eps, wd, sign):  # pragma: no cover
-    """Update m, v and write the direction u (no reduction, so the loop vectorizes)."""
-    for i in prange(p.size):
+def _lamb_moments(g, m, v, b1, c1, b2, c2, sign):  # pragma: no cover - compiled
+    for i in range(g.size):
         gi = g[i] * sign
-        mi = m[i] * b1 + gi * c1
-        vi = v[i] * b2 + gi * gi * c2
-        m[i] = mi
-        v[i] = vi
-        u[i] = (mi / bc1) / (math.sqrt(vi / bc2) + eps) + p[i] * wd
+        m[i] = m[i] * b1 + gi * c1
+        v[i] = v[i] * b2 + gi * gi * c2
+
+
+@njit(**_OPTS)
+def _lamb_direction(p, m, v, u, bc1, bc2, eps, wd):  # pragma: no cover - compiled
+    for i in range(p.size):
+        u[i] = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps) + p[i] * wd
+
+
+@njit(**_SUM_OPTS)
+def _lamb_norms(p, u):  # pragma: no cover - compiled
+    """(sum p^2, sum u^2) of a block."""
+    sp = 0.0
+    su = 0.0
+    for i in range(p.size):
+        sp += np.float64(p[i]) * np.float64(p[i])
+        su += np.float64(u[i]) * np.float64(u[i])
+    return sp, su
+
+
+@njit(**_OPTS)
+def _lamb_apply(p, u, coef):  # pragma: no cover - compiled
+    for i in range(p.size):
+        p[i] = p[i] - u[i] * coef
+
+
+@njit(parallel=True, **_OPTS)
+def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
+               clamp):  # pragma: no cover - compiled
+    """LAMB over every wave: moments, direction (into the wave-sized ``scratch``) and block norms; trust ratios; apply.
+
+    ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``bc1``/``bc2`` per tensor;
+    ``clamp`` < 0 means no clamp of the weight norm. Returns the trust ratios.
+    """
+    sums = np.zeros((blocks.shape[0], 2))
+    ratio = np.ones(sizes.size)
+    tot = np.zeros((sizes.size, 2))
+    for w in range(waves.size - 1):
+        for k in prange(waves[w], waves[w + 1]):
+            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+            n = sizes[t]
+            p = view(ptrs[0, t], n, like)[lo:hi]
+            m = view(ptrs[2, t], n, like)[lo:hi]
+            v = view(ptrs[3, t], n, like)[lo:hi]
+            u = scratch[offsets[k]:offsets[k] + hi - lo]
+            _lamb_moments(view(ptrs[1, t], n, like)[lo:hi], m, v, b1, c1, b2, c2, sign)
+            _lamb_direction(p, m, v, u, bc1[t], bc2[t], eps, wd)
+            sp, su = _lamb_norms(p, u)
+            sums[k, 0] = sp
+            sums[k, 1] = su
+        for k in range(waves[w], waves[w + 1]):
+            t = blocks[k, 0]
+            tot[t, 0] += sums[k, 0]
+            tot[t, 1] += sums[k, 1]
+        for k in range(waves[w], waves[w + 1]):
+            t = blocks[k, 0]
+            if k == waves[w] or blocks[k - 1, 0] != t:
+                # the norms are rounded to the tensor's dtype, as torch's norm() returns them
+                wn = np.float64(like.dtype.type(math.sqrt(tot[t, 0])))
+                un = np.float64(like.dtype.type(math.sqrt(tot[t, 1])))
+                if clamp >= 0 and wn > clamp:
+                    wn = clamp
+                if wn > 0 and un > 0:
+                    ratio[t] = np.float64(like.dtype.type(wn / un))
+        for k in prange(waves[w], waves[w + 1]):
+            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+            n = sizes[t]
+            _lamb_apply(view(ptrs[0, t], n, like)[lo:hi], scratch[offsets[k]:offsets[k] + hi - lo],
+                        like.dtype.type(ratio[t] * lr))
+    return ratio

@@ -26,7 +26,7 @@ from torch import Tensor
 from ._backend import Support, floating, resolve_request, select_backend
 from ..nonfinite import nonfinite_indices
 
-__all__ = ["Optimizer", "step_tensor", "param_label"]
+__all__ = ["Optimizer", "advance_steps", "step_tensor", "param_label"]
 
 log = logging.getLogger("descent.optim")
 
@@ -34,6 +34,12 @@ log = logging.getLogger("descent.optim")
 def step_tensor(p: Tensor) -> Tensor:
     """A fresh step counter: a float32 scalar on the parameter's device (torch's fused layout)."""
     return torch.zeros((), dtype=torch.float32, device=p.device)
+
+
+def advance_steps(steps: list[Tensor]) -> list[int]:
+    """Add 1 to every step counter of a bucket (one multi-tensor op) and return the new values."""
+    torch._foreach_add_(steps, 1.0)
+    return [int(v) for v in torch.stack(steps).tolist()]
 
 
 def param_label(group: Mapping[str, Any], group_index: int, index: int) -> str:

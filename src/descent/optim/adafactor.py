@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -11,7 +12,7 @@ from .. import functional as F
 from .. import kernels as K
 from .._validate import check_nonneg, check_unit_interval, as_float
 from ._backend import floating
-from ._base import Optimizer, step_tensor
+from ._base import Optimizer, advance_steps, step_tensor
 
 
 class Adafactor(Optimizer):
@@ -44,9 +45,10 @@ class Adafactor(Optimizer):
     ``lr * weight_decay`` rather than :math:`\alpha_t\lambda`. State keys are torch's
     (``step``, ``row_var``, ``col_var``, ``variance``), so torch's state loads here.
 
-    The default CPU backend (``"fused"``) runs Numba kernels (three passes over the
-    gradient for a factored tensor, two for a vector) that agree with the functional
-    to float rounding.
+    The default CPU backend (``"fused"``) is one Numba call per device/dtype bucket
+    (:func:`descent.kernels.adafactor.adafactor_multi`: three passes over a factored
+    tensor's gradient, two over a vector's, a cache-sized wave of tensors at a time) that
+    agrees with the functional to float rounding.
 
     Args:
         params: parameters or param group dicts.
@@ -141,39 +143,56 @@ class Adafactor(Optimizer):
 
     def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Any]]) -> None:
-        eps1, eps2 = group["eps"]
-        for p, g, s in zip(params, grads, states):
-            s["step"] += 1
-            step = int(s["step"].item())
-            if group["beta1"] is not None and "exp_avg" not in s:  # beta1 switched on mid-run
-                s["exp_avg"] = torch.zeros_like(p)
-            hp = dict(lr=F.adafactor_lr(step, group["lr"], relative_step=group["relative_step"],
-                                        warmup_init=group["warmup_init"]),
-                      eps1=float(eps1), eps2=float(eps2), clip_threshold=float(group["clip_threshold"]),
-                      beta1=group["beta1"], weight_decay=float(group["weight_decay"]),
-                      scale_parameter=group["scale_parameter"])
-            row, col, var, mom = s.get("row_var"), s.get("col_var"), s.get("variance"), s.get("exp_avg")
-            if backend == "fused" and K.kernel_ok(p, g, row, col, var, mom):
-                _adafactor_fused(p, g, row, col, var, mom, step=step, decay_rate=float(group["decay_rate"]),
-                                 sign=-1.0 if group["maximize"] else 1.0, **hp)
-            else:
-                F.adafactor(p, g, row, col, var, mom, step=step, decay_rate=group["decay_rate"],
-                            maximize=group["maximize"], **hp)
+        eps1, eps2 = (float(e) for e in group["eps"])
+        steps = advance_steps([s["step"] for s in states])
+        if group["beta1"] is not None:
+            for p, s in zip(params, states):
+                if "exp_avg" not in s:  # beta1 switched on mid-run
+                    s["exp_avg"] = torch.zeros_like(p)
+        lrs = [F.adafactor_lr(t, group["lr"], relative_step=group["relative_step"], warmup_init=group["warmup_init"])
+               for t in steps]
+        hp = dict(eps1=eps1, eps2=eps2, clip_threshold=float(group["clip_threshold"]), beta1=group["beta1"],
+                  weight_decay=float(group["weight_decay"]), scale_parameter=group["scale_parameter"])
+        cols = [[s.get(k) for s in states] for k in ("row_var", "col_var", "variance", "exp_avg")]
+        fused, rest = K.partition(params, grads, *cols) if backend == "fused" else ([], list(range(len(params))))
+        if any(cols[2][i] is None and (cols[0][i] is None or cols[1][i] is None) for i in fused):
+            fused, rest = [], list(range(len(params)))  # a state layout the kernel does not know: the functional says why
+        if fused:
+            pick = lambda xs: [xs[i] for i in fused]  # noqa: E731
+            _adafactor_fused(pick(params), pick(grads), *(pick(c) for c in cols), steps=pick(steps), lrs=pick(lrs),
+                             decay_rate=float(group["decay_rate"]), maximize=group["maximize"], **hp)
+        for i in rest:
+            F.adafactor(params[i], grads[i], *(c[i] for c in cols), step=steps[i], lr=lrs[i],
+                        decay_rate=group["decay_rate"], maximize=group["maximize"], **hp)
 
 
-def _adafactor_fused(p: Tensor, g: Tensor, row: Tensor | None, col: Tensor | None, var: Tensor | None,
-                     mom: Tensor | None, *, step: int, decay_rate: float, sign: float, lr: float, eps1: float,
-                     eps2: float, clip_threshold: float, beta1: float | None, weight_decay: float,
-                     scale_parameter: bool) -> None:
-    from ..kernels.adafactor import adafactor_factored, adafactor_vector
+def _adafactor_fused(params: list[Tensor], grads: list[Tensor], rows: list[Tensor | None], cols: list[Tensor | None],
+                     variances: list[Tensor | None], moms: list[Tensor | None], *, steps: list[int], lrs: list[float],
+                     decay_rate: float, maximize: bool, eps1: float, eps2: float, clip_threshold: float,
+                     beta1: float | None, weight_decay: float, scale_parameter: bool) -> None:
+    """One Numba call over the bucket (:func:`descent.kernels.adafactor.adafactor_multi`)."""
+    from ..kernels.adafactor import adafactor_multi
 
-    b2 = 1.0 - step**decay_rate
-    kw = dict(eps1=eps1, b2=b2, c2=1 - b2, eps2=eps2, lr=lr, clip=clip_threshold, wd=weight_decay, b1=beta1,
-              scale_parameter=scale_parameter, sign=sign)
-    if var is not None:
-        adafactor_vector(K.flat(p), K.flat(g), K.flat(var), None if mom is None else K.flat(mom), **kw)
-        return
-    n, m = p.shape[-2], p.shape[-1]
-    pa, ga = K.flat(p).reshape(-1, m), K.flat(g).reshape(-1, m)
-    ma = None if mom is None else K.flat(mom).reshape(-1, m)
-    adafactor_factored(pa, ga, K.flat(row), K.flat(col), ma, n=n, **kw)
+    meta = np.zeros((len(params), 4), dtype=np.int64)
+    row_off = col_off = 0
+    for t, (p, var) in enumerate(zip(params, variances)):
+        if var is None:
+            n, m = p.shape[-2], p.shape[-1]
+            meta[t] = (n, m, row_off, col_off)
+            row_off += p.numel() // m
+            col_off += p.numel() // n
+        else:
+            meta[t, 1] = p.numel()
+    factored = meta[:, 0] > 0
+    spans = tuple(int(n * m) if n else int(p.numel()) for (n, m, _, _), p in zip(meta, params))
+    plan = K.bucket_plan(params, tuple(int(m) if n else 1 for n, m, _, _ in meta), spans)
+    like = K.like(params[0])
+    per_wave = int(np.diff(plan.waves).max()) if plan.waves.size > 1 else 1
+    width = int(meta[factored, 1].max()) if factored.any() else 1
+    b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
+    b1 = 0.0 if beta1 is None else float(beta1)
+    adafactor_multi(K.addresses(params, grads, rows, cols, variances, moms if beta1 is not None else None),
+                    plan.sizes, meta, plan.blocks, plan.waves, like, b2s, np.asarray(lrs, dtype=np.float64), eps1,
+                    eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
+                    -1.0 if maximize else 1.0, np.zeros((per_wave, width)),
+                    np.empty(max(row_off, 1), dtype=like.dtype), np.empty(max(col_off, 1), dtype=like.dtype))

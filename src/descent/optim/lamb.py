@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -12,7 +12,7 @@ from .. import functional as F
 from .. import kernels as K
 from .._validate import check_betas, check_nonneg, check_positive
 from ._backend import floating
-from ._base import Optimizer, step_tensor
+from ._base import Optimizer, advance_steps, step_tensor
 
 
 class LAMB(Optimizer):
@@ -34,9 +34,12 @@ class LAMB(Optimizer):
     parameter tensor is one "layer"; exclude biases and norms from adaptation and decay
     with :func:`descent.param_groups` and a group of plain Adam if you wish.
 
-    The default CPU backend (``"fused"``) is one Numba pass per tensor (moments and the
-    direction :math:`u`, into a temporary), then torch's norms and one in-place apply;
-    in float64 it equals :func:`descent.functional.lamb`.
+    The default CPU backend (``"fused"``) is one Numba call per device/dtype bucket
+    (:func:`descent.kernels.elementwise.lamb_multi`): a pass that updates the moments,
+    writes :math:`u` into a scratch buffer and sums the two norms, then a pass that
+    applies the step, over a wave of tensors small enough (about 0.5M elements) that the
+    second pass reads from cache. In float64 it equals :func:`descent.functional.lamb`
+    to 1e-13.
 
     Args:
         params: parameters or param group dicts.
@@ -103,33 +106,29 @@ class LAMB(Optimizer):
         hp = dict(lr=float(group["lr"]), beta1=b1, beta2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
                   clamp_value=group["clamp_value"], bias_correction=group["bias_correction"],
                   maximize=group["maximize"])
-        # one scratch buffer for the direction u, reused by every tensor of the bucket
-        scratch = torch.empty(max(p.numel() for p in params), dtype=params[0].dtype) if backend == "fused" else None
-        for p, g, s in zip(params, grads, states):
-            s["step"] += 1
-            step = int(s["step"].item())
-            if backend == "fused" and K.kernel_ok(p, g, s["exp_avg"], s["exp_avg_sq"]):
-                _lamb_fused(p, g, s["exp_avg"], s["exp_avg_sq"], scratch[: p.numel()].view_as(p), step=step, **hp)
-            else:
-                F.lamb(p, g, s["exp_avg"], s["exp_avg_sq"], step=step, **hp)
+        steps = advance_steps([s["step"] for s in states])
+        ms, vs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        fused, rest = K.partition(params, grads, ms, vs) if backend == "fused" else ([], range(len(params)))
+        if fused:
+            _lamb_fused([params[i] for i in fused], [grads[i] for i in fused], [ms[i] for i in fused],
+                        [vs[i] for i in fused], [steps[i] for i in fused], **hp)
+        for i in rest:
+            F.lamb(params[i], grads[i], ms[i], vs[i], step=steps[i], **hp)
 
 
-def _lamb_fused(p: Tensor, g: Tensor, m: Tensor, v: Tensor, u: Tensor, *, step: int, lr: float, beta1: float,
-                beta2: float,
-                eps: float, weight_decay: float, clamp_value: float | None, bias_correction: bool,
-                maximize: bool) -> None:
-    """Kernel pass (moments and direction u, vectorized), torch norms, torch apply.
+def _lamb_fused(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], steps: list[int], *,
+                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, clamp_value: float | None,
+                bias_correction: bool, maximize: bool) -> None:
+    """One Numba call over the bucket: moments and norms, trust ratios, apply (:func:`lamb_multi`)."""
+    from ..kernels.elementwise import lamb_multi
 
-    Measured: a Numba pass that also sums the norms does not vectorize without
-    fastmath (its divisions and square roots go scalar) and ran ~5x slower.
-    """
-    from ..kernels.elementwise import lamb_direction_kernel
-
-    pa = K.flat(p)
-    dt = pa.dtype.type
-    bc1 = dt(1 - beta1**step if bias_correction else 1.0)
-    bc2 = dt(1 - beta2**step if bias_correction else 1.0)
-    lamb_direction_kernel(pa, K.flat(g), K.flat(m), K.flat(v), K.flat(u), dt(beta1), dt(1 - beta1), dt(beta2),
-                          dt(1 - beta2), bc1, bc2, dt(eps), dt(weight_decay), dt(-1.0 if maximize else 1.0))
-    ratio = F.trust_ratio(p.norm(), u.norm(), clamp_value)
-    p.sub_(u.mul_(ratio * lr))
+    plan, like = K.bucket_plan(params), K.like(params[0])
+    dt = like.dtype.type
+    t = np.asarray(steps, dtype=np.float64)
+    bc1 = (1 - beta1**t if bias_correction else np.ones_like(t)).astype(like.dtype)
+    bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(like.dtype)
+    scratch = np.empty(plan.wave_numel, dtype=like.dtype)
+    lamb_multi(K.addresses(params, grads, ms, vs), plan.sizes, plan.blocks, plan.waves, plan.offsets, like, scratch,
+               bc1, bc2, dt(beta1),
+               dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(-1.0 if maximize else 1.0),
+               float(lr), -1.0 if clamp_value is None else float(clamp_value))

@@ -25,8 +25,9 @@ class Lion(Optimizer):
     One state tensor per parameter (``exp_avg``): 4 bytes per float32 parameter, half
     of AdamW's. Because every coordinate moves by :math:`\pm\eta`, Lion wants a lr
     3-10x smaller and a weight decay 3-10x larger than AdamW
-    (:func:`descent.lion_from_adamw`). The default CPU backend (``"fused"``) is a
-    single-pass Numba kernel equal bit for bit to :func:`descent.functional.lion`;
+    (:func:`descent.lion_from_adamw`). The default CPU backend (``"fused"``) is one
+    single-pass Numba kernel call over all the tensors of a device/dtype bucket, equal
+    bit for bit to :func:`descent.functional.lion`;
     other devices and dtypes (and non-contiguous tensors) run the ``"loop"`` backend.
     Same defaults as the reference implementation (google/automl ``lion_pytorch.py``)
     and lion-pytorch; no ``step`` is stored (Lion needs none).
@@ -83,13 +84,17 @@ class Lion(Optimizer):
                 states: list[dict[str, Any]]) -> None:
         lr, wd = float(group["lr"]), float(group["weight_decay"])
         b1, b2 = group["betas"]
-        for p, g, s in zip(params, grads, states):
-            m = s["exp_avg"]
-            if backend == "fused" and K.kernel_ok(p, g, m):
-                from ..kernels.elementwise import lion_kernel
+        ms = [s["exp_avg"] for s in states]
+        fused, rest = K.partition(params, grads, ms) if backend == "fused" else ([], range(len(params)))
+        if fused:
+            from ..kernels.elementwise import lion_multi
 
-                dt = p.detach().numpy().dtype.type
-                lion_kernel(K.flat(p), K.flat(g), K.flat(m), dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1),
-                            dt(b2), dt(1 - b2), dt(-1.0 if group["maximize"] else 1.0))
-            else:
-                F.lion(p, g, m, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, maximize=group["maximize"])
+            ps = [params[i] for i in fused]
+            plan, like = K.bucket_plan(ps), K.like(ps[0])
+            dt = like.dtype.type
+            lion_multi(K.addresses(ps, [grads[i] for i in fused], [ms[i] for i in fused]), plan.sizes,
+                       plan.blocks, like, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(b2), dt(1 - b2),
+                       dt(-1.0 if group["maximize"] else 1.0))
+        for i in rest:
+            F.lion(params[i], grads[i], ms[i], lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
+                   maximize=group["maximize"])

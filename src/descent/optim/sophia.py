@@ -141,18 +141,21 @@ class SophiaG(Optimizer):
         b1 = group["betas"][0]
         bs = float(self._bs_override if getattr(self, "_bs_override", None) is not None else group["bs"])
         rho, eps = float(group["rho"]), float(group["eps"])
-        for p, g, s in zip(params, grads, states):
-            s["step"] += 1
-            m, h = s["exp_avg"], s["hessian"]
-            if backend == "fused" and K.kernel_ok(p, g, m, h):
-                from ..kernels.elementwise import sophia_kernel
+        torch._foreach_add_([s["step"] for s in states], 1.0)
+        ms, hs = [s["exp_avg"] for s in states], [s["hessian"] for s in states]
+        fused, rest = K.partition(params, grads, ms, hs) if backend == "fused" else ([], range(len(params)))
+        if fused:
+            from ..kernels.elementwise import sophia_multi
 
-                dt = p.detach().numpy().dtype.type
-                sophia_kernel(K.flat(p), K.flat(g), K.flat(m), K.flat(h), dt(1 - lr * wd), dt(lr), dt(b1),
-                              dt(1 - b1), dt(rho * bs), dt(eps), dt(-1.0 if group["maximize"] else 1.0))
-            else:
-                F.sophia(p, g, m, h, lr=lr, beta1=b1, rho=rho, bs=bs, weight_decay=wd, eps=eps,
-                         maximize=group["maximize"])
+            ps = [params[i] for i in fused]
+            plan, like = K.bucket_plan(ps), K.like(ps[0])
+            dt = like.dtype.type
+            sophia_multi(K.addresses(ps, [grads[i] for i in fused], [ms[i] for i in fused], [hs[i] for i in fused]),
+                         plan.sizes, plan.blocks, like, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(rho * bs),
+                         dt(eps), dt(-1.0 if group["maximize"] else 1.0))
+        for i in rest:
+            F.sophia(params[i], grads[i], ms[i], hs[i], lr=lr, beta1=b1, rho=rho, bs=bs, weight_decay=wd, eps=eps,
+                     maximize=group["maximize"])
 
     def _hessian_states(self):
         for group in self.param_groups:
