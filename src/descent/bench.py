@@ -150,17 +150,19 @@ def _po_muon(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
 
 
 def _muon_cases() -> Case:
-    def make(ps: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def make(ps: list[torch.nn.Parameter], **kw: Any) -> torch.optim.Optimizer:
         import descent
 
         mats = [p for p in ps[2:] if p.ndim == 2]
         rest = [p for p in ps if not (p.ndim == 2 and any(p is m for m in mats))]
-        return descent.Muon([dict(params=mats, use_muon=True), dict(params=rest, use_muon=False)], lr=0.02)
+        return descent.Muon([dict(params=mats, use_muon=True), dict(params=rest, use_muon=False)], lr=0.02, **kw)
 
     import descent
 
-    return Case("Muon", None, make if hasattr(descent, "Muon") else None,
-                {"pytorch_optimizer.Muon": _po_muon} if _po("Muon") else {}, matrices_only_16m=True)
+    variants: dict[str, Factory] = {"descent ns_method='auto'": lambda ps: make(ps, ns_method="auto")}
+    if _po("Muon"):
+        variants["pytorch_optimizer.Muon"] = _po_muon
+    return Case("Muon", None, make if hasattr(descent, "Muon") else None, variants, matrices_only_16m=True)
 
 
 def _cases() -> list[Case]:

@@ -11,7 +11,7 @@ from .adagrad import adagrad
 from .adam import adam
 from .rmsprop import rmsprop
 from .sgd import sgd
-from .muon import muon, muon_batched, newton_schulz  # matrix optimizers (issue 3)
+from .muon import gram_newton_schulz, muon, muon_batched, newton_schulz  # matrix optimizers (issue 3)
 from .shampoo import matrix_inverse_root, shampoo
 from . import kfac
 from .adafactor import adafactor, adafactor_lr  # elementwise optimizers (issue 3)
@@ -20,5 +20,5 @@ from .lion import lion
 from .sophia import sophia, sophia_hessian_ema
 
 __all__ = ["adagrad", "adam", "rmsprop", "sgd"]
-__all__ += ["muon", "muon_batched", "newton_schulz", "shampoo", "matrix_inverse_root", "kfac"]
+__all__ += ["muon", "muon_batched", "newton_schulz", "gram_newton_schulz", "shampoo", "matrix_inverse_root", "kfac"]
 __all__ += ["lion", "lamb", "lamb_direction", "trust_ratio", "adafactor", "adafactor_lr", "sophia", "sophia_hessian_ema"]

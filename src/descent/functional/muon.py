@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["NS_COEFFICIENTS", "newton_schulz", "muon", "muon_batched", "muon_lr_scale", "muon_ns_dtype"]
+__all__ = ["NS_COEFFICIENTS", "NS_METHODS", "newton_schulz", "gram_newton_schulz", "muon", "muon_batched",
+           "muon_lr_scale", "muon_ns_dtype"]
 
 #: Matrices with min(m, n)^2 * max(m, n) at or above this are orthogonalized one at a time:
 #: batching pays for many small matrices (16 x 64x64: 1.2 vs 9.8 ms on the 2-core CPU) and
@@ -18,6 +19,19 @@ BATCH_LIMIT = 2**26
 #: Keller Jordan's quintic coefficients (a, b, c), tuned for the slope at zero.
 NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 
+#: Ways to evaluate the iteration (see :func:`newton_schulz`).
+NS_METHODS = ("standard", "gram", "auto")
+
+#: ``method="auto"`` takes the Gram form when the long side is at least this many times the
+#: short one. Break-even in FLOPs (5 steps, one restart) is about 1.5; measured in bf16 on
+#: the 2-core CPU: 320x960 1.3x and 320x1280 1.4x faster, 320x320 1.25x slower.
+GRAM_ASPECT = 2.0
+
+#: The Gram iteration is restarted (``X = Q X_0``, ``R = X X^T`` recomputed) before this
+#: step, as in Dao lab's Gram Newton-Schulz: without it bf16 rounding compounds through
+#: the polynomial recursion (measured: relative error 2.9 instead of 0.075 after 5 steps).
+GRAM_RESTART = 2
+
 
 def newton_schulz(
     G: Tensor,
@@ -25,6 +39,7 @@ def newton_schulz(
     coeffs: Sequence[float] = NS_COEFFICIENTS,
     eps: float = 1e-7,
     dtype: torch.dtype | None = None,
+    method: str = "standard",
 ) -> Tensor:
     r"""Approximate the orthogonal polar factor :math:`UV^\top` of ``G`` (or of each matrix of a batch).
 
@@ -42,6 +57,9 @@ def newton_schulz(
         coeffs: ``(a, b, c)`` (default :data:`NS_COEFFICIENTS`).
         eps: floor of the norm, so a zero matrix maps to zero.
         dtype: the dtype to iterate in (default: ``G``'s); the result has this dtype.
+        method: ``"standard"`` (above), ``"gram"`` (:func:`gram_newton_schulz`, the same
+            polynomial with fewer FLOPs on rectangular matrices) or ``"auto"`` (``"gram"``
+            where the long side is at least :data:`GRAM_ASPECT` times the short one).
 
     Returns:
         A new tensor of ``G``'s shape.
@@ -53,6 +71,11 @@ def newton_schulz(
     """
     if G.ndim not in (2, 3):
         raise ValueError(f"Invalid G: newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    if method not in NS_METHODS:
+        raise ValueError(f"Invalid ns_method: {method!r} (must be one of {', '.join(map(repr, NS_METHODS))})")
+    short, long = sorted(G.shape[-2:])
+    if method == "gram" or (method == "auto" and long >= GRAM_ASPECT * short):
+        return gram_newton_schulz(G, steps, coeffs, eps, dtype)
     a, b, c = coeffs
     X = G.to(dtype) if dtype is not None and dtype != G.dtype else G.clone()
     tall = X.size(-2) > X.size(-1)
@@ -73,6 +96,61 @@ def newton_schulz(
         mm(A, A, A, beta=b, alpha=c, out=B)
         mm(X, B, X, beta=a, out=Y)
         X, Y = Y, (X if X.is_contiguous() else X.new_empty(X.shape))
+    return X.mT if tall else X
+
+
+def gram_newton_schulz(
+    G: Tensor,
+    steps: int = 5,
+    coeffs: Sequence[float] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    r""":func:`newton_schulz` evaluated on the small Gram matrix ("Gram Newton–Schulz").
+
+    With :math:`X_0` the normalized wide matrix (:math:`m \le n`) and :math:`A_k = X_kX_k^\top`,
+    the quintic step is :math:`X_{k+1} = P_kX_k` with :math:`P_k = aI + bA_k + cA_k^2`, a
+    polynomial in :math:`A_k`; so :math:`X_k = Q_kX_0` with :math:`Q_{k+1} = P_kQ_k` and
+    :math:`A_{k+1} = P_kA_kP_k`, all :math:`m\times m`. Only the first Gram matrix, one
+    restart (:data:`GRAM_RESTART`: :math:`X = QX_0`, :math:`A = XX^\top` afresh, which keeps
+    bf16 rounding from compounding) and the final :math:`QX` touch the :math:`m\times n`
+    matrix: 4 products of :math:`m^2n` and 14 of :math:`m^3` for 5 steps, against 10 and
+    5 for the standard form. In exact arithmetic the result is the same; in float64 it
+    agrees to ~1e-13, in bf16 its error against the exact polynomial is of the same order
+    as the standard form's (tested). Faster when :math:`n \gtrsim 1.5m`.
+
+    References:
+        Dao lab (2026), "Gram Newton-Schulz: A Fast, Hardware-Aware Newton-Schulz
+        Algorithm for Muon", https://tridao.me/blog/2026/gram-newton-schulz/.
+
+    Example:
+        >>> G = torch.randn(8, 32, dtype=torch.float64)
+        >>> torch.allclose(gram_newton_schulz(G), newton_schulz(G), atol=1e-10)
+        True
+    """
+    if G.ndim not in (2, 3):
+        raise ValueError(f"Invalid G: newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    a, b, c = coeffs
+    X = G.to(dtype) if dtype is not None and dtype != G.dtype else G
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
+    R = mm(X, X.mT)
+    Q: Tensor | None = None
+    for k in range(steps):
+        if k == GRAM_RESTART and Q is not None:
+            X = mm(Q, X)
+            R = mm(X, X.mT)
+            Q = None
+        Z = addmm(R, R, R, beta=b, alpha=c)  # bA + cA^2
+        P = Z.clone()
+        P.diagonal(dim1=-2, dim2=-1).add_(a)  # aI + bA + cA^2
+        Q = P if Q is None else addmm(Q, Z, Q, beta=a)
+        if k + 1 < steps and k + 1 != GRAM_RESTART:
+            R = mm(P, mm(R, P))
+    X = X if Q is None else mm(Q, X)
     return X.mT if tall else X
 
 
@@ -141,6 +219,7 @@ def muon(
     eps: float = 1e-7,
     adjust_lr_fn: str | None = None,
     ns_dtype: torch.dtype | None = None,
+    ns_method: str = "standard",
     maximize: bool = False,
 ) -> None:
     r"""One Muon step on a matrix (or a conv kernel, flattened to ``(out, -1)``), in place.
@@ -163,6 +242,7 @@ def muon(
         ns_coefficients, ns_steps, eps: of :func:`newton_schulz`.
         adjust_lr_fn: the shape factor :math:`s`, see :func:`muon_lr_scale`.
         ns_dtype: iteration dtype (default: :func:`muon_ns_dtype`).
+        ns_method: how to evaluate the iteration (see :func:`newton_schulz`).
         maximize: ascend instead.
 
     Example:
@@ -175,7 +255,7 @@ def muon(
         grad = -grad
     update = _direction(grad, momentum_buffer, momentum, nesterov)
     matrix = update.reshape(update.size(0), -1)
-    ortho = newton_schulz(matrix, ns_steps, ns_coefficients, eps, muon_ns_dtype(ns_dtype, param))
+    ortho = newton_schulz(matrix, ns_steps, ns_coefficients, eps, muon_ns_dtype(ns_dtype, param), ns_method)
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
     param.add_(ortho.reshape(param.shape), alpha=-lr * muon_lr_scale(param.shape, adjust_lr_fn))
@@ -195,6 +275,7 @@ def muon_batched(
     eps: float = 1e-7,
     adjust_lr_fn: str | None = None,
     ns_dtype: torch.dtype | None = None,
+    ns_method: str = "standard",
     maximize: bool = False,
 ) -> None:
     """:func:`muon` over many parameters: matrices of one shape are orthogonalized as one batch.
@@ -231,11 +312,11 @@ def muon_batched(
 
     for (rows, cols), idx in by_shape.items():
         if len(idx) == 1 or min(rows, cols) ** 2 * max(rows, cols) >= BATCH_LIMIT:
-            outs: Iterable[Tensor] = (newton_schulz(update(i, rows, cols), ns_steps, ns_coefficients, eps, dtype)
-                                      for i in idx)
+            outs: Iterable[Tensor] = (newton_schulz(update(i, rows, cols), ns_steps, ns_coefficients, eps, dtype,
+                                                    ns_method) for i in idx)
         else:
             stacked = torch.stack([update(i, rows, cols) for i in idx])
-            outs = newton_schulz(stacked, ns_steps, ns_coefficients, eps, dtype).unbind(0)
+            outs = newton_schulz(stacked, ns_steps, ns_coefficients, eps, dtype, ns_method).unbind(0)
         for i, o in zip(idx, outs):
             p = params[i]
             p.add_(o.reshape(p.shape), alpha=-lr * muon_lr_scale(p.shape, adjust_lr_fn))

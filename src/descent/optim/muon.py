@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import check_betas, check_nonneg, check_unit_interval
-from ..functional.muon import NS_COEFFICIENTS, muon, muon_batched
+from ..functional.muon import NS_COEFFICIENTS, NS_METHODS, muon, muon_batched
 from ._backend import floating, torch_fused
 from ._base import Optimizer, param_label
 from .adam import Adam
@@ -124,6 +124,11 @@ class Muon(Optimizer):
         adjust_lr_fn: ``None``/``"original"`` (:math:`\sqrt{\max(1, A/B)}`) or ``"match_rms_adamw"``
             (:math:`0.2\sqrt{\max(A,B)}`).
         ns_dtype: dtype of the iteration; ``None`` chooses per device (see above).
+        ns_method: ``"standard"`` (default, torch's numbers), ``"gram"`` or ``"auto"``:
+            :func:`descent.functional.gram_newton_schulz` evaluates the same polynomial on
+            the small Gram matrix, 1.3-1.4x faster on matrices with aspect ratio 3-4 (bf16,
+            CPU); ``"auto"`` uses it where the aspect ratio is at least 2. In bf16 it
+            rounds differently from the standard form (errors of the same order).
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the auxiliary AdamW's (defaults as
             Keller Jordan's ``MuonWithAuxAdam``: 3e-4, (0.9, 0.95), 1e-8 (his 1e-10), 0).
         head_names: name patterns of the output head (sent to AdamW); replaces the automatic rule.
@@ -158,6 +163,7 @@ class Muon(Optimizer):
         adjust_lr_fn: str | None = None,
         *,
         ns_dtype: torch.dtype | None = None,
+        ns_method: str = "standard",
         adamw_lr: float = 3e-4,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
@@ -176,7 +182,7 @@ class Muon(Optimizer):
         groups = _groups(params, head_names, aux_hp)
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
-                        adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, use_muon=True,
+                        adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, ns_method=ns_method, use_muon=True,
                         adamw_lr=adamw_lr, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                         betas=tuple(adamw_betas), amsgrad=False, decoupled_weight_decay=True,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend,
@@ -206,6 +212,9 @@ class Muon(Optimizer):
         if group["adjust_lr_fn"] not in _ADJUST:
             raise ValueError(f"Invalid adjust_lr_fn: {group['adjust_lr_fn']!r} "
                              "(must be None, 'original' or 'match_rms_adamw')")
+        if group["ns_method"] not in NS_METHODS:
+            raise ValueError(f"Invalid ns_method: {group['ns_method']!r} "
+                             f"(must be one of {', '.join(map(repr, NS_METHODS))})")
         dtype = group["ns_dtype"]
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"Invalid ns_dtype: {dtype!r} (must be a floating torch.dtype or None)")
@@ -233,7 +242,7 @@ class Muon(Optimizer):
         hp = dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], momentum=group["momentum"],
                   nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"],
                   ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
-                  ns_dtype=group["ns_dtype"], maximize=group["maximize"])
+                  ns_dtype=group["ns_dtype"], ns_method=group.get("ns_method", "standard"), maximize=group["maximize"])
         bufs = [s["momentum_buffer"] for s in states]
         if backend == "loop":
             for p, g, b in zip(params, grads, bufs):
