@@ -106,28 +106,54 @@ def _lamb_apply(p, u, coef):  # pragma: no cover - compiled
         p[i] = p[i] - u[i] * coef
 
 
+@njit(**_SUM_OPTS)
+def _lamb_norms_direct(p, m, v, bc1, bc2, eps, wd):  # pragma: no cover - compiled
+    """(sum p^2, sum u^2) of a block without storing u."""
+    sp = 0.0
+    su = 0.0
+    for i in range(p.size):
+        u = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps) + p[i] * wd
+        sp += np.float64(p[i]) * np.float64(p[i])
+        su += np.float64(u) * np.float64(u)
+    return sp, su
+
+
+@njit(**_OPTS)
+def _lamb_apply_direct(p, m, v, bc1, bc2, eps, wd, coef):  # pragma: no cover - compiled
+    for i in range(p.size):
+        u = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps) + p[i] * wd
+        p[i] = p[i] - u * coef
+
+
 @njit(parallel=True, **_OPTS)
 def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
                clamp):  # pragma: no cover - compiled
-    """LAMB over every wave: moments, direction (into the wave-sized ``scratch``) and block norms; trust ratios; apply.
+    """LAMB over every wave: moments, direction and block norms; trust ratios; apply.
 
     ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``bc1``/``bc2`` per tensor;
-    ``clamp`` < 0 means no clamp of the weight norm. Returns the trust ratios.
+    ``clamp`` < 0 means no clamp of the weight norm. A wave that fits in ``scratch``
+    stores the direction there (the apply pass reads it from cache); a larger one (a
+    single big tensor, where nothing stays in cache anyway) computes it twice instead of
+    allocating a buffer as large as the tensor. Returns the trust ratios.
     """
     sums = np.zeros((blocks.shape[0], 2))
     ratio = np.ones(sizes.size)
     tot = np.zeros((sizes.size, 2))
     for w in range(waves.size - 1):
+        store = offsets[waves[w + 1] - 1] + blocks[waves[w + 1] - 1, 2] - blocks[waves[w + 1] - 1, 1] <= scratch.size
         for k in prange(waves[w], waves[w + 1]):
             t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
             n = sizes[t]
             p = view(ptrs[0, t], n, like)[lo:hi]
             m = view(ptrs[2, t], n, like)[lo:hi]
             v = view(ptrs[3, t], n, like)[lo:hi]
-            u = scratch[offsets[k]:offsets[k] + hi - lo]
             _lamb_moments(view(ptrs[1, t], n, like)[lo:hi], m, v, b1, c1, b2, c2, sign)
-            _lamb_direction(p, m, v, u, bc1[t], bc2[t], eps, wd)
-            sp, su = _lamb_norms(p, u)
+            if store:
+                u = scratch[offsets[k]:offsets[k] + hi - lo]
+                _lamb_direction(p, m, v, u, bc1[t], bc2[t], eps, wd)
+                sp, su = _lamb_norms(p, u)
+            else:
+                sp, su = _lamb_norms_direct(p, m, v, bc1[t], bc2[t], eps, wd)
             sums[k, 0] = sp
             sums[k, 1] = su
         for k in range(waves[w], waves[w + 1]):
@@ -147,6 +173,10 @@ def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1,
         for k in prange(waves[w], waves[w + 1]):
             t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
             n = sizes[t]
-            _lamb_apply(view(ptrs[0, t], n, like)[lo:hi], scratch[offsets[k]:offsets[k] + hi - lo],
-                        like.dtype.type(ratio[t] * lr))
+            coef = like.dtype.type(ratio[t] * lr)
+            if store:
+                _lamb_apply(view(ptrs[0, t], n, like)[lo:hi], scratch[offsets[k]:offsets[k] + hi - lo], coef)
+            else:
+                _lamb_apply_direct(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[2, t], n, like)[lo:hi],
+                                   view(ptrs[3, t], n, like)[lo:hi], bc1[t], bc2[t], eps, wd, coef)
     return ratio

@@ -63,7 +63,7 @@ class Plan(NamedTuple):
             and holds whole tensors.
         offsets: ``(B,)`` where each block starts inside its wave (elements), for
             wave-sized scratch buffers.
-        wave_numel: elements of the largest wave.
+        wave_sizes: ``(W,)`` elements per wave.
         numel: total elements.
     """
 
@@ -71,8 +71,13 @@ class Plan(NamedTuple):
     blocks: np.ndarray
     waves: np.ndarray
     offsets: np.ndarray
-    wave_numel: int
+    wave_sizes: np.ndarray
     numel: int
+
+    def scratch_numel(self, limit: int) -> int:
+        """Elements of a scratch buffer that holds any wave of at most ``limit`` elements (0 if none)."""
+        small = self.wave_sizes[self.wave_sizes <= limit]
+        return int(small.max()) if small.size else 0
 
 
 @lru_cache(maxsize=256)
@@ -117,9 +122,9 @@ def plan(sizes: tuple[int, ...], row_lengths: tuple[int, ...] | None = None,
     table = np.asarray(blocks, dtype=np.int64).reshape(-1, 3)
     lengths = table[:, 2] - table[:, 1]
     offsets = np.zeros(len(blocks), dtype=np.int64)
-    wave_numel = 0
-    for w0, w1 in zip(waves[:-1], waves[1:]):
+    wave_sizes = np.zeros(len(waves) - 1, dtype=np.int64)
+    for w, (w0, w1) in enumerate(zip(waves[:-1], waves[1:])):
         offsets[w0:w1] = np.cumsum(lengths[w0:w1]) - lengths[w0:w1]
-        wave_numel = max(wave_numel, int(lengths[w0:w1].sum()))
-    return Plan(np.asarray(sizes, dtype=np.int64), table, np.asarray(waves, dtype=np.int64), offsets, wave_numel,
+        wave_sizes[w] = lengths[w0:w1].sum()
+    return Plan(np.asarray(sizes, dtype=np.int64), table, np.asarray(waves, dtype=np.int64), offsets, wave_sizes,
                 int(sum(sizes)))

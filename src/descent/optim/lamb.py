@@ -38,8 +38,9 @@ class LAMB(Optimizer):
     (:func:`descent.kernels.elementwise.lamb_multi`): a pass that updates the moments,
     writes :math:`u` into a scratch buffer and sums the two norms, then a pass that
     applies the step, over a wave of tensors small enough (about 0.5M elements) that the
-    second pass reads from cache. In float64 it equals :func:`descent.functional.lamb`
-    to 1e-13.
+    second pass reads from cache (a tensor above 2M elements is its own wave and
+    recomputes :math:`u` instead of storing it). In float64 it equals
+    :func:`descent.functional.lamb` to 1e-13.
 
     Args:
         params: parameters or param group dicts.
@@ -120,6 +121,7 @@ def _lamb_fused(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs:
                 lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, clamp_value: float | None,
                 bias_correction: bool, maximize: bool) -> None:
     """One Numba call over the bucket: moments and norms, trust ratios, apply (:func:`lamb_multi`)."""
+    from ..kernels import multi
     from ..kernels.elementwise import lamb_multi
 
     plan, like = K.bucket_plan(params), K.like(params[0])
@@ -127,7 +129,8 @@ def _lamb_fused(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs:
     t = np.asarray(steps, dtype=np.float64)
     bc1 = (1 - beta1**t if bias_correction else np.ones_like(t)).astype(like.dtype)
     bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(like.dtype)
-    scratch = np.empty(plan.wave_numel, dtype=like.dtype)
+    # waves up to 4x the target size store the direction; a bigger one (one large tensor) recomputes it
+    scratch = np.empty(plan.scratch_numel(4 * multi.WAVE), dtype=like.dtype)
     lamb_multi(K.addresses(params, grads, ms, vs), plan.sizes, plan.blocks, plan.waves, plan.offsets, like, scratch,
                bc1, bc2, dt(beta1),
                dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(-1.0 if maximize else 1.0),
