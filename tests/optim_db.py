@@ -168,7 +168,7 @@ SPECS: list[OptimizerSpec] = [
                     "numpy": oracle(rmsprop_rule, alpha=0.99, eps=1e-8, weight_decay=0.0,
                                     momentum=0.0, centered=False)},
         torch_cls=torch.optim.RMSprop,
-        backends=("loop", "foreach"),
+        backends=("loop", "foreach", "fused"),
         converge=Convergence(lr=0.01, steps=2000, quadratic_tol=2e-2, rosenbrock_tol=2e-2,
                              rosenbrock_lr=3e-3, rosenbrock_steps=5000),
         error_inputs=_COMMON_ERRORS + [({"alpha": 1.5}, "Invalid alpha: 1.5"),

@@ -1,4 +1,4 @@
-"""Lion, LAMB, Adafactor, SophiaG beyond the shared table (tests/optim_db.py).
+"""Lion, LAMB, Adafactor, SophiaG (and RMSprop's kernel) beyond the shared table (tests/optim_db.py).
 
 Numba kernels against the pure functional math, Adafactor against torch.optim.Adafactor
 where the two agree by design, Sophia's Hessian refreshes, backend choice and
@@ -22,9 +22,15 @@ OPTIMS = {
     "LAMB": (descent.LAMB, dict(lr=0.01, weight_decay=0.1)),
     "Adafactor": (descent.Adafactor, dict(beta1=0.9, weight_decay=0.1)),
     "SophiaG": (descent.SophiaG, dict(lr=0.01, bs=16)),
+    "RMSprop": (descent.RMSprop, dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1)),
+    "RMSprop-plain": (descent.RMSprop, dict(lr=0.01)),
 }
 #: Elementwise kernels are bit-identical to the functional; norms/means are parallel sums.
-KERNEL_TOL = {"Lion": 0.0, "SophiaG": 0.0, "LAMB": 1e-13, "Adafactor": 1e-13}
+KERNEL_TOL = {"Lion": 0.0, "SophiaG": 0.0, "LAMB": 1e-13, "Adafactor": 1e-13, "RMSprop": 1e-13, "RMSprop-plain": 1e-13}
+#: float32: rounding. torch 2.13's vectorized CPU sqrt is not correctly rounded (measured: it differs from
+#: IEEE sqrt on ~1% of float64 and ~17% of float32 inputs) and the kernels use IEEE sqrt; centered RMSprop's
+#: sqrt(v - g_avg^2) cancels, which magnifies a last-bit difference.
+FP32_TOL = {"RMSprop": 1e-5}
 #: one small tensor (serial path), one above PARALLEL_MIN (threaded path), a 3-D one, a vector
 SHAPES = [(7, 5), (300, 230), (3, 4, 6), (11,)]
 
@@ -55,7 +61,7 @@ def test_fused_kernel_matches_functional(name, dtype):
     every = 3 if name == "SophiaG" else 0
     _run(opt_a, a, 12, hessian_every=every)
     _run(opt_b, b, 12, hessian_every=every)
-    tol = KERNEL_TOL[name] if dtype == torch.float64 else 2e-6
+    tol = KERNEL_TOL[name] if dtype == torch.float64 else FP32_TOL.get(name, 2e-6)
     for pa, pb in zip(a, b):
         if tol == 0.0:
             assert torch.equal(pa, pb)

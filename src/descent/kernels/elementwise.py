@@ -1,10 +1,13 @@
-"""Numba multi-tensor kernels for Lion, Sophia-G and LAMB (see :mod:`descent.kernels`).
+"""Numba multi-tensor kernels for Lion, Sophia-G, LAMB and RMSprop (see :mod:`descent.kernels`).
 
 Each kernel steps every tensor of a bucket in one call (:mod:`descent.kernels.multi`):
 ``ptrs`` holds the addresses (one row per role: parameter, gradient, state...),
 ``plan`` the blocks. Scalars are passed in the arrays' dtype so float32 arithmetic stays
-float32, and the elementwise loops run without ``fastmath``, so every elementwise result
-equals the torch expression in :mod:`descent.functional` bit for bit in float64. Only
+float32, and the elementwise loops run without ``fastmath`` in the torch expression's
+order (with a fused multiply-add where torch's kernel uses one), so Lion's and Sophia's
+results equal :mod:`descent.functional` bit for bit; where a square root is involved
+(LAMB, RMSprop) they agree to the last bit or so, because torch 2.13's vectorized CPU
+``sqrt`` is not correctly rounded and the kernels' is. Only
 LAMB's norms are sums that may be reassociated (``fastmath={'reassoc'}``) so that they
 vectorize; they are per-block float64 partial sums added in block order, so the result
 does not depend on the thread count.
@@ -17,9 +20,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .multi import view
+from .multi import fma, view
 
-__all__ = ["lion_multi", "sophia_multi", "lamb_multi"]
+__all__ = ["lion_multi", "sophia_multi", "lamb_multi", "rmsprop_multi"]
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 _SUM_OPTS = dict(cache=True, fastmath={"reassoc"}, nogil=True, error_model="numpy")
@@ -180,3 +183,45 @@ def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1,
                 _lamb_apply_direct(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[2, t], n, like)[lo:hi],
                                    view(ptrs[3, t], n, like)[lo:hi], bc1[t], bc2[t], eps, wd, coef)
     return ratio
+
+
+@njit(**_OPTS)
+def _rmsprop_block(p, g, v, ga, buf, lr, alpha, c, eps, wd, mom, centered, use_m, sign):  # pragma: no cover
+    """RMSprop in torch's operation order: ``add(alpha=)``, ``addcmul`` and ``lerp`` are
+    fused multiply-adds in torch's CPU kernels, ``addcdiv`` is not."""
+    one = p.dtype.type(1.0)
+    for i in range(p.size):
+        gi = g[i] * sign
+        if wd != 0:
+            gi = fma(wd, p[i], gi)  # grad.add(param, alpha=wd)
+        vi = fma(c * gi, gi, v[i] * alpha)  # v.mul_(alpha).addcmul_(g, g, value=c)
+        v[i] = vi
+        if centered:
+            if c < 0.5:  # ga.lerp_(g, c)
+                gai = fma(c, gi - ga[i], ga[i])
+            else:
+                gai = fma(c - one, gi - ga[i], gi)
+            ga[i] = gai
+            avg = math.sqrt(fma(-gai, gai, vi)) + eps  # v.addcmul(ga, ga, value=-1).sqrt_().add_(eps)
+        else:
+            avg = math.sqrt(vi) + eps
+        if use_m:
+            bi = buf[i] * mom + gi / avg  # buf.mul_(mom).addcdiv_(g, avg)
+            buf[i] = bi
+            p[i] = fma(-lr, bi, p[i])  # p.add_(buf, alpha=-lr)
+        else:
+            p[i] = p[i] + ((-lr) * gi) / avg  # p.addcdiv_(g, avg, value=-lr)
+
+
+@njit(parallel=True, **_OPTS)
+def rmsprop_multi(ptrs, sizes, blocks, like, lr, alpha, c, eps, wd, mom, centered, use_m,
+                  sign):  # pragma: no cover - compiled
+    """RMSprop over every block; ``ptrs`` rows: param, grad, square_avg, grad_avg, momentum_buffer (0 if unused)."""
+    for k in prange(blocks.shape[0]):
+        t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+        n = sizes[t]
+        p = view(ptrs[0, t], n, like)[lo:hi]
+        ga = view(ptrs[3, t], n, like)[lo:hi] if centered else p
+        buf = view(ptrs[4, t], n, like)[lo:hi] if use_m else p
+        _rmsprop_block(p, view(ptrs[1, t], n, like)[lo:hi], view(ptrs[2, t], n, like)[lo:hi], ga, buf, lr, alpha,
+                       c, eps, wd, mom, centered, use_m, sign)

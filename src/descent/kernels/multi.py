@@ -27,7 +27,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["BLOCK", "WAVE", "Plan", "plan", "view"]
+__all__ = ["BLOCK", "WAVE", "Plan", "plan", "view", "fma"]
 
 #: Target elements per block: 64 KiB per float32 array, so a block's arrays stay in L2
 #: between the passes a kernel makes over one block.
@@ -45,6 +45,19 @@ def _pointer(typingctx, address, like):  # pragma: no cover - compile-time
         return builder.inttoptr(args[0], context.get_value_type(ptr))
 
     return ptr(address, like), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):  # pragma: no cover - compile-time
+    """``a * b + c`` rounded once (LLVM's ``llvm.fma``), as torch's CPU kernels compute
+    ``add(alpha=)``, ``addcmul`` and ``lerp``; vectorizes like any float operation."""
+    if not (a == b == c and isinstance(a, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return a(a, b, c), codegen
 
 
 @njit(nogil=True, cache=True, inline="always")

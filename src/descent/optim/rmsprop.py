@@ -9,6 +9,7 @@ import torch.optim.rmsprop as _torch_rmsprop
 from torch import Tensor
 
 from .. import functional as F
+from .. import kernels as K
 from .._validate import check_nonneg
 from ._backend import floating
 from ._base import Optimizer, reject_unsupported, step_tensor
@@ -23,8 +24,10 @@ class RMSprop(Optimizer):
 
     (with momentum, the scaled gradient feeds a buffer :math:`b_t = \mu b_{t-1} + g_t/d_t`).
     Arguments, defaults and state keys (``step``, ``square_avg``, ``grad_avg``,
-    ``momentum_buffer``) are torch's. torch has no fused RMSprop kernel; on CPU the
-    default is the per-tensor loop, measured faster than foreach there.
+    ``momentum_buffer``) are torch's. torch has no fused RMSprop kernel; descent's
+    default on CPU (``"fused"``) is one single-pass Numba call over the bucket, in torch's
+    operation order (equal to the loop to float64 rounding; the loop is the fallback for
+    other dtypes and without Numba).
 
     Args:
         params: parameters or param group dicts.
@@ -47,7 +50,7 @@ class RMSprop(Optimizer):
         >>> w.sum().backward(); _ = opt.step()
     """
 
-    _supported = {"loop": floating, "foreach": floating}
+    _supported = {"loop": floating, "foreach": floating, "fused": K.numba_cpu}
 
     def __init__(
         self,
@@ -98,6 +101,9 @@ class RMSprop(Optimizer):
         hp = dict(lr=float(group["lr"]), alpha=group["alpha"], eps=group["eps"],
                   weight_decay=group["weight_decay"], momentum=momentum, centered=centered,
                   maximize=group["maximize"])
+        if backend == "fused":
+            self._fused(group, params, grads, states, hp)
+            return
         if backend == "loop":
             for p, g, s in zip(params, grads, states):
                 s["step"] += 1
@@ -109,3 +115,27 @@ class RMSprop(Optimizer):
             [s["momentum_buffer"] for s in states] if momentum > 0 else [],
             [s["step"] for s in states], foreach=True, **hp,
         )
+
+    @staticmethod
+    def _fused(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+               hp: dict[str, Any]) -> None:
+        """One Numba call over the bucket (:func:`descent.kernels.elementwise.rmsprop_multi`)."""
+        torch._foreach_add_([s["step"] for s in states], 1.0)
+        cols = [[s["square_avg"] for s in states], [s.get("grad_avg") for s in states],
+                [s.get("momentum_buffer") for s in states]]
+        fused, rest = K.partition(params, grads, *cols)
+        if fused:
+            from ..kernels.elementwise import rmsprop_multi
+
+            pick = lambda xs: [xs[i] for i in fused]  # noqa: E731
+            ps = pick(params)
+            plan, like = K.bucket_plan(ps), K.like(ps[0])
+            dt = like.dtype.type
+            centered, use_m = bool(hp["centered"]), hp["momentum"] > 0
+            rmsprop_multi(K.addresses(ps, pick(grads), pick(cols[0]), pick(cols[1]) if centered else None,
+                                      pick(cols[2]) if use_m else None),
+                          plan.sizes, plan.blocks, like, dt(hp["lr"]), dt(hp["alpha"]), dt(1 - hp["alpha"]),
+                          dt(hp["eps"]), dt(hp["weight_decay"]), dt(hp["momentum"]), centered, use_m,
+                          dt(-1.0 if hp["maximize"] else 1.0))
+        for i in rest:
+            F.rmsprop(params[i], grads[i], cols[0][i], cols[1][i], cols[2][i], **hp)
