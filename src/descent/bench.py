@@ -2,7 +2,9 @@
 
 Two parameter sets: (a) one flat 16M-element tensor and (b) a GPT-shaped list of 196
 tensors totalling ~20M parameters (16 blocks of width 320, as in DESIGN.md). Every
-optimizer is timed on the same tensors with fixed gradients; the memory bandwidth of
+optimizer is timed on the same tensors with fixed gradients, the implementations of one
+optimizer taking turns (interleaved rounds, so a slow spell of a shared machine hits
+them all); the memory bandwidth of
 ``a.add_(b)`` is measured in the same run, so each result also reports the fraction of
 that roofline it reaches (``bytes moved per parameter / bandwidth``).
 
@@ -97,15 +99,25 @@ def measure_bandwidth(numel: int = 64 * 2**20, iters: int = 10) -> float:
     return 12 * numel / statistics.median(times) / 1e9
 
 
-def _time(opt: torch.optim.Optimizer, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        opt.step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+def _time_interleaved(opts: dict[str, torch.optim.Optimizer], warmup: int, iters: int,
+                      rounds: int) -> dict[str, float]:
+    """Median ms per step of each optimizer, their steps interleaved in ``rounds`` rounds.
+
+    Interleaving spreads a slow spell of a shared machine over every implementation
+    instead of whichever happened to run during it, so the ratios are steadier.
+    """
+    times: dict[str, list[float]] = {name: [] for name in opts}
+    for opt in opts.values():
+        for _ in range(warmup):
+            opt.step()
+    per_round = max(1, -(-iters // rounds))
+    for _ in range(rounds):
+        for name, opt in opts.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                opt.step()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def _state_bytes(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> float:
@@ -194,14 +206,19 @@ def run(
     iters: int = 10,
     warmup: int = 3,
     sets: Iterable[str] = ("16M", "gpt20M"),
+    rounds: int = 3,
 ) -> tuple[float, list[Result]]:
     """Time every case (or those in ``only``); returns (bandwidth GB/s, results).
+
+    The implementations of one case live side by side (each on its own copy of the
+    parameters) and take turns: ``rounds`` rounds of ``iters / rounds`` steps each.
 
     Args:
         only: case names to run (case-insensitive); all by default.
         scale: multiply parameter counts by this (e.g. 0.01 for a smoke run).
         iters, warmup: timed and untimed steps per implementation.
         sets: which parameter sets: ``"16M"`` (one tensor) and/or ``"gpt20M"``.
+        rounds: how many turns the timed steps are split into.
     """
     wanted = {n.lower() for n in only} if only else None
     bandwidth = measure_bandwidth(max(2**16, int(64 * 2**20 * scale)))
@@ -215,23 +232,27 @@ def run(
             if set_name == "16M" and case.matrices_only_16m:
                 continue
             impls = ({"descent": case.descent} if case.descent else {}) | case.peers
-            rows = []
+            rows, opts, sets_of = [], {}, {}
             for impl, factory in impls.items():
                 params = _params(param_sets[set_name])
-                n = sum(p.numel() for p in params)
                 try:
-                    opt = factory(params)
-                    ms = _time(opt, warmup, iters)
-                except Exception as exc:  # a peer that cannot run this set is reported, not fatal
+                    opts[impl] = factory(params)
+                    opts[impl].step()  # a peer that cannot run this set fails here, not mid-timing
+                    sets_of[impl] = params
+                except Exception as exc:  # reported, not fatal
                     log.warning("%s / %s on %s failed: %s", case.name, impl, set_name, exc)
+                    opts.pop(impl, None)
                     rows.append(Result(case.name, impl, set_name, float("nan"), None, 0.0, note=f"failed: {exc}"))
-                    continue
+            timed = _time_interleaved(opts, warmup, iters, rounds)
+            for impl, ms in timed.items():
+                n = sum(p.numel() for p in sets_of[impl])
                 roof = None
                 if case.bytes_per_param:
                     roof = 100 * (case.bytes_per_param * n / (bandwidth * 1e9)) / (ms / 1e3)
-                rows.append(Result(case.name, impl, set_name, ms, roof, _state_bytes(opt, params)))
-                del opt, params
-                gc.collect()
+                rows.append(Result(case.name, impl, set_name, ms, roof, _state_bytes(opts[impl], sets_of[impl])))
+            rows.sort(key=lambda r: list(impls).index(r.impl))
+            del opts, sets_of
+            gc.collect()
             base = next((r.ms for r in rows if r.impl == "descent"), None)
             for r in rows:
                 r.vs_descent = (r.ms / base) if base and r.ms == r.ms else None
