@@ -325,69 +325,6 @@ def test_shampoo_state_layout_blocks_and_fallback():
     assert math.isclose(float(w.detach()[:128].norm()), 1e-2 * float(g.norm()), rel_tol=1e-4)
 
 
-def _gram_inputs():
-    g = torch.Generator().manual_seed(7)
-    U, _ = torch.linalg.qr(torch.randn(96, 24, generator=g, dtype=torch.float64))
-    V, _ = torch.linalg.qr(torch.randn(24, 24, generator=g, dtype=torch.float64))
-    yield "gaussian", torch.randn(24, 96, generator=g, dtype=torch.float64)
-    yield "ill-conditioned", ((U * torch.logspace(-6, 0, 24, dtype=torch.float64)) @ V.T).T
-    yield "low rank + noise", (torch.randn(24, 3, generator=g, dtype=torch.float64)
-                               @ torch.randn(3, 96, generator=g, dtype=torch.float64)
-                               + 0.01 * torch.randn(24, 96, generator=g, dtype=torch.float64))
-    yield "batch, tall", torch.randn(3, 80, 20, generator=g, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("steps", [1, 2, 3, 5, 7])
-def test_gram_newton_schulz_is_the_same_polynomial(steps):
-    """In float64 the Gram form (with its restart) equals the standard iteration to rounding."""
-    for name, G in _gram_inputs():
-        torch.testing.assert_close(gram_newton_schulz(G, steps), newton_schulz(G, steps), rtol=0, atol=1e-11,
-                                   msg=name)
-        torch.testing.assert_close(newton_schulz(G, steps, method="gram"), newton_schulz(G, steps), rtol=0,
-                                   atol=1e-11, msg=name)
-
-
-def test_gram_newton_schulz_in_bf16_errs_like_the_standard_form():
-    """Against the exact (float64) polynomial, bf16 Gram's error is of the order of bf16 standard's."""
-    for name, G in _gram_inputs():
-        exact = newton_schulz(G, 5)
-        err = {m: float((newton_schulz(G.float(), 5, dtype=torch.bfloat16, method=m).double() - exact).norm()
-                        / exact.norm()) for m in ("standard", "gram")}
-        assert err["gram"] < 4 * err["standard"] + 0.02, (name, err)
-    # and it keeps the singular values of a full-rank input in Muon's band
-    G = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
-    sv = torch.linalg.svdvals(gram_newton_schulz(G, dtype=torch.bfloat16).float())
-    assert bool(((sv > 0.6) & (sv < 1.3)).all()), sv
-
-
-def test_newton_schulz_auto_picks_gram_for_rectangular_only(monkeypatch):
-    import importlib
-
-    fm = importlib.import_module("descent.functional.muon")  # the module, not the function of that name
-    calls = []
-    real = fm.gram_newton_schulz
-    monkeypatch.setattr(fm, "gram_newton_schulz", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
-    for shape in [(8, 8), (8, 12), (8, 16), (40, 8)]:
-        newton_schulz(torch.randn(shape), method="auto")
-    assert calls == [(8, 16), (40, 8)]
-
-
-def test_muon_ns_method_gram_trains_like_standard():
-    """Same run with ns_method='gram' (float64 iteration): the parameters agree to rounding."""
-    init = [torch.randn(s, dtype=torch.float64) for s in [(6, 20), (20, 6), (8, 8), (4, 4, 3)]]
-    a = [nn.Parameter(p.clone()) for p in init]
-    b = [nn.Parameter(p.clone()) for p in init]
-    gram, std = descent.Muon(a, lr=0.02, ns_method="gram"), descent.Muon(b, lr=0.02)
-    for t in range(10):
-        _grads(a, t)
-        _grads(b, t)
-        gram.step()
-        std.step()
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
-    assert gram.param_groups[0]["ns_method"] == "gram"
-
-
 @pytest.mark.parametrize("kwargs, match", [
     (dict(lr=-1.0), "Invalid lr: -1.0"),
     (dict(betas=(0.9, 1.0)), "Invalid beta2: 1.0"),
