@@ -3,14 +3,27 @@
 :class:`DescentTrainer` runs epochs of shuffled mini-batches (sampling without
 replacement, ``ceil(n / batch_size)`` steps an epoch) through any
 ``torch.optim.Optimizer`` chosen by name, sets the learning rate of every step from a
-closed-form schedule of the step counter, and implements scikit-learn's stopping rule
+closed-form schedule of a counter, and implements scikit-learn's stopping rule
 (``tol`` / ``n_iter_no_change``, on the training loss or on a held-out
 ``validation_fraction`` with ``early_stopping``). The counter and the optimizer state
 survive between ``partial_fit`` calls, so schedules continue where they stopped.
 
+The counter is the number of optimizer steps, except for scikit-learn's two formulas
+(``"optimal"`` and ``"invscaling"``), which scikit-learn writes in samples seen: there
+it is the number of samples seen, so the rate does not depend on ``batch_size``. A
+subclass with ``_per_sample_steps = True`` (the linear models, whose scikit-learn
+counterparts update after every sample) also makes one mini-batch step of those two
+schedules worth the ``B`` per-sample steps it replaces: the step is the rate times the
+*sum* of the ``B`` sample gradients (for plain SGD, ``B`` times the rate on the batch
+mean; Adam-like optimizers are invariant to that scale). Before, a batch of 32 took
+one per-sample rate on the batch mean, i.e. 1/32 of scikit-learn's progress per epoch.
+
+Optional iterate averaging (``_average_spec``) keeps a running average of the
+parameters next to the iterate; the fitted attributes are read from the average.
+
 A subclass provides ``_init_params(n_features, n_outputs, rng)``, ``_batch_loss``,
 ``_after_step(lr)`` (e.g. the L1 proximal step), ``_export()`` (fitted attributes
-from the tensors) and ``_dloss_at`` (for ``schedule="optimal"``).
+from :meth:`_fitted_tensors`) and ``_dloss_at`` (for ``schedule="optimal"``).
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
-from ._schedules import check_schedule, make_schedule
+from ._schedules import SAMPLE_SCHEDULES, check_schedule, make_schedule
 
 __all__ = ["DescentTrainer", "optimizer_table", "resolve_optimizer"]
 
@@ -125,6 +138,8 @@ class DescentTrainer:
 
     _dtype: torch.dtype = torch.float64
     _is_classifier: bool = False
+    #: One mini-batch step of a per-sample schedule sums the sample gradients (see the module docstring).
+    _per_sample_steps: bool = False
 
     # ----------------------------------------------------------- validation
     def _check_common_params(self) -> None:
@@ -145,8 +160,15 @@ class DescentTrainer:
         resolve_optimizer(self.optimizer)
 
     def _batch_size_for(self, n: int) -> int:
+        """``batch_size`` for ``n`` training samples; ``"auto"`` is ``min(200, ceil(n / 10))``.
+
+        scikit-learn's ``"auto"`` is ``min(200, n)``: below 200 samples every epoch is one
+        full-batch step, so 100 epochs of Adam at ``lr=1e-3`` are 100 small steps and the
+        network is under-trained (iris, 112 training samples: 0.89 accuracy). Here ``"auto"`` gives at least 10
+        steps an epoch and is scikit-learn's 200 from 2,000 samples on.
+        """
         if isinstance(self.batch_size, str):
-            return max(1, min(200, n))
+            return max(1, min(200, math.ceil(n / 10)))
         return max(1, min(int(self.batch_size), n))
 
     # ---------------------------------------------------------- optimizer
@@ -165,10 +187,12 @@ class DescentTrainer:
         self._horizon = self.max_iter * math.ceil(n_train / self._batch_size_for(n_train))
         self._schedule_fn = self._build_schedule()
         self.n_steps_ = 0
+        self._seen = 0
         self._lr_scale = 1.0
         self._best = math.inf
         self._no_improve = 0
-        self._best_state: list[torch.Tensor] | None = None
+        self._best_state: tuple | None = None
+        self._reset_average()
 
     def _dloss_at(self, p: float, y: float) -> float:
         return -y
@@ -178,12 +202,20 @@ class DescentTrainer:
             self.schedule, float(self.lr), alpha=float(self.alpha), power_t=float(self.power_t),
             warmup=float(getattr(self, "warmup", 0.1)), total_steps=self._horizon, dloss_at=self._dloss_at)
 
+    def _per_sample_schedule(self) -> bool:
+        return isinstance(self.schedule, str) and self.schedule in SAMPLE_SCHEDULES
+
     def current_lr(self) -> float:
-        """The learning rate the next step will use (after any ``adaptive`` divisions)."""
+        """The learning rate the next step will use (after any ``adaptive`` divisions).
+
+        For ``"optimal"`` and ``"invscaling"`` this is the per-sample rate at the number of
+        samples seen; otherwise the rate of the next optimizer step.
+        """
         fn = self.__dict__.get("_schedule_fn")
         if fn is None:  # after unpickling
             fn = self._schedule_fn = self._build_schedule()
-        return fn(self.n_steps_) * self._lr_scale
+        clock = self.__dict__.get("_seen", 0) if self._per_sample_schedule() else self.n_steps_
+        return fn(clock) * self._lr_scale
 
     # ------------------------------------------------------------- epochs
     def _tensors(self, *arrays: np.ndarray | None) -> list[torch.Tensor | None]:
@@ -197,24 +229,28 @@ class DescentTrainer:
         n = X.shape[0]
         bs = self._batch_size_for(n)
         order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        summed = self._per_sample_steps and self._per_sample_schedule()
         total = 0.0
         for start in range(0, n, bs):
             idx = torch.as_tensor(order[start:start + bs])
             xb, yb, sb = Xt[idx], Yt[idx], st[idx]
             lr = self.current_lr()
+            scale = float(len(idx)) if summed else 1.0
             for group in self._optim.param_groups:
                 group["lr"] = lr
 
             def closure() -> torch.Tensor:
                 self._optim.zero_grad()
                 loss = self._batch_loss(xb, yb, sb, n)
-                loss.backward()
+                (loss * scale if scale != 1.0 else loss).backward()
                 return loss
 
             loss = self._optim.step(closure)
-            with torch.no_grad():
-                self._after_step(lr)
             self.n_steps_ += 1
+            self._seen = self.__dict__.get("_seen", 0) + len(idx)
+            with torch.no_grad():
+                self._after_step(lr * scale)
+                self._update_average()
             total += float(loss.detach()) * len(idx)
         self.t_ += n
         return total / n + self._extra_penalty()
@@ -223,7 +259,57 @@ class DescentTrainer:
         return 0.0
 
     def _after_step(self, lr: float) -> None:
-        """Hook after each optimizer step (no grad), e.g. a proximal step."""
+        """Hook after each optimizer step (no grad), e.g. a proximal step; ``lr`` is the step's rate."""
+
+    # ---------------------------------------------------------- averaging
+    def _average_spec(self) -> tuple[str, int] | None:
+        """``None`` (no averaging), ``("uniform", start_sample)`` or ``("linear", 0)``."""
+        return None
+
+    def _reset_average(self) -> None:
+        self._avg: list[torch.Tensor] | None = None
+        self._avg_weight = 0.0
+
+    def _update_average(self) -> None:
+        """Fold the iterate after this step into the running average (no grad)."""
+        spec = self._average_spec()
+        if spec is None:
+            return
+        kind, start = spec
+        if self.__dict__.get("_avg") is None:
+            self._avg = [p.detach().clone() for p in self._params]
+            self._avg_weight = 0.0
+        if kind == "uniform":
+            if self._seen < start:  # not started: the "average" is the iterate
+                for a, p in zip(self._avg, self._params):
+                    a.copy_(p)
+                return
+            w = 1.0
+        else:  # "linear": weight proportional to the step number
+            w = float(self.n_steps_)
+        self._avg_weight += w
+        c = w / self._avg_weight
+        for a, p in zip(self._avg, self._params):
+            a.add_(p.detach() - a, alpha=c)
+
+    def _fitted_tensors(self) -> list[torch.Tensor]:
+        """The tensors the fitted attributes come from: the running average if there is one."""
+        avg = self.__dict__.get("_avg")
+        if self._average_spec() is not None and avg is not None:
+            return avg
+        return self._params
+
+    def _snapshot(self) -> tuple:
+        avg = self.__dict__.get("_avg")
+        return ([p.detach().clone() for p in self._params],
+                None if avg is None else [a.clone() for a in avg], self.__dict__.get("_avg_weight", 0.0))
+
+    def _restore(self, state: tuple) -> None:
+        params, avg, weight = state
+        with torch.no_grad():
+            for p, best in zip(self._params, params):
+                p.copy_(best)
+        self._avg, self._avg_weight = avg, weight
 
     def _stopped(self, score: float) -> bool:
         """scikit-learn's rule on a lower-is-better score; may divide the lr (``adaptive``)."""
@@ -234,7 +320,7 @@ class DescentTrainer:
         if score < self._best:
             self._best = score
             if self.early_stopping:
-                self._best_state = [p.detach().clone() for p in self._params]
+                self._best_state = self._snapshot()
         if self._no_improve < self.n_iter_no_change:
             return False
         if self.schedule == "adaptive" and self.current_lr() / 5.0 > 1e-6:
@@ -279,9 +365,7 @@ class DescentTrainer:
                 converged = True
                 break
         if self.early_stopping and self._best_state is not None:
-            with torch.no_grad():
-                for p, best in zip(self._params, self._best_state):
-                    p.copy_(best)
+            self._restore(self._best_state)
         self._best_state = None
         self.best_loss_ = min(self.loss_curve_)
         if self.early_stopping:

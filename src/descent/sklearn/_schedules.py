@@ -1,8 +1,9 @@
 """Learning-rate schedules of the estimators, as closed-form functions of the step.
 
-Every schedule here maps the number of optimizer steps already taken, ``t >= 0``, to the
-learning rate of the next step. ``optimal`` and ``invscaling`` follow scikit-learn's
-``SGDClassifier`` formulas, where scikit-learn's counter starts at 1 (``t_sk = t + 1``):
+Every schedule here maps a counter ``t >= 0`` to a learning rate: for ``optimal`` and
+``invscaling`` (:data:`SAMPLE_SCHEDULES`) ``t`` is the number of samples seen, as in
+scikit-learn's ``SGDClassifier`` formulas (whose counter starts at 1: ``t_sk = t + 1``);
+for the others it is the number of optimizer steps taken.
 
 * ``constant``: :math:`\\eta_t = \\eta_0`
 * ``optimal``: :math:`\\eta_t = 1 / (\\alpha (t_0 + t))` with scikit-learn's heuristic
@@ -17,8 +18,9 @@ learning rate of the next step. ``optimal`` and ``invscaling`` follow scikit-lea
 * a callable ``f(t)``: :math:`\\eta_t = \\eta_0 f(t)` (a multiplier, as
   ``torch.optim.lr_scheduler.LambdaLR`` and :mod:`descent.schedules` use)
 
-With ``batch_size=1`` the step count is scikit-learn's sample count, so the values are
-identical to scikit-learn's; with mini-batches one step consumes a batch-mean gradient.
+With ``batch_size=1`` the values are identical to scikit-learn's per-sample updates.
+With mini-batches the linear estimators make one step of a sample schedule worth the
+``B`` per-sample steps it replaces (see :mod:`descent.sklearn._base`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SCHEDULES", "make_schedule", "optimal_t0"]
+__all__ = ["SAMPLE_SCHEDULES", "SCHEDULES", "make_schedule", "optimal_t0"]
 
 SCHEDULES = ("constant", "optimal", "invscaling", "adaptive", "warmup_cosine")
+#: scikit-learn's formulas, whose counter is the number of samples seen.
+SAMPLE_SCHEDULES = ("optimal", "invscaling")
 
 
 def optimal_t0(alpha: float, dloss_at: Callable[[float, float], float]) -> float:
@@ -61,7 +65,7 @@ def make_schedule(
     total_steps: int = 1,
     dloss_at: Callable[[float, float], float] | None = None,
 ) -> Callable[[int], float]:
-    """Return ``t -> learning rate`` for the named schedule (see the module docstring).
+    """Return ``t -> learning rate`` for the named schedule (see the module docstring for ``t``).
 
     Args:
         schedule: a name from :data:`SCHEDULES` or a callable multiplier ``f(t)``.
@@ -69,7 +73,7 @@ def make_schedule(
         alpha: regularization strength, for ``optimal``.
         power_t: exponent of ``invscaling``.
         warmup: fraction of ``total_steps`` spent warming up in ``warmup_cosine``.
-        total_steps: horizon of ``warmup_cosine``; later steps get the final rate 0.
+        total_steps: horizon of ``warmup_cosine`` in steps; later steps get the final rate 0.
         dloss_at: derivative of the loss, for ``optimal``'s offset.
 
     Raises:

@@ -41,6 +41,7 @@ class _LinearSGD(DescentTrainer, BaseEstimator):
     """Shared parameters and maths of the two linear estimators."""
 
     _is_classifier = False
+    _per_sample_steps = True
 
     def _check_params(self) -> None:
         self._check_common_params()
@@ -51,6 +52,18 @@ class _LinearSGD(DescentTrainer, BaseEstimator):
         if self.epsilon < 0:
             raise ValueError(f"Invalid epsilon: {self.epsilon} (must be >= 0)")
         get_loss(self.loss, self.epsilon, classification=self._is_classifier)
+        avg = self.average
+        if not (isinstance(avg, (bool, np.bool_)) or avg == "linear"
+                or (isinstance(avg, (int, np.integer)) and avg >= 0)):
+            raise ValueError(f"Invalid average: {avg!r} (must be a bool, an int >= 0 or 'linear')")
+
+    def _average_spec(self) -> tuple[str, int] | None:
+        avg = self.average
+        if isinstance(avg, str):
+            return ("linear", 0)
+        if avg is False or avg is np.False_ or avg == 0:
+            return None
+        return ("uniform", 1 if avg is True or avg is np.True_ else int(avg))
 
     @property
     def _loss_fn(self) -> Any:
@@ -92,6 +105,10 @@ class _LinearSGD(DescentTrainer, BaseEstimator):
             W = self._W
             W.copy_(torch.sign(W) * torch.clamp(W.abs() - shrink, min=0.0))
 
+    def _fitted_Wb(self) -> tuple[torch.Tensor, torch.Tensor]:
+        src = self._fitted_tensors()
+        return src[0].detach(), (src[1] if self.fit_intercept else self._b).detach()
+
     def _extra_penalty(self) -> float:
         return self._alpha * self._rho * float(self._W.detach().abs().sum())
 
@@ -125,6 +142,21 @@ class SGDClassifier(ClassifierMixin, _LinearSGD):
     scikit-learn's ``eta0``. Unlike scikit-learn, ``partial_fit`` keeps the step counter
     and the optimizer state, so a schedule continues across calls.
 
+    Defaults differ from scikit-learn's where measurement says they should: Adam at a
+    constant ``lr=0.3`` on mini-batches of 32, with the fitted weights the running average
+    of the iterates weighted by step number (``average="linear"``). scikit-learn's
+    ``learning_rate="optimal"`` with ``alpha=1e-4`` starts at a per-sample rate of
+    :math:`\\alpha^{-1/4} = 10` and is still 0.4-3 after 20 epochs on the bundled data sets;
+    the iterate keeps jumping, ends far from the optimum of its own objective (training
+    objective 4-35x the optimum's), and does worst under label noise or unscaled
+    features. Adam's per-coordinate step plus averaging gets much closer to the optimum.
+    Measured on seeds disjoint from the reported ones (``benchmarks/sklearn_accuracy.py``):
+    on digits, breast_cancer, iris and wine 0.4-0.8 points more accurate than
+    scikit-learn's defaults under the same epochs; on 24 synthetic
+    ``make_classification`` problems with 5 % label noise, 5 points. scikit-learn's
+    algorithm is ``optimizer="sgd", schedule="optimal", batch_size=1, average=False``
+    (identical updates; ``batch_size=32`` gives the same per-sample rates).
+
     Args:
         loss: ``"hinge"``, ``"log_loss"``, ``"modified_huber"``, ``"squared_hinge"``,
             ``"perceptron"`` or a regression loss.
@@ -138,21 +170,29 @@ class SGDClassifier(ClassifierMixin, _LinearSGD):
         shuffle: reshuffle every epoch (sampling without replacement).
         epsilon: for the epsilon-insensitive and Huber losses.
         random_state: seed of the shuffling and the validation split.
-        optimizer: optimizer name or class.
-        lr: base learning rate.
+        optimizer: optimizer name or class (default ``"adam"``).
+        lr: base learning rate (default 0.3, for Adam with averaging; scikit-learn's ``eta0``).
         optimizer_kwargs: other arguments of the optimizer (``betas``, ``momentum``, ...).
         schedule: ``"optimal"``, ``"invscaling"``, ``"constant"``, ``"adaptive"``,
             ``"warmup_cosine"`` or a callable multiplier ``f(step)``.
         power_t: exponent of ``"invscaling"``.
         warmup: warmup fraction of ``"warmup_cosine"``.
-        batch_size: samples per step (default 32; 1 is scikit-learn's per-sample SGD, where
-            the step counter of the schedules is scikit-learn's sample counter).
+        batch_size: samples per step (default 32; 1 is scikit-learn's per-sample SGD).
+            ``"optimal"`` and ``"invscaling"`` count samples seen, and a mini-batch step of
+            those two takes the rate times the *sum* of its sample gradients, so the rates
+            and the progress per epoch are scikit-learn's at any batch size.
         early_stopping: monitor accuracy on a held-out ``validation_fraction`` and keep
             the best weights.
         validation_fraction: held-out fraction for ``early_stopping``.
         n_iter_no_change: patience in epochs.
         class_weight: ``None``, ``"balanced"`` or ``{label: weight}``.
         warm_start: reuse the previous solution as the start of ``fit``.
+        average: fitted weights from averaged iterates: ``False`` (the last iterate),
+            ``True`` (uniform average of all iterates, scikit-learn's ASGD), an int ``k``
+            (uniform average from the ``k``-th sample on, as scikit-learn) or ``"linear"``
+            (default here: iterate ``k`` weighted by ``k``, which discounts the early
+            iterates without a horizon; Lacoste-Julien, Schmidt & Bach 2012). Training
+            continues from the last iterate; ``coef_`` holds the average.
 
     Attributes:
         coef_, intercept_, classes_, n_features_in_, n_iter_, loss_curve_, t_
@@ -172,18 +212,18 @@ class SGDClassifier(ClassifierMixin, _LinearSGD):
     def __init__(self, loss: str = "hinge", *, penalty: str | None = "l2", alpha: float = 1e-4,
                  l1_ratio: float = 0.15, fit_intercept: bool = True, max_iter: int = 1000,
                  tol: float | None = 1e-3, shuffle: bool = True, epsilon: float = 0.1,
-                 random_state: Any = None, optimizer: Any = "sgd", lr: float = 0.01,
-                 optimizer_kwargs: dict | None = None, schedule: Any = "optimal", power_t: float = 0.5,
+                 random_state: Any = None, optimizer: Any = "adam", lr: float = 0.3,
+                 optimizer_kwargs: dict | None = None, schedule: Any = "constant", power_t: float = 0.5,
                  warmup: float = 0.1, batch_size: int = 32, early_stopping: bool = False,
                  validation_fraction: float = 0.1, n_iter_no_change: int = 5, class_weight: Any = None,
-                 warm_start: bool = False) -> None:
+                 warm_start: bool = False, average: bool | int | str = "linear") -> None:
         self.loss, self.penalty, self.alpha, self.l1_ratio = loss, penalty, alpha, l1_ratio
         self.fit_intercept, self.max_iter, self.tol, self.shuffle = fit_intercept, max_iter, tol, shuffle
         self.epsilon, self.random_state, self.optimizer, self.lr = epsilon, random_state, optimizer, lr
         self.optimizer_kwargs, self.schedule, self.power_t = optimizer_kwargs, schedule, power_t
         self.warmup, self.batch_size, self.early_stopping = warmup, batch_size, early_stopping
         self.validation_fraction, self.n_iter_no_change = validation_fraction, n_iter_no_change
-        self.class_weight, self.warm_start = class_weight, warm_start
+        self.class_weight, self.warm_start, self.average = class_weight, warm_start, average
 
     def _set_classes(self, classes: np.ndarray) -> None:
         if len(classes) < 2:
@@ -230,8 +270,9 @@ class SGDClassifier(ClassifierMixin, _LinearSGD):
         return self
 
     def _export(self) -> None:
-        self.coef_ = self._W.detach().numpy().copy()
-        self.intercept_ = self._b.detach().numpy().copy()
+        W, b = self._fitted_Wb()
+        self.coef_ = W.numpy().copy()
+        self.intercept_ = b.numpy().copy()
 
     def _coef_2d(self) -> np.ndarray:
         return self.coef_
@@ -278,7 +319,11 @@ class SGDRegressor(RegressorMixin, _LinearSGD):
 
     Losses: ``"squared_error"`` (default), ``"huber"``, ``"epsilon_insensitive"``,
     ``"squared_epsilon_insensitive"``. Defaults as scikit-learn's ``SGDRegressor``
-    (``schedule="invscaling"``, ``lr=0.01``, ``power_t=0.25``). ``early_stopping`` monitors R².
+    (``optimizer="sgd"``, ``schedule="invscaling"``, ``lr=0.01``, ``power_t=0.25``) with two
+    differences: mini-batches of 32 (which, for ``invscaling``, make the same per-sample
+    progress as scikit-learn's updates) and ``average=True`` (scikit-learn's averaged SGD;
+    on held-out seeds of diabetes and 18 synthetic ``make_regression`` problems it was
+    0.001 and 0.014 R² above the last iterate on average). ``early_stopping`` monitors R².
 
     Example:
         >>> from sklearn.datasets import load_diabetes
@@ -297,14 +342,15 @@ class SGDRegressor(RegressorMixin, _LinearSGD):
                  random_state: Any = None, optimizer: Any = "sgd", lr: float = 0.01,
                  optimizer_kwargs: dict | None = None, schedule: Any = "invscaling", power_t: float = 0.25,
                  warmup: float = 0.1, batch_size: int = 32, early_stopping: bool = False,
-                 validation_fraction: float = 0.1, n_iter_no_change: int = 5, warm_start: bool = False) -> None:
+                 validation_fraction: float = 0.1, n_iter_no_change: int = 5, warm_start: bool = False,
+                 average: bool | int | str = True) -> None:
         self.loss, self.penalty, self.alpha, self.l1_ratio = loss, penalty, alpha, l1_ratio
         self.fit_intercept, self.max_iter, self.tol, self.shuffle = fit_intercept, max_iter, tol, shuffle
         self.epsilon, self.random_state, self.optimizer, self.lr = epsilon, random_state, optimizer, lr
         self.optimizer_kwargs, self.schedule, self.power_t = optimizer_kwargs, schedule, power_t
         self.warmup, self.batch_size, self.early_stopping = warmup, batch_size, early_stopping
         self.validation_fraction, self.n_iter_no_change = validation_fraction, n_iter_no_change
-        self.warm_start = warm_start
+        self.warm_start, self.average = warm_start, average
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> SGDRegressor:
         """Fit on ``X`` (n_samples, n_features) and targets ``y``; returns ``self``."""
@@ -331,8 +377,9 @@ class SGDRegressor(RegressorMixin, _LinearSGD):
         return self
 
     def _export(self) -> None:
-        self.coef_ = self._W.detach().numpy()[0].copy()
-        self.intercept_ = self._b.detach().numpy().copy()
+        W, b = self._fitted_Wb()
+        self.coef_ = W.numpy()[0].copy()
+        self.intercept_ = b.numpy().copy()
 
     def _coef_2d(self) -> np.ndarray:
         return self.coef_[None, :]
