@@ -173,13 +173,15 @@ def test_default_classifier_at_least_sklearn_on_digits():
     assert np.mean(ours) >= np.mean(ref)
 
 
-def test_mlp_auto_batch_gives_ten_steps_an_epoch():
+def test_mlp_auto_batch_size():
     X, y = load_iris(return_X_y=True)
     clf = MLPClassifier((8,), max_iter=3, tol=None, random_state=0).fit(X, y)
     assert clf.n_steps_ == 3 * 10  # batch ceil(150 / 10) = 15 (scikit-learn's auto: one batch of 150)
-    big = np.random.RandomState(0).randn(5000, 2)
-    reg = MLPRegressor((4,), max_iter=1, tol=None, random_state=0).fit(big, big[:, 0])
-    assert reg.n_steps_ == 25  # from 2,000 samples on, scikit-learn's 200
+    big = np.random.RandomState(0).randn(5000, 4)
+    clf = MLPClassifier((4,), max_iter=1, tol=None, random_state=0).fit(big, big[:, 0] > 0)
+    assert clf.n_steps_ == 25  # from 2,000 samples on, scikit-learn's 200
+    reg = MLPRegressor((8,), max_iter=3, tol=None, random_state=0).fit(X, y)
+    assert reg.n_steps_ == 3  # the regressor keeps scikit-learn's min(200, n): one batch of 150
 
 
 # ------------------------------------------------------------ schedules and partial_fit

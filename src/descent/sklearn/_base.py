@@ -159,16 +159,20 @@ class DescentTrainer:
             raise ValueError(f"Invalid optimizer_kwargs: {self.optimizer_kwargs!r} (must be a dict or None)")
         resolve_optimizer(self.optimizer)
 
+    #: ``batch_size="auto"`` is ``min(200, ceil(n / _auto_min_steps))``: at least this many steps an epoch.
+    _auto_min_steps: int = 10
+
     def _batch_size_for(self, n: int) -> int:
         """``batch_size`` for ``n`` training samples; ``"auto"`` is ``min(200, ceil(n / 10))``.
 
         scikit-learn's ``"auto"`` is ``min(200, n)``: below 200 samples every epoch is one
-        full-batch step, so 100 epochs of Adam at ``lr=1e-3`` are 100 small steps and the
-        network is under-trained (iris, 112 training samples: 0.89 accuracy). Here ``"auto"`` gives at least 10
-        steps an epoch and is scikit-learn's 200 from 2,000 samples on.
+        full-batch step, so 100 epochs of Adam at ``lr=1e-3`` are 100 small steps and a
+        classifier is under-trained (iris, 112 training samples: 0.88 accuracy). Here
+        ``"auto"`` gives at least ``_auto_min_steps`` steps an epoch (10; the MLP regressor
+        keeps scikit-learn's rule, see its docstring) and is 200 from 2,000 samples on.
         """
         if isinstance(self.batch_size, str):
-            return max(1, min(200, math.ceil(n / 10)))
+            return max(1, min(200, math.ceil(n / self._auto_min_steps)))
         return max(1, min(int(self.batch_size), n))
 
     # ---------------------------------------------------------- optimizer

@@ -134,11 +134,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     or a callable multiplier). ``batch_size="auto"`` is ``min(200, ceil(n_samples / 10))``,
     not scikit-learn's ``min(200, n_samples)``: at least 10 optimizer steps per epoch, so
     small data sets are not trained by a few hundred full-batch steps (the same number
-    of epochs then reads the data as often but steps 10x more; scikit-learn's rule is
-    ``batch_size=min(200, n_samples)``). On held-out seeds this raised iris accuracy
-    from 0.88 to 0.96 and wine from 0.976 to 0.978 at 100 epochs, and on 8 synthetic
-    regression problems R² by 0.045 on average; it over-fits diabetes (R² 0.49 -> 0.46),
-    whose noisy target is best served by few steps.
+    of epochs reads the data as often but steps up to 10x more; scikit-learn's rule is
+    ``batch_size=min(200, n_samples)``). Measured on seeds disjoint from the benchmark's
+    reported ones, 100 epochs: iris 0.88 -> 0.95, wine 0.972 -> 0.979, digits and
+    breast_cancer unchanged within noise; on 18 synthetic classification problems +0.029
+    accuracy on average (17 of 18 at least as good), +0.009 at scikit-learn's full
+    defaults (200 epochs, ``tol``).
     ``class_weight`` multiplies the sample weights, as in the linear models.
 
     Attributes:
@@ -238,7 +239,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor trained by any descent optimizer (multi-output allowed).
 
     Same parameters as :class:`MLPClassifier` (without ``class_weight``); the loss is half
-    the squared error and ``early_stopping`` monitors R².
+    the squared error and ``early_stopping`` monitors R². ``batch_size="auto"`` is
+    scikit-learn's ``min(200, n_samples)`` here, not the classifier's ten steps per
+    epoch: more steps help regression targets with little noise but over-fit small noisy
+    ones (diabetes R² 0.487 -> 0.460 at 100 epochs on held-out seeds; -0.06 to -0.23 on
+    small synthetic problems with high noise), and squared error has no margin to
+    forgive that, so the default keeps scikit-learn's algorithm.
 
     Example:
         >>> from sklearn.datasets import load_diabetes
@@ -248,6 +254,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         >>> reg.score(scale(X), scale(y)) > 0.5
         True
     """
+
+    _auto_min_steps = 1  # batch_size="auto" = min(200, n), as scikit-learn (see the docstring)
 
     def _per_sample_loss(self, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return 0.5 * ((out - yb) ** 2).mean(dim=1)
