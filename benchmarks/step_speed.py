@@ -6,7 +6,7 @@ Usage:
     python benchmarks/step_speed.py --scale 0.01    # smoke run
 
 Prints, per optimizer and parameter set (one 16M tensor; a GPT-shaped list of 196
-tensors, ~20M params), the median ms per step, the ratio to descent (>1 means descent is
+tensors, ~20M params), the median ms per step (implementations take turns, ``--rounds``), the ratio to descent (>1 means descent is
 faster), the % of the a.add_(b) memory roofline and the state bytes per parameter.
 """
 
@@ -22,11 +22,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="optimizer names (default: all)")
     parser.add_argument("--scale", type=float, default=1.0, help="parameter-count multiplier")
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=10, help="timed steps per implementation")
+    parser.add_argument("--rounds", type=int, default=3, help="turns the timed steps are split into (interleaved)")
     parser.add_argument("--sets", nargs="*", default=["16M", "gpt20M"])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    bandwidth, results = bench.run(args.only, scale=args.scale, iters=args.iters, sets=args.sets)
+    bandwidth, results = bench.run(args.only, scale=args.scale, iters=args.iters, sets=args.sets, rounds=args.rounds)
     if args.json:
         print(json.dumps({"bandwidth_gbs": bandwidth, "results": bench.as_dicts(results)}, indent=1))
     else:

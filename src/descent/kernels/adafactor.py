@@ -115,28 +115,74 @@ def _factors(row, col, colsum, rf, cf, n, m, b2, c2):  # pragma: no cover - comp
             rf[r] = dt(1.0) / math.sqrt(row[r] / mean)
 
 
+@njit(**_OPTS)
+def _wave_factors(ptrs, sizes, meta, blocks, w0, w1, like, b2s, colpart, psum, usum, tot_p, tot_u, rf_all,
+                  cf_all):  # pragma: no cover - compiled
+    """Between passes A and B, serially: per-tensor sums, column update, row/column factors."""
+    dt = like.dtype.type
+    for k in range(w0, w1):
+        t = blocks[k, 0]
+        n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+        tot_p[t] += psum[k]
+        if n == 0:
+            tot_u[t] += usum[k]
+        if n == 0 or (k + 1 < w1 and blocks[k + 1, 0] == t):
+            continue
+        batch = size // (n * m)
+        colsum = np.zeros(batch * m)
+        j = k
+        while j >= w0 and blocks[j, 0] == t:
+            off = (blocks[j, 1] // (n * m)) * m
+            for c in range(m):
+                colsum[off + c] += colpart[j - w0, c]
+            j -= 1
+        b2 = dt(b2s[t])
+        _factors(view(ptrs[2, t], size // m, like), view(ptrs[3, t], batch * m, like), colsum,
+                 rf_all[meta[t, 2]:meta[t, 2] + size // m], cf_all[meta[t, 3]:meta[t, 3] + batch * m],
+                 n, m, b2, dt(1.0) - b2)
+
+
+@njit(**_OPTS)
+def _wave_scalars(sizes, meta, blocks, w0, w1, usum, tot_p, tot_u, lrs, eps2, clip, wd, scale_parameter, denom,
+                  alpha, decay):  # pragma: no cover - compiled
+    """Between passes B and C, serially: each tensor's clipping denominator, step size and decay."""
+    for k in range(w0, w1):
+        t = blocks[k, 0]
+        if meta[t, 0] > 0:
+            tot_u[t] += usum[k]
+        if k + 1 < w1 and blocks[k + 1, 0] == t:
+            continue
+        root = math.sqrt(sizes[t])
+        denom[t] = max(1.0, math.sqrt(tot_u[t]) / root / clip)
+        alpha[t] = lrs[t] * max(eps2, math.sqrt(tot_p[t]) / root) if scale_parameter else lrs[t]
+        decay[t] = 1.0 - wd * alpha[t] if wd != 0 else 1.0
+
+
+@njit(**_OPTS)
+def _zero_rows(a, rows):  # pragma: no cover - compiled
+    for r in range(rows):
+        for c in range(a.shape[1]):
+            a[r, c] = 0.0
+
+
 @njit(parallel=True, **_OPTS)
 def adafactor_multi(ptrs, sizes, meta, blocks, waves, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
-                    scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
+                    scale_parameter, sign, colpart, rf_all, cf_all, sums):  # pragma: no cover - compiled
     """Adafactor over every wave (see the module docstring).
 
     ``ptrs`` rows: param, grad, row_var, col_var, variance, exp_avg (0 where absent);
     ``meta[t]`` = (n, m, row offset, column offset): rows per matrix (0 for a vector),
     columns, and where the tensor's factors start in ``rf_all``/``cf_all``; ``b2s``/``lrs``
-    per tensor; ``colpart`` float64 scratch of (blocks per wave, columns) at least.
+    per tensor; ``colpart`` float64 scratch of (blocks per wave, columns) at least;
+    ``sums`` float64 scratch of (7, max(blocks, tensors)), zeroed. Only the three passes
+    are parallel loops: the serial work between them lives in plain functions, where no
+    array expression becomes a parallel region of its own.
     """
     dt = like.dtype.type
-    nblocks = blocks.shape[0]
-    usum = np.zeros(nblocks)
-    psum = np.zeros(nblocks)
-    tot_u = np.zeros(sizes.size)
-    tot_p = np.zeros(sizes.size)
-    denom = np.ones(sizes.size)
-    alpha = np.zeros(sizes.size)
-    decay = np.ones(sizes.size)
+    usum, psum, tot_u, tot_p, denom, alpha, decay = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
     for w in range(waves.size - 1):
         w0, w1 = waves[w], waves[w + 1]
-        colpart[: w1 - w0] = 0.0
+        _zero_rows(colpart, w1 - w0)
         for k in prange(w0, w1):  # pass A
             t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
             n, m, size = meta[t, 0], meta[t, 1], sizes[t]
@@ -154,25 +200,8 @@ def adafactor_multi(ptrs, sizes, meta, blocks, waves, like, b2s, lrs, eps1, eps2
                 us, ps = _vector_sums(p, g, v)
                 usum[k] = us
                 psum[k] = ps
-        for k in range(w0, w1):  # per tensor: sums, column update, factors
-            t = blocks[k, 0]
-            n, m, size = meta[t, 0], meta[t, 1], sizes[t]
-            tot_p[t] += psum[k]
-            if n == 0:
-                tot_u[t] += usum[k]
-            if n == 0 or (k + 1 < w1 and blocks[k + 1, 0] == t):
-                continue
-            batch = size // (n * m)
-            colsum = np.zeros(batch * m)
-            j = k
-            while j >= w0 and blocks[j, 0] == t:
-                b = blocks[j, 1] // (n * m)
-                colsum[b * m:(b + 1) * m] += colpart[j - w0, :m]
-                j -= 1
-            b2 = dt(b2s[t])
-            _factors(view(ptrs[2, t], size // m, like), view(ptrs[3, t], batch * m, like), colsum,
-                     rf_all[meta[t, 2]:meta[t, 2] + size // m], cf_all[meta[t, 3]:meta[t, 3] + batch * m],
-                     n, m, b2, dt(1.0) - b2)
+        _wave_factors(ptrs, sizes, meta, blocks, w0, w1, like, b2s, colpart, psum, usum, tot_p, tot_u, rf_all,
+                      cf_all)
         for k in prange(w0, w1):  # pass B
             t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
             n, m = meta[t, 0], meta[t, 1]
@@ -181,16 +210,8 @@ def adafactor_multi(ptrs, sizes, meta, blocks, waves, like, b2s, lrs, eps1, eps2
                 c0 = meta[t, 3] + (lo // (n * m)) * m
                 g = view(ptrs[1, t], sizes[t], like)[lo:hi].reshape(((hi - lo) // m, m))
                 usum[k] = _factored_usum(g, rf_all[meta[t, 2] + r0:], cf_all[c0:c0 + m])
-        for k in range(w0, w1):  # per tensor: clip, step size, decay
-            t = blocks[k, 0]
-            if meta[t, 0] > 0:
-                tot_u[t] += usum[k]
-            if k + 1 < w1 and blocks[k + 1, 0] == t:
-                continue
-            root = math.sqrt(sizes[t])
-            denom[t] = max(1.0, math.sqrt(tot_u[t]) / root / clip)
-            alpha[t] = lrs[t] * max(eps2, math.sqrt(tot_p[t]) / root) if scale_parameter else lrs[t]
-            decay[t] = 1.0 - wd * alpha[t] if wd != 0 else 1.0
+        _wave_scalars(sizes, meta, blocks, w0, w1, usum, tot_p, tot_u, lrs, eps2, clip, wd, scale_parameter, denom,
+                      alpha, decay)
         for k in prange(w0, w1):  # pass C
             t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
             n, m, size = meta[t, 0], meta[t, 1], sizes[t]

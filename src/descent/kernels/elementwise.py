@@ -130,18 +130,17 @@ def _lamb_apply_direct(p, m, v, bc1, bc2, eps, wd, coef):  # pragma: no cover - 
 
 @njit(parallel=True, **_OPTS)
 def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
-               clamp):  # pragma: no cover - compiled
+               clamp, sums, tot, ratio):  # pragma: no cover - compiled
     """LAMB over every wave: moments, direction and block norms; trust ratios; apply.
 
     ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``bc1``/``bc2`` per tensor;
     ``clamp`` < 0 means no clamp of the weight norm. A wave that fits in ``scratch``
     stores the direction there (the apply pass reads it from cache); a larger one (a
     single big tensor, where nothing stays in cache anyway) computes it twice instead of
-    allocating a buffer as large as the tensor. Returns the trust ratios.
+    allocating a buffer as large as the tensor. Scratch from the caller: ``sums`` (B, 2)
+    and ``tot`` (T, 2) float64 zeros, ``ratio`` (T,) ones, which receives the trust ratios
+    (no allocation here: in a parallel function each would be a parallel region).
     """
-    sums = np.zeros((blocks.shape[0], 2))
-    ratio = np.ones(sizes.size)
-    tot = np.zeros((sizes.size, 2))
     for w in range(waves.size - 1):
         store = offsets[waves[w + 1] - 1] + blocks[waves[w + 1] - 1, 2] - blocks[waves[w + 1] - 1, 1] <= scratch.size
         for k in prange(waves[w], waves[w + 1]):
@@ -182,7 +181,6 @@ def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1,
             else:
                 _lamb_apply_direct(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[2, t], n, like)[lo:hi],
                                    view(ptrs[3, t], n, like)[lo:hi], bc1[t], bc2[t], eps, wd, coef)
-    return ratio
 
 
 @njit(**_OPTS)

@@ -195,4 +195,5 @@ def _adafactor_fused(params: list[Tensor], grads: list[Tensor], rows: list[Tenso
                     plan.sizes, meta, plan.blocks, plan.waves, like, b2s, np.asarray(lrs, dtype=np.float64), eps1,
                     eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
                     -1.0 if maximize else 1.0, np.zeros((per_wave, width)),
-                    np.empty(max(row_off, 1), dtype=like.dtype), np.empty(max(col_off, 1), dtype=like.dtype))
+                    np.empty(max(row_off, 1), dtype=like.dtype), np.empty(max(col_off, 1), dtype=like.dtype),
+                    np.zeros((7, max(len(plan.blocks), len(params)))))

@@ -134,4 +134,5 @@ def _lamb_fused(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs:
     lamb_multi(K.addresses(params, grads, ms, vs), plan.sizes, plan.blocks, plan.waves, plan.offsets, like, scratch,
                bc1, bc2, dt(beta1),
                dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(-1.0 if maximize else 1.0),
-               float(lr), -1.0 if clamp_value is None else float(clamp_value))
+               float(lr), -1.0 if clamp_value is None else float(clamp_value), np.zeros((len(plan.blocks), 2)),
+               np.zeros((len(params), 2)), np.ones(len(params)))
