@@ -19,7 +19,7 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "PARALLEL_MIN", "numba_cpu", "kernel_ok", "partition", "like", "threads_for", "addresses", "bucket_plan"]
+__all__ = ["AVAILABLE", "PARALLEL_MIN", "numba_cpu", "kernel_ok", "partition", "take", "like", "threads_for", "addresses", "bucket_plan"]
 
 #: Buckets smaller than this run on one thread: waking the thread pool costs more than
 #: the work, and on a busy machine (torch's own OpenMP pool spinning) far more.
@@ -51,6 +51,11 @@ def partition(*columns: list[torch.Tensor | None]) -> tuple[list[int], list[int]
     for i, row in enumerate(zip(*columns)):
         (ok if kernel_ok(*row) else rest).append(i)
     return ok, rest
+
+
+def take(items: list, positions: list[int]) -> list:
+    """``[items[i] for i in positions]``: one column of a bucket, restricted to some tensors."""
+    return [items[i] for i in positions]
 
 
 def like(t: torch.Tensor):  # -> numpy.ndarray

@@ -158,8 +158,8 @@ class Adafactor(Optimizer):
         if any(cols[2][i] is None and (cols[0][i] is None or cols[1][i] is None) for i in fused):
             fused, rest = [], list(range(len(params)))  # a state layout the kernel does not know: the functional says why
         if fused:
-            pick = lambda xs: [xs[i] for i in fused]  # noqa: E731
-            _adafactor_fused(pick(params), pick(grads), *(pick(c) for c in cols), steps=pick(steps), lrs=pick(lrs),
+            _adafactor_fused(K.take(params, fused), K.take(grads, fused), *(K.take(c, fused) for c in cols),
+                             steps=K.take(steps, fused), lrs=K.take(lrs, fused),
                              decay_rate=float(group["decay_rate"]), maximize=group["maximize"], **hp)
         for i in rest:
             F.adafactor(params[i], grads[i], *(c[i] for c in cols), step=steps[i], lr=lrs[i],
@@ -175,8 +175,8 @@ def _adafactor_fused(params: list[Tensor], grads: list[Tensor], rows: list[Tenso
 
     meta = np.zeros((len(params), 4), dtype=np.int64)
     row_off = col_off = 0
-    for t, (p, var) in enumerate(zip(params, variances)):
-        if var is None:
+    for t, (p, row, col) in enumerate(zip(params, rows, cols)):
+        if row is not None and col is not None:  # factored, as the functional decides
             n, m = p.shape[-2], p.shape[-1]
             meta[t] = (n, m, row_off, col_off)
             row_off += p.numel() // m

@@ -111,8 +111,7 @@ class LAMB(Optimizer):
         ms, vs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
         fused, rest = K.partition(params, grads, ms, vs) if backend == "fused" else ([], range(len(params)))
         if fused:
-            _lamb_fused([params[i] for i in fused], [grads[i] for i in fused], [ms[i] for i in fused],
-                        [vs[i] for i in fused], [steps[i] for i in fused], **hp)
+            _lamb_fused(*(K.take(c, fused) for c in (params, grads, ms, vs, steps)), **hp)
         for i in rest:
             F.lamb(params[i], grads[i], ms[i], vs[i], step=steps[i], **hp)
 

@@ -89,10 +89,10 @@ class Lion(Optimizer):
         if fused:
             from ..kernels.elementwise import lion_multi
 
-            ps = [params[i] for i in fused]
+            ps = K.take(params, fused)
             plan, like = K.bucket_plan(ps), K.like(ps[0])
             dt = like.dtype.type
-            lion_multi(K.addresses(ps, [grads[i] for i in fused], [ms[i] for i in fused]), plan.sizes,
+            lion_multi(K.addresses(ps, K.take(grads, fused), K.take(ms, fused)), plan.sizes,
                        plan.blocks, like, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(b2), dt(1 - b2),
                        dt(-1.0 if group["maximize"] else 1.0))
         for i in rest:

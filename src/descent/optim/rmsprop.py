@@ -127,13 +127,13 @@ class RMSprop(Optimizer):
         if fused:
             from ..kernels.elementwise import rmsprop_multi
 
-            pick = lambda xs: [xs[i] for i in fused]  # noqa: E731
-            ps = pick(params)
+            ps = K.take(params, fused)
             plan, like = K.bucket_plan(ps), K.like(ps[0])
             dt = like.dtype.type
             centered, use_m = bool(hp["centered"]), hp["momentum"] > 0
-            rmsprop_multi(K.addresses(ps, pick(grads), pick(cols[0]), pick(cols[1]) if centered else None,
-                                      pick(cols[2]) if use_m else None),
+            rmsprop_multi(K.addresses(ps, K.take(grads, fused), K.take(cols[0], fused),
+                                      K.take(cols[1], fused) if centered else None,
+                                      K.take(cols[2], fused) if use_m else None),
                           plan.sizes, plan.blocks, like, dt(hp["lr"]), dt(hp["alpha"]), dt(1 - hp["alpha"]),
                           dt(hp["eps"]), dt(hp["weight_decay"]), dt(hp["momentum"]), centered, use_m,
                           dt(-1.0 if hp["maximize"] else 1.0))
