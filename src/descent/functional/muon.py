@@ -33,6 +33,11 @@ GRAM_ASPECT = 2.0
 GRAM_RESTART = 2
 
 
+def _check_matrices(G: Tensor) -> None:
+    if G.ndim not in (2, 3):
+        raise ValueError(f"Invalid G: newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+
+
 def newton_schulz(
     G: Tensor,
     steps: int = 5,
@@ -69,8 +74,7 @@ def newton_schulz(
         >>> bool(((torch.linalg.svdvals(O) > 0.6) & (torch.linalg.svdvals(O) < 1.3)).all())
         True
     """
-    if G.ndim not in (2, 3):
-        raise ValueError(f"Invalid G: newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    _check_matrices(G)
     if method not in NS_METHODS:
         raise ValueError(f"Invalid ns_method: {method!r} (must be one of {', '.join(map(repr, NS_METHODS))})")
     short, long = sorted(G.shape[-2:])
@@ -128,8 +132,7 @@ def gram_newton_schulz(
         >>> torch.allclose(gram_newton_schulz(G), newton_schulz(G), atol=1e-10)
         True
     """
-    if G.ndim not in (2, 3):
-        raise ValueError(f"Invalid G: newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    _check_matrices(G)
     a, b, c = coeffs
     X = G.to(dtype) if dtype is not None and dtype != G.dtype else G
     tall = X.size(-2) > X.size(-1)

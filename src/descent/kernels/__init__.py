@@ -2,8 +2,9 @@
 
 Each kernel steps all the contiguous float32/float64 CPU tensors of a bucket in one call,
 through their addresses (:mod:`descent.kernels.multi`), and is tested against the pure
-function in :mod:`descent.functional` that it implements. Numba is optional: without it :func:`numba_cpu` is False and
-:func:`descent.optim._backend.select_backend` picks the ``"loop"`` backend instead.
+function in :mod:`descent.functional` that it implements. Numba is optional: without it
+:func:`numba_cpu` is False and :func:`descent.optim._backend.select_backend` picks the
+``"loop"`` backend instead.
 Compiled code is cached on disk (``cache=True``), so only the first run compiles.
 """
 
@@ -19,7 +20,8 @@ try:  # pragma: no cover - depends on the environment
 except ImportError:  # pragma: no cover
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "PARALLEL_MIN", "numba_cpu", "kernel_ok", "partition", "take", "like", "threads_for", "addresses", "bucket_plan"]
+__all__ = ["AVAILABLE", "PARALLEL_MIN", "numba_cpu", "kernel_ok", "partition", "take", "like", "threads_for",
+           "addresses", "bucket_plan", "run_elementwise"]
 
 #: Buckets smaller than this run on one thread: waking the thread pool costs more than
 #: the work, and on a busy machine (torch's own OpenMP pool spinning) far more.
@@ -86,6 +88,21 @@ def bucket_plan(params: list[torch.Tensor], row_lengths: tuple[int, ...] | None 
     result = plan(tuple(p.numel() for p in params), row_lengths, spans)
     threads_for(result.numel)
     return result
+
+
+def run_elementwise(kernel, columns: list[list[torch.Tensor | None] | None], positions: list[int],
+                    scalars: tuple[float, ...], flags: tuple[bool, ...] = ()) -> None:
+    """One call of an elementwise multi-tensor kernel over the tensors at ``positions``.
+
+    Calls ``kernel(addresses, sizes, blocks, like, *scalars, *flags)`` with one address row
+    per column (parameters first; ``None`` for an unused role) and the scalars cast to the
+    tensors' dtype, so float32 arithmetic stays float32.
+    """
+    params = take(columns[0], positions)
+    plan, dtype = bucket_plan(params), like(params[0])
+    cast = dtype.dtype.type
+    kernel(addresses(*(None if c is None else take(c, positions) for c in columns)), plan.sizes, plan.blocks, dtype,
+           *(cast(x) for x in scalars), *flags)
 
 
 _LIKE = {torch.float32: np.empty(1, dtype=np.float32), torch.float64: np.empty(1, dtype=np.float64)}

@@ -129,7 +129,7 @@ def _lamb_apply_direct(p, m, v, bc1, bc2, eps, wd, coef):  # pragma: no cover - 
 
 
 @njit(parallel=True, **_OPTS)
-def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
+def lamb_multi(ptrs, sizes, blocks, waves, offsets, wave_sizes, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
                clamp, sums, tot, ratio):  # pragma: no cover - compiled
     """LAMB over every wave: moments, direction and block norms; trust ratios; apply.
 
@@ -142,7 +142,7 @@ def lamb_multi(ptrs, sizes, blocks, waves, offsets, like, scratch, bc1, bc2, b1,
     (no allocation here: in a parallel function each would be a parallel region).
     """
     for w in range(waves.size - 1):
-        store = offsets[waves[w + 1] - 1] + blocks[waves[w + 1] - 1, 2] - blocks[waves[w + 1] - 1, 1] <= scratch.size
+        store = wave_sizes[w] <= scratch.size
         for k in prange(waves[w], waves[w + 1]):
             t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
             n = sizes[t]
@@ -212,8 +212,8 @@ def _rmsprop_block(p, g, v, ga, buf, lr, alpha, c, eps, wd, mom, centered, use_m
 
 
 @njit(parallel=True, **_OPTS)
-def rmsprop_multi(ptrs, sizes, blocks, like, lr, alpha, c, eps, wd, mom, centered, use_m,
-                  sign):  # pragma: no cover - compiled
+def rmsprop_multi(ptrs, sizes, blocks, like, lr, alpha, c, eps, wd, mom, sign, centered,
+                  use_m):  # pragma: no cover - compiled
     """RMSprop over every block; ``ptrs`` rows: param, grad, square_avg, grad_avg, momentum_buffer (0 if unused)."""
     for k in prange(blocks.shape[0]):
         t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]

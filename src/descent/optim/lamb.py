@@ -130,7 +130,8 @@ def _lamb_fused(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs:
     bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(like.dtype)
     # waves up to 4x the target size store the direction; a bigger one (one large tensor) recomputes it
     scratch = np.empty(plan.scratch_numel(4 * multi.WAVE), dtype=like.dtype)
-    lamb_multi(K.addresses(params, grads, ms, vs), plan.sizes, plan.blocks, plan.waves, plan.offsets, like, scratch,
+    lamb_multi(K.addresses(params, grads, ms, vs), plan.sizes, plan.blocks, plan.waves, plan.offsets, plan.wave_sizes, like,
+               scratch,
                bc1, bc2, dt(beta1),
                dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(-1.0 if maximize else 1.0),
                float(lr), -1.0 if clamp_value is None else float(clamp_value), np.zeros((len(plan.blocks), 2)),

@@ -89,12 +89,8 @@ class Lion(Optimizer):
         if fused:
             from ..kernels.elementwise import lion_multi
 
-            ps = K.take(params, fused)
-            plan, like = K.bucket_plan(ps), K.like(ps[0])
-            dt = like.dtype.type
-            lion_multi(K.addresses(ps, K.take(grads, fused), K.take(ms, fused)), plan.sizes,
-                       plan.blocks, like, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(b2), dt(1 - b2),
-                       dt(-1.0 if group["maximize"] else 1.0))
+            K.run_elementwise(lion_multi, [params, grads, ms], fused,
+                              (1 - lr * wd, lr, b1, 1 - b1, b2, 1 - b2, -1.0 if group["maximize"] else 1.0))
         for i in rest:
             F.lion(params[i], grads[i], ms[i], lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
                    maximize=group["maximize"])

@@ -127,15 +127,10 @@ class RMSprop(Optimizer):
         if fused:
             from ..kernels.elementwise import rmsprop_multi
 
-            ps = K.take(params, fused)
-            plan, like = K.bucket_plan(ps), K.like(ps[0])
-            dt = like.dtype.type
             centered, use_m = bool(hp["centered"]), hp["momentum"] > 0
-            rmsprop_multi(K.addresses(ps, K.take(grads, fused), K.take(cols[0], fused),
-                                      K.take(cols[1], fused) if centered else None,
-                                      K.take(cols[2], fused) if use_m else None),
-                          plan.sizes, plan.blocks, like, dt(hp["lr"]), dt(hp["alpha"]), dt(1 - hp["alpha"]),
-                          dt(hp["eps"]), dt(hp["weight_decay"]), dt(hp["momentum"]), centered, use_m,
-                          dt(-1.0 if hp["maximize"] else 1.0))
+            K.run_elementwise(rmsprop_multi, [params, grads, cols[0], cols[1] if centered else None,
+                                              cols[2] if use_m else None], fused,
+                              (hp["lr"], hp["alpha"], 1 - hp["alpha"], hp["eps"], hp["weight_decay"], hp["momentum"],
+                               -1.0 if hp["maximize"] else 1.0), (centered, use_m))
         for i in rest:
             F.rmsprop(params[i], grads[i], cols[0][i], cols[1][i], cols[2][i], **hp)

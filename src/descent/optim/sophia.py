@@ -147,12 +147,8 @@ class SophiaG(Optimizer):
         if fused:
             from ..kernels.elementwise import sophia_multi
 
-            ps = K.take(params, fused)
-            plan, like = K.bucket_plan(ps), K.like(ps[0])
-            dt = like.dtype.type
-            sophia_multi(K.addresses(ps, K.take(grads, fused), K.take(ms, fused), K.take(hs, fused)),
-                         plan.sizes, plan.blocks, like, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(rho * bs),
-                         dt(eps), dt(-1.0 if group["maximize"] else 1.0))
+            K.run_elementwise(sophia_multi, [params, grads, ms, hs], fused,
+                              (1 - lr * wd, lr, b1, 1 - b1, rho * bs, eps, -1.0 if group["maximize"] else 1.0))
         for i in rest:
             F.sophia(params[i], grads[i], ms[i], hs[i], lr=lr, beta1=b1, rho=rho, bs=bs, weight_decay=wd, eps=eps,
                      maximize=group["maximize"])
