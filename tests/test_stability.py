@@ -11,7 +11,7 @@ import torch
 
 import descent
 from descent import schedules as S
-from descent.amp import MixedPrecision, precision_agreement
+from descent.stability.amp import MixedPrecision, precision_agreement
 
 
 def _grads(seed: int, scale: float = 1.0) -> list[torch.nn.Parameter]:

@@ -9,15 +9,15 @@ below is re-exported from its module; nothing is defined here. ``descent.sklearn
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .optim import KFAC, LBFGS, Muon, Shampoo
 from .optim import LAMB, Adafactor, Lion, SophiaG
-from .param_groups import param_groups
+from .optim.param_groups import param_groups
 
 # --- schedules and stability ---------------------------------------------------------
 from . import schedules
-from .accumulate import GradientAccumulator, micro_batches_for
-from .amp import MixedPrecision, precision_agreement
-from .clip import ClipResult, clip_grad_norm_, clip_grad_value_
-from .nonfinite import NonFiniteGuard, skip_nonfinite
-from .scaling import lion_from_adamw, scale_lr
+from .stability.accumulate import GradientAccumulator, micro_batches_for
+from .stability.amp import MixedPrecision, precision_agreement
+from .stability.clip import ClipResult, clip_grad_norm_, clip_grad_value_
+from .stability.nonfinite import NonFiniteGuard, skip_nonfinite
+from .stability.scaling import lion_from_adamw, scale_lr
 from .schedules import ReduceLROnPlateau, Scheduler, attach
 
 # --- training tools (descent.tools) -------------------------------------------------

@@ -66,7 +66,7 @@ def outdir(args: argparse.Namespace) -> Path:
 
 # ---------------------------------------------------------------------------------- train
 def train(args: argparse.Namespace) -> int:
-    from descent.plotting import grad_norm_plot, line_plot
+    from descent.reporting.plotting import grad_norm_plot, line_plot
     from descent.tasks.training import Unavailable
     from descent.tasks.training import train as run
 
@@ -160,7 +160,7 @@ def compare_table(task: Any, rows: list[dict[str, Any]], keys: list[str]) -> str
 
 
 def compare_plots(out: Path, task: Any, results: dict[str, Any]) -> list[Path]:
-    from descent.plotting import band_plot
+    from descent.reporting.plotting import band_plot
 
     plots = [band_plot({n: [r.column("loss") for r in runs] for n, runs in results.items()}, out / "compare_loss.png",
                        title=f"training loss on {task.name} (mean, min-max band over seeds)")]
@@ -189,7 +189,7 @@ def compare(args: argparse.Namespace) -> int:
 
 def trajectories(out: Path, task_name: str, optimizers: list[str], steps: int, lrs: dict[str, float]) -> Path:
     """Paths of each optimizer on a 2-D test function, drawn on its contours."""
-    from descent.plotting import trajectory_plot
+    from descent.reporting.plotting import trajectory_plot
     from descent.tasks.training import Unavailable, make_optimizer
 
     task = get_task(task_name)

@@ -34,7 +34,7 @@ def _find_lr(args: argparse.Namespace, task: Any, out: Path, iters: int) -> tupl
 
 
 def _monitored(args: argparse.Namespace, task: Any, out: Path, lr: float, steps: int) -> tuple[Any, Any, list[Path]]:
-    from descent.plotting import grad_norm_plot, line_plot
+    from descent.reporting.plotting import grad_norm_plot, line_plot
     from descent.tasks.training import train
 
     mon_cls = getattr(descent, "Monitor", None)

@@ -72,7 +72,7 @@ def lab(args: argparse.Namespace) -> int:
 
 
 def _lr_text(res: dict[str, Any], out: Path) -> str:
-    from descent.plotting import line_plot
+    from descent.reporting.plotting import line_plot
 
     plot = line_plot({f"lr={r['lr']:g}": (list(range(res["steps"])), r["descent"]) for r in res["runs"]},
                      out / "lr_sensitivity.png", ylabel="loss", title="source 001: SGD(momentum=0.9), lr x10")
@@ -98,7 +98,7 @@ def _bs_text(res: dict[str, Any]) -> str:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    from descent.logs import LogError, read_log
+    from descent.reporting.logs import LogError, read_log
 
     try:
         cols = read_log(args.log)
@@ -124,7 +124,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from descent import bench as b
+    from descent.reporting import bench as b
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]

@@ -5,11 +5,11 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .rmsprop import RMSprop
 from .sgd import SGD
-from .kfac import KFAC  # matrix optimizers (issue 3)
+from .kfac import KFAC
 from .lbfgs import LBFGS
 from .muon import Muon
 from .shampoo import Shampoo
-from .adafactor import Adafactor  # elementwise optimizers (issue 3)
+from .adafactor import Adafactor
 from .lamb import LAMB
 from .lion import Lion
 from .sophia import SophiaG

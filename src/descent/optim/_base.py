@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._backend import Support, floating, resolve_request, select_backend
-from ..nonfinite import nonfinite_indices
+from ..stability.nonfinite import nonfinite_indices
 
 __all__ = ["Optimizer", "advance_steps", "step_tensor", "param_label"]
 

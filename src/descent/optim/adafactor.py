@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
-from .._validate import check_nonneg, check_unit_interval, as_float
+from ._validate import check_nonneg, check_unit_interval, as_float
 from ._backend import floating
 from ._base import Optimizer, advance_steps, step_tensor
 

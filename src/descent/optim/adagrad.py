@@ -9,7 +9,7 @@ import torch.optim.adagrad as _torch_adagrad
 from torch import Tensor
 
 from .. import functional as F
-from .._validate import check_nonneg
+from ._validate import check_nonneg
 from ._backend import floating, torch_fused
 from ._base import Optimizer, reject_unsupported, step_tensor
 

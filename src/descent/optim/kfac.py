@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_nonneg, check_positive, check_unit_interval
+from ._validate import check_nonneg, check_positive, check_unit_interval
 from ..functional import kfac as K
 from ..functional.sgd import sgd
 from ._base import Optimizer, step_tensor

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_nonneg
+from ._validate import check_nonneg
 
 __all__ = ["LBFGS"]
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
-from .._validate import check_betas, check_nonneg
+from ._validate import check_betas, check_nonneg
 from ._backend import floating
 from ._base import Optimizer
 

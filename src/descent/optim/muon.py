@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_betas, check_nonneg, check_unit_interval
+from ._validate import check_betas, check_nonneg, check_unit_interval
 from ..functional.muon import NS_COEFFICIENTS, NS_METHODS, muon, muon_batched
 from ._backend import floating, torch_fused
 from ._base import Optimizer, param_label

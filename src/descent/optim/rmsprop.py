@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
-from .._validate import check_nonneg
+from ._validate import check_nonneg
 from ._backend import floating
 from ._base import Optimizer, reject_unsupported, step_tensor
 

@@ -9,7 +9,7 @@ import torch.optim.sgd as _torch_sgd
 from torch import Tensor
 
 from .. import functional as F
-from .._validate import check_nonneg
+from ._validate import check_nonneg
 from ._backend import floating, torch_fused_sgd
 from ._base import Optimizer, reject_unsupported
 

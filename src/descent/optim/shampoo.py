@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_betas, check_nonneg, check_positive
+from ._validate import check_betas, check_nonneg, check_positive
 from ..functional.shampoo import GRAFTING, shampoo, shampoo_blocks, shampoo_dims
 from ._backend import floating
 from ._base import Optimizer, param_label, step_tensor

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
-from .._validate import check_betas, check_nonneg, check_positive
+from ._validate import check_betas, check_nonneg, check_positive
 from ._backend import floating
 from ._base import Optimizer, step_tensor
 

@@ -61,7 +61,7 @@ class Scheduler(LRScheduler):
 
     ``t`` counts *applied* optimizer steps: when the optimizer skipped its update because
     of non-finite gradients (a descent optimizer with ``skip_nonfinite=True``,
-    :class:`descent.NonFiniteGuard`, or :class:`descent.amp.MixedPrecision` whose
+    :class:`descent.NonFiniteGuard`, or :class:`descent.stability.amp.MixedPrecision` whose
     ``GradScaler`` found Inf) the group's ``skipped_steps`` grows and :meth:`step` does
     not advance ``t``, so a warmup is not shortened by bad batches.
 

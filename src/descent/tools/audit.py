@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..param_groups import _is_norm_module
+from ..optim.param_groups import _is_norm_module
 from ._findings import Finding, Findings
 
 __all__ = ["audit", "AUDIT_CODES"]

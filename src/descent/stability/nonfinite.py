@@ -21,7 +21,7 @@ from torch import Tensor
 
 __all__ = ["nonfinite_indices", "nonfinite_grads", "NonFiniteGuard", "skip_nonfinite"]
 
-log = logging.getLogger("descent.nonfinite")
+log = logging.getLogger("descent.stability.nonfinite")
 
 
 def nonfinite_indices(tensors: Sequence[Tensor]) -> list[int]:
@@ -45,7 +45,7 @@ def nonfinite_indices(tensors: Sequence[Tensor]) -> list[int]:
 
 def nonfinite_grads(optimizer: torch.optim.Optimizer) -> list[str]:
     """Labels (``param_groups[g]['params'][i] ('name')``) of every parameter whose grad is non-finite."""
-    from .optim._base import param_label
+    from ..optim._base import param_label
 
     found = []
     for gi, group in enumerate(optimizer.param_groups):
@@ -169,7 +169,7 @@ class NonFiniteGuard(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         where: dict[int, list[str]] = {}
-        from .optim._base import param_label
+        from ..optim._base import param_label
 
         for gi, group in enumerate(self.param_groups):
             index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
@@ -206,7 +206,7 @@ def skip_nonfinite(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         >>> type(opt).__name__
         'NonFiniteGuard'
     """
-    from .optim._base import Optimizer
+    from ..optim._base import Optimizer
 
     if isinstance(optimizer, (Optimizer, NonFiniteGuard)):
         for group in optimizer.param_groups:

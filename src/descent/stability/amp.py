@@ -30,7 +30,7 @@ from .nonfinite import nonfinite_grads, record_skip
 
 __all__ = ["MixedPrecision", "StepReport", "AgreementReport", "precision_agreement"]
 
-log = logging.getLogger("descent.amp")
+log = logging.getLogger("descent.stability.amp")
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
            "fp32": torch.float32, "float32": torch.float32}
 
@@ -77,7 +77,7 @@ class MixedPrecision:
 
     Example:
         >>> import torch
-        >>> from descent.amp import MixedPrecision
+        >>> from descent.stability.amp import MixedPrecision
         >>> model = torch.nn.Linear(4, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> mp = MixedPrecision(opt, "bf16", max_norm=1.0)
@@ -220,7 +220,7 @@ def precision_agreement(model: torch.nn.Module, optimizer: Callable[[Iterable[to
 
     Example:
         >>> import torch
-        >>> from descent.amp import precision_agreement
+        >>> from descent.stability.amp import precision_agreement
         >>> _ = torch.manual_seed(0); x, y = torch.randn(64, 8), torch.randn(64, 1)
         >>> r = precision_agreement(torch.nn.Linear(8, 1), lambda p: torch.optim.SGD(p, lr=0.05),
         ...                         [(x, y)] * 10, lambda m, b: torch.nn.functional.mse_loss(m(b[0]).float(), b[1]))

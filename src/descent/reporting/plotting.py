@@ -3,7 +3,7 @@
 Every function writes one PNG and returns its path.
 
 Example:
-    >>> from descent.plotting import line_plot
+    >>> from descent.reporting.plotting import line_plot
     >>> line_plot({"run": ([0, 1, 2], [3.0, 2.0, 1.5])}, "/tmp/loss.png", ylabel="loss")  # doctest: +SKIP
 """
 

@@ -1,7 +1,7 @@
 """Read training logs into columns: descent's JSONL, CSV, and TensorBoard event files.
 
 Example:
-    >>> from descent.logs import read_log
+    >>> from descent.reporting.logs import read_log
     >>> cols = read_log("run.jsonl")  # doctest: +SKIP
     >>> sorted(cols)[:2]  # doctest: +SKIP
     ['grad_norm', 'loss']

@@ -50,7 +50,7 @@ class GradientAccumulator:
 
     Example:
         >>> import torch
-        >>> from descent.accumulate import GradientAccumulator
+        >>> from descent.stability.accumulate import GradientAccumulator
         >>> model = torch.nn.Linear(3, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> acc = GradientAccumulator(opt, micro_batches=2)
         >>> x = torch.randn(7, 3)

@@ -22,7 +22,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from ._validate import check_nonneg, check_positive
+from ..optim._validate import check_nonneg, check_positive
 
 __all__ = ["ClipResult", "clip_grad_norm_", "clip_grad_value_"]
 

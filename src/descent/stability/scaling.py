@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._validate import check_nonneg, check_positive
+from ..optim._validate import check_nonneg, check_positive
 
 __all__ = ["LRAdvice", "LionAdvice", "scale_lr", "lion_from_adamw"]
 

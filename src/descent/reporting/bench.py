@@ -12,7 +12,7 @@ that roofline it reaches (``bytes moved per parameter / bandwidth``).
 :func:`run`. Peers that are not installed (pytorch-optimizer) are skipped and said so.
 
 Example:
-    >>> from descent import bench
+    >>> from descent.reporting import bench
     >>> results = bench.run(only=["AdamW"], scale=0.01, iters=2)  # doctest: +SKIP
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("descent.bench")
+log = logging.getLogger("descent.reporting.bench")
 
 __all__ = ["Case", "Result", "CASES", "gpt_shapes", "measure_bandwidth", "run", "format_table"]
 
