@@ -283,3 +283,44 @@ def test_bad_input_raises_with_value(make, needle: str) -> None:
     with pytest.raises(ValueError, match="Invalid") as err:
         make()
     assert needle in str(err.value)
+
+
+def test_step_with_metric_advances_once_and_feeds_plateau() -> None:
+    """Lightning with reduce_on_plateau=True calls scheduler.step(metric) every step (issue 18)."""
+    opt = _opt()
+    plateau = S.ReduceLROnPlateau(factor=0.5, patience=0)
+    sched = S.Scheduler(opt, S.join([S.LinearWarmup(4), plateau], [4]))
+    metric = torch.tensor(1.7)  # the last validation value, repeated every step until the next one
+    for t in range(32):
+        opt.step()
+        if t % 8 == 7:
+            metric = torch.tensor(1.7)  # a new evaluation, no better: one bad evaluation
+        sched.step(metric)
+    assert sched.last_epoch == 32
+    # the first value (t=0) reached the plateau during warmup and was ignored there; evaluations at
+    # t=7, 15, 23, 31 were equal values, so they count once: the metric is fed when it changes
+    assert plateau.num_reductions == 0
+    for t, value in enumerate((1.5, 1.6, 1.6001)):
+        opt.step()
+        sched.step(torch.tensor(value))
+    assert sched.last_epoch == 35 and plateau.num_reductions == 2
+    assert opt.param_groups[0]["lr"] == pytest.approx(BASE * 0.25)
+    sched.step(7)  # an int is torch's (deprecated) epoch: jump there
+    assert sched.last_epoch == 7
+
+
+def test_one_cycle_momentum_reaches_muon_like_torch() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    ours = descent.Muon(model, lr=0.02)
+    ref = torch.optim.Muon([p for p in model.parameters() if p.ndim == 2], lr=0.02)
+    moms = []
+    for opt in (ours, ref):
+        cycle = tl.OneCycleLR(opt, max_lr=0.02, total_steps=50)
+        for _ in range(10):
+            opt.step()
+            cycle.step()
+        moms.append(opt.param_groups[0]["momentum"])
+    assert moms[0] == moms[1] < 0.95
+    aux = next(g for g in ours.param_groups if not g["use_muon"])
+    assert aux["betas"] == (0.9, 0.95)

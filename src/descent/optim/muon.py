@@ -184,7 +184,7 @@ class Muon(Optimizer):
                         ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
                         adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, ns_method=ns_method, use_muon=True,
                         adamw_lr=adamw_lr, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
-                        betas=tuple(adamw_betas), amsgrad=False, decoupled_weight_decay=True,
+                        adamw_betas=tuple(adamw_betas), amsgrad=False, decoupled_weight_decay=True,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend,
                         skip_nonfinite=skip_nonfinite)
         super().__init__(groups, defaults)
@@ -192,7 +192,9 @@ class Muon(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; a ``use_muon=False`` group takes the ``adamw_*`` values it does not set."""
         if not param_group.get("use_muon", True):
-            for key in ("lr", "eps", "weight_decay"):
+            # "betas" lives only in AdamW groups, as torch.optim.Muon's defaults have none: OneCycleLR
+            # (cycle_momentum) then cycles the Muon groups' "momentum" as it does torch's.
+            for key in ("lr", "eps", "weight_decay", "betas"):
                 param_group.setdefault(key, self.defaults[f"adamw_{key}"])
         super().add_param_group(param_group)
 

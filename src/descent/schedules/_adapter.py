@@ -177,12 +177,30 @@ class Scheduler(LRScheduler):
         self._skips_seen = now
         return max([a - b for a, b in zip(now, seen)] + [0])
 
-    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+    def step(self, epoch: Any = None) -> None:  # type: ignore[override]
         """Advance one step (unless the optimizer skipped) and write the new values.
 
         Args:
-            epoch: deprecated in torch; if given, jump to that step (closed form).
+            epoch: an ``int`` jumps to that step (torch's deprecated ``epoch``, closed form). A
+                float or a tensor is a *metric*, as Lightning passes with ``reduce_on_plateau=True``
+                (``scheduler.step(metric)``): the schedule advances one step as without it and the
+                metric goes to the plateau pieces (:meth:`report`) when it differs from the last
+                metric given this way (Lightning repeats the last validation value every step, which
+                must count as one evaluation, not one per step).
         """
+        if epoch is not None and not (isinstance(epoch, int) and not isinstance(epoch, bool)):
+            self._step(None)
+            self._feed(epoch)
+            return
+        self._step(epoch)
+
+    def _feed(self, metric: Any) -> None:
+        value = float(metric.item() if isinstance(metric, Tensor) else metric)
+        if value != getattr(self, "_last_metric", None):
+            self._last_metric = value
+            self.report(value)
+
+    def _step(self, epoch: int | None) -> None:
         self._step_count = getattr(self, "_step_count", 0) + 1
         if self._is_initial:
             self.last_epoch = 0
@@ -237,7 +255,7 @@ class Scheduler(LRScheduler):
             "last_epoch": self.last_epoch, "_step_count": self._step_count, "hyperparam": self.hyperparam,
             "base_values": list(self.base_values), "skipped": self.skipped, "_skips_seen": list(self._skips_seen),
             "cadence": self.cadence, "stateful": self._stateful(),
-            "_last_lr": [float(v) for v in self._last_lr],
+            "_last_lr": [float(v) for v in self._last_lr], "_last_metric": getattr(self, "_last_metric", None),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -249,6 +267,7 @@ class Scheduler(LRScheduler):
             setattr(self, key, state_dict[key])
         self.base_values = list(state_dict["base_values"])
         self._skips_seen = list(state_dict["_skips_seen"])
+        self._last_metric = state_dict.get("_last_metric")
         self._opt_steps_seen = self._opt_steps
         for s, states in zip(self.schedules, state_dict["stateful"]):
             if isinstance(s, Schedule):
