@@ -1,5 +1,6 @@
 """Each doctor rule fires on a real small run with its pathology and stays silent on healthy runs."""
 
+import json
 import math
 
 import pytest
@@ -90,3 +91,122 @@ def test_val_loss_shorter_column():
     val = [1.0, 0.8, 0.7, 0.75, 0.9, 1.1, 1.3, 1.5]
     assert "overfitting" in diagnose({"loss": loss, "val_loss": val}).codes
     assert "overfitting" not in diagnose({"loss": loss, "val_loss": sorted(val, reverse=True)}).codes
+
+
+# ---------------------------------------------------------------- rules registry and typed view
+def test_rules_are_registered_functions_over_a_typed_view():
+    from descent.tools.doctor import RULES, History, Thresholds, rule
+
+    assert tuple(RULES) == CODES and all(callable(r.fn) for r in RULES.values())
+
+    @rule("always_test")
+    def _always(h: History, t: Thresholds, notes: list) -> "Finding":
+        from descent.tools._findings import Finding
+        assert isinstance(h.loss, type(h.step)) and h.n == 30 and t.plateau_tol == 0.1
+        return Finding("always_test", "info", "seen", {"n": h.n}, "none", "test")
+
+    try:
+        assert "always_test" in diagnose({"loss": [1.0] * 30}).codes
+    finally:
+        del RULES["always_test"]
+    with pytest.raises(TypeError, match="Invalid threshold: nope"):
+        diagnose({"loss": [1.0] * 30}, nope=1)
+
+
+def test_repeated_steps_count_once_keeping_the_last():
+    # a run killed after step 59 and resumed from its step-39 checkpoint: steps 40..59 logged twice
+    first = [{"step": s, "loss": 2.0 * 0.98 ** s} for s in range(60)]
+    second = [{"step": s, "loss": 2.0 * 0.98 ** s + 1e-3} for s in range(40, 100)]
+    h = History.from_any(first + second)
+    assert h.n == 100 and h.step.tolist() == list(range(100)) and h.loss[50] == pytest.approx(2 * 0.98 ** 50 + 1e-3)
+    assert any("repeat" in n for n in diagnose(first + second).notes)
+
+
+# ---------------------------------------------------------------- log files
+from descent.reporting.logs import LogError, read_log  # noqa: E402
+from descent.tools.doctor import History  # noqa: E402
+
+
+def _jsonl(path, rows, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+    return path
+
+
+def test_log_with_a_cut_last_line_is_read_and_said(tmp_path):
+    rows = [{"step": i, "loss": 2.3, "lr": 1e-7} for i in range(50)]
+    cols = read_log(_jsonl(tmp_path / "a.jsonl", rows, tail='{"step": 50, "lo'))
+    assert len(cols["loss"]) == 50 and "incomplete" in cols.notes[0]
+    found = diagnose(cols)
+    assert found.codes == ["plateau"] and any("incomplete" in n for n in found.notes)
+    csvp = tmp_path / "m.csv"
+    csvp.write_text("step,loss,lr\n" + "".join(f"{i},2.3,1e-7\n" for i in range(30)) + "30,2.")
+    cols = read_log(csvp)
+    assert len(cols["loss"]) == 30 and "incomplete" in cols.notes[0]
+
+
+def test_log_of_a_resumed_run_counts_each_step_once(tmp_path):
+    rows = [{"step": s, "loss": 1.0} for s in range(120)] + [{"step": s, "loss": 0.5} for s in range(100, 200)]
+    cols = read_log(_jsonl(tmp_path / "train.jsonl", rows))
+    assert cols["step"] == [float(s) for s in range(200)] and cols["loss"][110] == 0.5
+    assert any("twice" in n for n in cols.notes)
+
+
+def test_non_numeric_value_is_a_malformed_line_not_a_nan_loss(tmp_path):
+    rows = [{"step": i, "loss": 1.0 / (1 + i)} for i in range(60)]
+    rows[10]["loss"] = "oops"
+    rows[20]["grad_norm"] = "n/a"
+    cols = read_log(_jsonl(tmp_path / "a.jsonl", rows))
+    assert len(cols["loss"]) == 58 and all(math.isfinite(v) for v in cols["loss"])
+    assert "malformed" in cols.notes[0] and "'oops'" in cols.notes[0]
+    assert "nonfinite" not in diagnose(cols).codes
+    rows[10]["loss"] = "NaN"  # what Monitor writes for a NaN loss (strict JSON): a real NaN
+    cols = read_log(_jsonl(tmp_path / "b.jsonl", rows))
+    assert math.isnan(cols["loss"][10]) and "nonfinite" in diagnose(cols).codes
+
+
+def test_hf_trainer_state_log_history(tmp_path):
+    hist = [{"epoch": i / 10, "grad_norm": 1.0, "learning_rate": 1e-7, "loss": 2.3, "step": i} for i in range(1, 41)]
+    hist += [{"epoch": 4.0, "eval_loss": 2.3, "eval_runtime": 0.1, "step": 40},
+             {"epoch": 4.0, "step": 40, "train_loss": 0.1, "train_runtime": 1.0, "total_flos": 0}]
+    ckpt = tmp_path / "out" / "checkpoint-40"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 40, "log_history": hist}))
+    cols = read_log(tmp_path / "out")
+    assert cols.format == "trainer_state" and len(cols["loss"]) == 40
+    assert cols["lr"][0] == 1e-7 and cols["grad_norm"][0] == 1.0 and cols["val_loss"][-1] == 2.3
+    assert cols["loss"][-1] == 2.3  # the run summary's mean train_loss is not read as a step's loss
+    assert diagnose(cols).codes == ["plateau"]
+
+
+def test_lightning_csv_logger_columns(tmp_path):
+    lines = ["epoch,lr-AdamW,step,train_loss_epoch,train_loss_step,val_loss"]
+    for s in range(60):
+        lines.append(f",{1e-7},{s},,," if s % 20 == 0 else "")
+        lines.append(f"{s // 20},,{s},,{2.3},")
+        if s % 20 == 19:
+            lines.append(f"{s // 20},,{s},,,{2.3}")
+            lines.append(f"{s // 20},,{s},2.3,,")
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(x for x in lines if x) + "\n")
+    cols = read_log(path)
+    assert len(cols["loss"]) == 60 and cols["lr"][0] == 1e-7 and cols["val_loss"].count(2.3) == 3
+    assert not any("twice" in n for n in cols.notes)  # train and val rows of one step are merged
+    assert diagnose(cols).codes == ["plateau"]
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for s in range(40):
+        w.add_scalar("train/loss", 2.3, s)
+        w.add_scalar("train/learning_rate", 1e-7, s)
+        w.add_scalar("eval/loss", 2.4, s)
+    w.close()
+    cols = read_log(tmp_path / "tb")
+    assert cols.format == "tensorboard" and len(cols["loss"]) == 40
+    assert cols["loss"][0] == pytest.approx(2.3) and cols["val_loss"][0] == pytest.approx(2.4)
+    assert cols["lr"][0] == pytest.approx(1e-7)
+    with pytest.raises(LogError, match="no numeric loss"):
+        read_log(_jsonl(tmp_path / "x.jsonl", [{"step": 1, "accuracy": 0.5}]))

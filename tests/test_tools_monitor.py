@@ -131,3 +131,49 @@ def test_early_stopping_modes_and_errors():
         descent.EarlyStopping(mode="up")
     with pytest.raises(ValueError, match="patience"):
         descent.EarlyStopping(patience=-1)
+
+
+def test_jsonl_is_strict_json_and_nonfinite_survives(tmp_path):
+    import json
+
+    from descent.reporting.logs import read_log
+
+    model = nn.Linear(3, 1)
+    mon = descent.Monitor(jsonl=tmp_path / "run.jsonl")
+    for step, value in enumerate((1.0, float("nan"), float("inf"), 0.5)):
+        model.weight.grad = torch.full_like(model.weight, value)
+        mon.log(step, loss=value, model=model, custom={"x": -math.inf})
+    mon.close()
+    text = (tmp_path / "run.jsonl").read_text()
+
+    def strict(token):
+        raise ValueError(f"bare {token} token")
+
+    rows = [json.loads(line, parse_constant=strict) for line in text.splitlines()]  # no NaN/Infinity tokens
+    assert rows[1]["loss"] == "NaN" and rows[2]["loss"] == "Infinity" and rows[0]["custom"] == {"x": "-Infinity"}
+    back = descent.Monitor.from_jsonl(tmp_path / "run.jsonl").history
+    assert math.isnan(back[1]["loss"]) and back[2]["loss"] == math.inf and back[0]["custom"]["x"] == -math.inf
+    cols = read_log(tmp_path / "run.jsonl")
+    assert math.isnan(cols["loss"][1]) and descent.diagnose(cols).codes[0] == "nonfinite"
+
+
+def test_tensorboard_carries_the_full_record(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.01}], lr=0.1)
+    mon = descent.Monitor(tensorboard=tmp_path / "tb", clip_max_norm=1e-9)
+    for step in range(3):
+        opt.zero_grad()
+        model(torch.ones(2, 3)).pow(2).sum().backward()
+        opt.step()
+        mon.log(step, loss=1.0 / (step + 1), model=model, optimizer=opt)
+    mon.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "grad_norm", "clipped", "nonfinite_grads", "lr/group_0", "lr/group_1",
+            "grad_norm/0.weight", "grad_norm/1.bias"} <= tags, sorted(tags)
+    assert [e.value for e in acc.Scalars("lr/group_1")] == pytest.approx([0.01] * 3)
+    assert [e.value for e in acc.Scalars("clipped")] == [1.0] * 3

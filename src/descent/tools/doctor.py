@@ -8,89 +8,80 @@ equal-length lists aligned with ``step`` (``None`` or NaN = not recorded at that
 
 Only ``loss`` is required (``step`` defaults to ``0..n-1``). ``val_loss`` may instead be shorter
 than ``loss`` when ``val_step`` gives the step of each value. A :class:`descent.Monitor`, its
-``history`` (a list of per-step dicts) or such a dict are all accepted.
+``history`` (a list of per-step dicts) or such a dict are all accepted. A repeated step (a run
+killed and resumed) counts once, with its last row.
+
+A rule is one function registered with :func:`rule`: it reads the typed view
+:class:`~descent.tools._history.History` and the :class:`~descent.tools._history.Thresholds`,
+may append a note (why it could not run) and returns a :class:`Finding` or ``None``::
+
+    @rule("my_code")
+    def _my_rule(h: History, t: Thresholds, notes: list[str]) -> Finding | None: ...
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from ._findings import Finding, Findings
+from ._history import History, Thresholds
 
-__all__ = ["diagnose", "as_columns", "CODES"]
+__all__ = ["diagnose", "as_columns", "rule", "RULES", "CODES", "History", "Thresholds"]
 
-#: Stable codes of the doctor's rules.
-CODES = ("nonfinite", "early_divergence", "oscillation", "plateau", "overfitting", "clip_saturation",
-         "schedule_per_epoch")
+RuleFn = Callable[[History, Thresholds, "list[str]"], "Finding | None"]
 _SRC_TABLE = "001 (SGD tutorial): failure pattern -> first fix; symptom -> cause table"
 
 
-def _num(values: Sequence[Any]) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(values):
-        if v is None or isinstance(v, (str, dict, list)):
-            continue
-        try:
-            out[i] = float(v)
-        except (TypeError, ValueError):
-            continue
-    return out
+@dataclass(frozen=True)
+class Rule:
+    """A registered doctor rule: its code, its function and the codes that make it moot."""
+
+    code: str
+    fn: RuleFn
+    unless: tuple[str, ...] = ()
 
 
-def as_columns(history: Any) -> dict[str, Any]:
-    """Normalise a Monitor, a list of records or a dict of columns to numpy columns.
+#: The registered rules, in the order they run (see :func:`rule`).
+RULES: dict[str, Rule] = {}
 
-    Returns a dict with ``step``, ``loss``, ``loss_recorded`` (bool), ``lr``, ``grad_norm``,
-    ``clipped`` (NaN = unknown), ``nonfinite_grads``, ``skipped_steps`` (aligned float arrays) and
-    ``val_step``/``val_loss`` (the finite-or-not recorded validation points only).
+
+def rule(code: str, *, unless: tuple[str, ...] = ()) -> Callable[[RuleFn], RuleFn]:
+    """Register a doctor rule under ``code`` (a stable identifier); it runs after those registered before.
+
+    Args:
+        code: the code of the findings the rule returns.
+        unless: codes which, when found earlier in the run, make this rule moot (it is then
+            skipped with a note): e.g. a plateau after an early divergence.
+
+    Example:
+        >>> from descent.tools.doctor import RULES, rule
+        >>> @rule("demo_rule")
+        ... def _demo(h, t, notes):
+        ...     return None
+        >>> "demo_rule" in RULES
+        True
+        >>> del RULES["demo_rule"]
     """
-    if hasattr(history, "columns") and callable(history.columns):
-        cols: Mapping[str, Sequence[Any]] = history.columns()
-    elif isinstance(history, Mapping):
-        cols = history
-    elif isinstance(history, Sequence) and not isinstance(history, (str, bytes)):
-        if not all(isinstance(r, Mapping) for r in history):
-            raise ValueError("Invalid history: a list must hold one dict per step")
-        keys = sorted({k for r in history for k in r})
-        cols = {k: [r.get(k) for r in history] for k in keys}
-    else:
-        raise ValueError(f"Invalid history: expected a Monitor, a list of dicts or a dict of columns, "
-                         f"got {type(history).__name__}")
-    if "loss" not in cols:
-        raise ValueError(f"Invalid history: no 'loss' column (columns: {sorted(cols)})")
-    raw_loss = list(cols["loss"])
-    n = len(raw_loss)
-    out: dict[str, Any] = {"loss": _num(raw_loss), "loss_recorded": np.array([v is not None for v in raw_loss])}
-    out["step"] = _num(cols["step"]) if "step" in cols else np.arange(n, dtype=float)
-    for key in ("lr", "grad_norm", "clipped", "nonfinite_grads", "skipped_steps"):
-        col = list(cols.get(key, [None] * n))
-        if len(col) != n:
-            raise ValueError(f"Invalid history: column {key!r} has {len(col)} rows, 'loss' has {n}")
-        out[key] = _num(col)
-    out["val_step"], out["val_loss"] = _val(cols, out["step"], n)
-    out["cadence"] = [c for c in cols.get("cadence", []) if c]
-    return out
+    if not code or not isinstance(code, str):
+        raise ValueError(f"Invalid rule code: {code!r} (must be a non-empty string)")
+
+    def register(fn: RuleFn) -> RuleFn:
+        if code in RULES and RULES[code].fn.__qualname__ != fn.__qualname__:
+            raise ValueError(f"Invalid rule code: {code!r} is already registered to {RULES[code].fn.__qualname__}")
+        RULES[code] = Rule(code, fn, tuple(unless))
+        return fn
+
+    return register
 
 
-def _val(cols: Mapping[str, Sequence[Any]], step: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    val = list(cols.get("val_loss", []))
-    if not val:
-        return np.array([]), np.array([])
-    if "val_step" in cols:
-        vs = _num(list(cols["val_step"]))
-        if len(vs) != len(val):
-            raise ValueError("Invalid history: 'val_step' and 'val_loss' differ in length")
-    elif len(val) == n:
-        vs = step
-    else:  # evenly spread over the run, each at the end of its span
-        vs = np.array([step[min(n - 1, int(round((i + 1) * n / len(val))) - 1)] for i in range(len(val))])
-    v = _num(val)
-    keep = np.array([x is not None for x in val])
-    return vs[keep], v[keep]
+def as_columns(history: Any) -> History:
+    """The typed view (:class:`History`) of a Monitor, a list of records or a dict of columns."""
+    return History.from_any(history)
 
 
 def _smooth(x: np.ndarray, k: int) -> np.ndarray:
@@ -103,35 +94,36 @@ def _f(x: float) -> float:
     return float(f"{x:.6g}") if math.isfinite(x) else float(x)
 
 
-def diagnose(history: Any, *, early_steps: int = 300, divergence_factor: float = 2.0,
-             plateau_tol: float = 0.1, oscillation_tol: float = 0.08, clip_fraction: float = 0.5,
-             overfit_tol: float = 0.05) -> Findings:
-    """Run every rule over a training history and return the findings (see :data:`CODES`).
+def diagnose(history: Any, **thresholds: Any) -> Findings:
+    """Run every registered rule over a training history and return the findings (see :data:`CODES`).
 
-    Rules (thresholds are keyword arguments):
+    Rules (thresholds are keyword arguments, the fields of :class:`Thresholds`):
 
     * ``nonfinite``: a NaN/Inf loss or gradient, or skipped optimizer steps.
-    * ``early_divergence``: within the first ``early_steps`` steps the smoothed loss (rolling
+    * ``early_divergence``: within the first ``early_steps`` (300) steps the smoothed loss (rolling
       median of 9) rises above :math:`\\max(f\\,m_t,\\ m_t + \\tfrac34(s_0 - m_t))` with :math:`m_t` its
-      minimum so far, :math:`s_0` its start and :math:`f` = ``divergence_factor``, or turns non-finite.
+      minimum so far, :math:`s_0` its start and :math:`f` = ``divergence_factor`` (2), or turns non-finite.
     * ``oscillation``: in the second half, the robust spread (1.4826 MAD) of the loss around its
-      rolling median (15) is more than ``oscillation_tol`` of the starting loss (median of the
+      rolling median (15) is more than ``oscillation_tol`` (0.08) of the starting loss (median of the
       first 5) and more than half the loss level (median of the second half).
-    * ``plateau``: the loss at the end (median of the last 10 %) is less than ``plateau_tol``
+    * ``plateau``: the loss at the end (median of the last 10 %) is less than ``plateau_tol`` (0.1)
       below the loss at the start.
     * ``overfitting``: the validation loss has not improved since its best (which is not in the
-      last quarter of the evaluations) and ends ``overfit_tol`` above it, while the training loss
-      fell by more than 20 % since that point.
-    * ``clip_saturation``: clipping fired on more than ``clip_fraction`` of the recorded steps.
+      last quarter of the evaluations) and ends ``overfit_tol`` (0.05) above it, while the training
+      loss fell by more than 20 % since that point.
+    * ``clip_saturation``: clipping fired on more than ``clip_fraction`` (0.5) of the recorded steps.
     * ``schedule_per_epoch``: the lr changes in equal stairs of ``k >= 2`` steps with small
       relative changes (a smooth schedule stepped once per epoch), or a descent ``Scheduler``
       reported the cadence.
 
     Args:
-        history: a :class:`descent.Monitor`, its ``history`` or a dict of columns (module docstring).
+        history: a :class:`descent.Monitor`, its ``history``, a dict of columns (module docstring)
+            or what :func:`descent.reporting.logs.read_log` returns (its notes are kept).
+        **thresholds: overrides of :class:`Thresholds` (e.g. ``early_steps=100``).
 
     Returns:
-        :class:`Findings` (a list); its ``notes`` say which rules could not run and why.
+        :class:`Findings` (a list); its ``notes`` say which rules could not run and why, and what
+        was left out of the history (repeated steps, malformed or partial log lines).
 
     Example:
         >>> import descent
@@ -139,38 +131,43 @@ def diagnose(history: Any, *, early_steps: int = 300, divergence_factor: float =
         >>> found.codes
         ['plateau']
     """
-    cols = as_columns(history)
-    found = Findings()
+    known = {f.name for f in fields(Thresholds)}
+    bad = sorted(set(thresholds) - known)
+    if bad:
+        raise TypeError(f"Invalid threshold: {', '.join(bad)} (known: {', '.join(sorted(known))})")
+    t = Thresholds(**thresholds)
+    h = History.from_any(history)
+    found = Findings(notes=list(h.notes))
     notes = found.notes
-    if not cols["loss_recorded"].any():
+    if not h.loss_recorded.any():
         notes.append("the history has no loss values: no rule could run")
         return found
-    finite = np.isfinite(cols["loss"])
-    if not finite.any():
+    if not np.isfinite(h.loss).any():
         notes.append("no loss value is finite: only the nonfinite rule could run")
-    for rule in (_nonfinite, _early_divergence, _oscillation, _plateau, _overfitting, _clip_saturation,
-                 _schedule_per_epoch):
-        if rule in (_plateau, _overfitting) and "early_divergence" in found.codes:
-            notes.append(f"{rule.__name__[1:]} not checked: the run diverged early (fix that first)")
+    for r in RULES.values():
+        moot = [c for c in r.unless if c in found.codes]
+        if moot:
+            notes.append(f"{r.code} not checked: the run has {moot[0]} (fix that first)")
             continue
-        item = rule(cols, notes, locals())
+        item = r.fn(h, t, notes)
         if item is not None:
             found.append(item)
     return found
 
 
-def _nonfinite(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
-    rec = c["loss_recorded"]
-    bad_loss = np.nonzero(rec & ~np.isfinite(c["loss"]))[0]
-    g = c["grad_norm"]
-    bad_grad = np.nonzero(~np.isnan(g) & ~np.isfinite(g) | (np.nan_to_num(c["nonfinite_grads"]) > 0))[0]
-    skipped = np.nan_to_num(c["skipped_steps"])
+@rule("nonfinite")
+def _nonfinite(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
+    rec = h.loss_recorded
+    bad_loss = np.nonzero(rec & ~np.isfinite(h.loss))[0]
+    g = h.grad_norm
+    bad_grad = np.nonzero(~np.isnan(g) & ~np.isfinite(g) | (np.nan_to_num(h.nonfinite_grads) > 0))[0]
+    skipped = np.nan_to_num(h.skipped_steps)
     rows = np.union1d(bad_loss, bad_grad)
     if len(rows) == 0 and skipped.max(initial=0) == 0:
         return None
-    steps = c["step"][rows].astype(int).tolist()
-    ev = {"first_step": steps[0] if steps else None, "nonfinite_loss_steps": c["step"][bad_loss].astype(int).tolist()[:20],
-          "nonfinite_grad_steps": c["step"][bad_grad].astype(int).tolist()[:20], "count": len(rows),
+    steps = h.step[rows].astype(int).tolist()
+    ev = {"first_step": steps[0] if steps else None, "nonfinite_loss_steps": h.step[bad_loss].astype(int).tolist()[:20],
+          "nonfinite_grad_steps": h.step[bad_grad].astype(int).tolist()[:20], "count": len(rows),
           "skipped_steps": int(skipped.max(initial=0))}
     return Finding("nonfinite", "error",
                    f"non-finite loss or gradients at {len(rows)} step(s), first at step {ev['first_step']}", ev,
@@ -178,18 +175,19 @@ def _nonfinite(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Find
                    "(log(0), division by zero, lr too high)", _SRC_TABLE + "; 003 debug_nan_loss")
 
 
-def _early_divergence(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
-    steps, loss = c["step"], c["loss"]
-    window = steps < steps[0] + opt["early_steps"]
-    fin = np.isfinite(loss) & window & c["loss_recorded"]
+@rule("early_divergence")
+def _early_divergence(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
+    steps, loss = h.step, h.loss
+    window = steps < steps[0] + t.early_steps
+    fin = np.isfinite(loss) & window & h.loss_recorded
     rows = np.nonzero(fin)[0]
     if len(rows) < 5:
         return None
     sm = _smooth(loss[rows], 9)
     run_min = np.minimum.accumulate(sm)
-    limit = np.maximum(opt["divergence_factor"] * run_min, run_min + 0.75 * (sm[0] - run_min))
+    limit = np.maximum(t.divergence_factor * run_min, run_min + 0.75 * (sm[0] - run_min))
     over = np.nonzero(sm > limit)[0]
-    bad = np.nonzero(window & c["loss_recorded"] & ~np.isfinite(loss))[0]
+    bad = np.nonzero(window & h.loss_recorded & ~np.isfinite(loss))[0]
     if len(over) == 0 and (len(bad) == 0 or bad[0] < rows[0]):
         return None
     if len(over):
@@ -199,47 +197,49 @@ def _early_divergence(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) 
         at, value = int(steps[bad[0]]), _f(loss[bad[0]])
     j = int(np.argmin(sm[: max(1, over[0] if len(over) else len(sm))]))
     ev = {"step": at, "value": value, "min_step": int(steps[rows[j]]), "min_value": _f(sm[j]),
-          "start_value": _f(sm[0]), "window_steps": opt["early_steps"]}
+          "start_value": _f(sm[0]), "window_steps": t.early_steps}
     return Finding("early_divergence", "error",
                    f"the loss blew up early: {ev['value']} at step {at} after a minimum of {ev['min_value']} "
                    f"at step {ev['min_step']}", ev,
                    "divide the lr by 10 and add a warmup (e.g. 2-5 % of the steps)", _SRC_TABLE)
 
 
-def _oscillation(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
-    rows = np.nonzero(np.isfinite(c["loss"]))[0]
+@rule("oscillation")
+def _oscillation(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
+    rows = np.nonzero(np.isfinite(h.loss))[0]
     if len(rows) < 40:
         notes.append("fewer than 40 finite losses: oscillation not checked")
         return None
-    loss = c["loss"][rows]
+    loss = h.loss[rows]
     start = float(np.median(loss[:5]))
     half = loss[len(loss) // 2:]
     trend = _smooth(half, 15)
     spread = float(np.median(np.abs(half - trend))) * 1.4826  # robust std (MAD)
     level = float(np.median(half))
-    if not start > 0 or spread <= opt["oscillation_tol"] * start or spread <= 0.5 * level:
+    if not start > 0 or spread <= t.oscillation_tol * start or spread <= 0.5 * level:
         return None
     ev = {"spread": _f(spread), "start_value": _f(start), "ratio": _f(spread / start),
-          "from_step": int(c["step"][rows[len(loss) // 2]]), "min": _f(float(half.min())), "max": _f(float(half.max()))}
+          "from_step": int(h.step[rows[len(loss) // 2]]), "min": _f(float(half.min())), "max": _f(float(half.max()))}
     return Finding("oscillation", "warning",
                    f"the loss swings by about {ev['ratio']:.0%} of its starting value in the second half", ev,
                    "lower the momentum (0.9 -> 0.85) or the lr, or use a bigger batch", _SRC_TABLE)
 
 
-def _plateau(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
-    rows = np.nonzero(np.isfinite(c["loss"]))[0]
+@rule("plateau", unless=("early_divergence",))
+def _plateau(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
+    rows = np.nonzero(np.isfinite(h.loss))[0]
     if len(rows) < 20:
         notes.append("fewer than 20 finite losses: plateau not checked")
         return None
-    loss = c["loss"][rows]
+    loss = h.loss[rows]
     k = max(3, len(loss) // 10)
     start, end = float(np.median(loss[:k])), float(np.median(loss[-k:]))
-    if not start > 0 or (start - end) >= opt["plateau_tol"] * start or end > start * 1.5:
+    if not start > 0 or (start - end) >= t.plateau_tol * start or end > start * 1.5:
         return None
-    lr = c["lr"][np.isfinite(c["lr"])]
+    lr = h.lr[np.isfinite(h.lr)]
     constant = len(lr) > 0 and float(lr.max()) == float(lr.min())
     ev = {"start_value": _f(start), "end_value": _f(end), "improvement": _f((start - end) / start),
-          "steps": [int(c["step"][rows[0]]), int(c["step"][rows[-1]])],
+          "steps": [int(h.step[rows[0]]), int(h.step[rows[-1]])],
           "lr": None if len(lr) == 0 else _f(float(lr[-1])), "constant_lr": constant}
     fix = "raise the base lr (try 10x, or run descent.find_lr)"
     fix += " and add a schedule (warmup + cosine)" if constant else "; check the schedule"
@@ -248,18 +248,19 @@ def _plateau(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Findin
                    f"({ev['improvement']:.1%}) over {len(rows)} steps", ev, fix, _SRC_TABLE)
 
 
-def _overfitting(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
-    vs, vl = c["val_step"], c["val_loss"]
+@rule("overfitting", unless=("early_divergence",))
+def _overfitting(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
+    vs, vl = h.val_step, h.val_loss
     ok = np.isfinite(vl)
     vs, vl = vs[ok], vl[ok]
     if len(vl) < 4:
         notes.append("fewer than 4 finite validation losses: overfitting not checked")
         return None
     j = int(np.argmin(vl))
-    if j >= 0.75 * (len(vl) - 1) or vl[-1] <= vl[j] + opt["overfit_tol"] * abs(vl[j]):
+    if j >= 0.75 * (len(vl) - 1) or vl[-1] <= vl[j] + t.overfit_tol * abs(vl[j]):
         return None
-    rows = np.nonzero(np.isfinite(c["loss"]))[0]
-    steps, loss = c["step"][rows], _smooth(c["loss"][rows], 9)
+    rows = np.nonzero(np.isfinite(h.loss))[0]
+    steps, loss = h.step[rows], _smooth(h.loss[rows], 9)
     at_best = loss[int(np.searchsorted(steps, vs[j], side="right")) - 1] if len(rows) else math.nan
     end = loss[-1] if len(rows) else math.nan
     if not (at_best > 0 and end < 0.8 * at_best):
@@ -274,15 +275,16 @@ def _overfitting(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Fi
                    _SRC_TABLE)
 
 
-def _clip_saturation(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
-    clipped = c["clipped"]
+@rule("clip_saturation")
+def _clip_saturation(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
+    clipped = h.clipped
     known = ~np.isnan(clipped)
     if known.sum() < 10:
         return None
     frac = float(clipped[known].mean())
-    if frac <= opt["clip_fraction"]:
+    if frac <= t.clip_fraction:
         return None
-    g = c["grad_norm"][known & np.isfinite(c["grad_norm"])]
+    g = h.grad_norm[known & np.isfinite(h.grad_norm)]
     ev = {"fraction": _f(frac), "recorded_steps": int(known.sum()),
           "median_grad_norm": None if len(g) == 0 else _f(float(np.median(g)))}
     return Finding("clip_saturation", "warning",
@@ -291,13 +293,14 @@ def _clip_saturation(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -
                    "is a hidden lr cut", "002 (Optimization in AI): validation -- plot train loss with grad norm")
 
 
-def _schedule_per_epoch(c: dict[str, Any], notes: list[str], opt: dict[str, Any]) -> Finding | None:
+@rule("schedule_per_epoch")
+def _schedule_per_epoch(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
     src = "002 (Optimization in AI): anti-pattern 'LR schedule stepped per epoch, not per step'"
     fix = "call scheduler.step() after every optimizer.step(), or give the schedule's length in epochs"
-    if c["cadence"]:
-        return Finding("schedule_per_epoch", "warning", str(c["cadence"][0].get("message", c["cadence"][0])),
-                       {"cadence": c["cadence"][0]}, fix, src)
-    lr, steps = c["lr"], c["step"]
+    if h.cadence:
+        return Finding("schedule_per_epoch", "warning", str(h.cadence[0].get("message", h.cadence[0])),
+                       {"cadence": h.cadence[0]}, fix, src)
+    lr, steps = h.lr, h.step
     ok = np.isfinite(lr)
     lr, steps = lr[ok], steps[ok]
     if len(lr) < 20:
@@ -317,3 +320,7 @@ def _schedule_per_epoch(c: dict[str, Any], notes: list[str], opt: dict[str, Any]
            + (" (its warmup too)" if rising else ""))
     return Finding("schedule_per_epoch", "warning" if rising else "info", msg, ev,
                    fix + ("" if rising else " (ignore if per-epoch decay is intended)"), src)
+
+
+#: Stable codes of the doctor's rules, in the order they run.
+CODES = tuple(RULES)

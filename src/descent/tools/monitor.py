@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Monitor", "read_clip", "COLUMNS"]
+__all__ = ["Monitor", "read_clip", "json_line", "COLUMNS"]
 
 #: The columnar history format shared by :class:`Monitor`, :func:`descent.diagnose` and the CLI.
 #: Every column is a list aligned with ``step`` (``None`` = not recorded at that step).
@@ -42,6 +42,64 @@ def _float(x: Any) -> float:
     return float(x.detach()) if isinstance(x, Tensor) else float(x)
 
 
+_NONFINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings "NaN", "Infinity", "-Infinity" (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _unstrict(value: Any) -> Any:
+    """Inverse of :func:`_strict`."""
+    if isinstance(value, str):
+        return _NONFINITE_TEXT.get(value, value)
+    if isinstance(value, dict):
+        return {k: _unstrict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unstrict(v) for v in value]
+    return value
+
+
+def json_line(rec: dict[str, Any]) -> str:
+    """One record as a line of strict JSON (RFC 8259: no bare ``NaN``/``Infinity`` tokens).
+
+    Non-finite floats become the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (not
+    ``null``: in the columnar format ``null`` means *not recorded*, and a NaN loss must stay a
+    NaN loss for the doctor). :func:`descent.reporting.logs.read_log` and
+    :meth:`Monitor.from_jsonl` read them back as floats.
+
+    Example:
+        >>> json_line({"step": 3, "loss": float("nan")})
+        '{"step": 3, "loss": "NaN"}'
+    """
+    return json.dumps(_strict(rec), default=str, allow_nan=False)
+
+
+def _scalars(rec: dict[str, Any]) -> list[tuple[str, float]]:
+    """The record as TensorBoard scalars: every number, per-group lrs, per-layer grad norms, flags as 0/1."""
+    out: list[tuple[str, float]] = []
+    for key, value in rec.items():
+        if key == "step" or value is None:
+            continue
+        if isinstance(value, (bool, int, float)):
+            out.append((key, float(value)))
+        elif key == "lrs" and isinstance(value, (list, tuple)):
+            out += [(f"lr/group_{i}", float(v)) for i, v in enumerate(value) if isinstance(v, (int, float))]
+        elif key == "layer_grad_norm" and isinstance(value, dict):
+            out += [(f"grad_norm/{name}", float(v)) for name, v in value.items() if isinstance(v, (int, float))]
+        elif isinstance(value, dict):
+            out += [(f"{key}/{k}", float(v)) for k, v in value.items()
+                    if isinstance(v, (bool, int, float))]
+    return out
+
+
 class Monitor:
     """Record loss, lr, gradient norms, update ratios, clipping and non-finite counts each step.
 
@@ -67,8 +125,11 @@ class Monitor:
         per_layer: record per-parameter grad norms.
         ratio_every: steps between update-ratio measurements (0 disables).
         clip_max_norm: the clipping threshold, to infer ``clipped`` when ``clip`` gives only the norm.
-        jsonl: stream every record to this file as one JSON line.
-        tensorboard: a log directory for ``torch.utils.tensorboard`` (needs ``tensorboard``).
+        jsonl: stream every record to this file as one line of strict JSON (:func:`json_line`:
+            non-finite floats as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``).
+        tensorboard: a log directory for ``torch.utils.tensorboard`` (needs ``tensorboard``). Every
+            number of the record is written, flags as 0/1, per-group lrs as ``lr/group_<i>`` and
+            per-layer gradient norms as ``grad_norm/<parameter name>``.
 
     Example:
         >>> import torch, descent
@@ -190,12 +251,11 @@ class Monitor:
 
     def _write(self, rec: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(rec, default=str) + "\n")
+            self._file.write(json_line(rec) + "\n")
             self._file.flush()
         if self._tb is not None:
-            for key, value in rec.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, rec["step"])
+            for tag, value in _scalars(rec):
+                self._tb.add_scalar(tag, value, rec["step"])
 
     # ------------------------------------------------------------------ hooks
     def attach(self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None, **log_kwargs: Any) -> Any:
@@ -228,14 +288,14 @@ class Monitor:
         """Write the whole history to ``path``, one JSON object per line."""
         with open(path, "w", encoding="utf-8") as fh:
             for rec in self.history:
-                fh.write(json.dumps(rec, default=str) + "\n")
+                fh.write(json_line(rec) + "\n")
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> Monitor:
         """A Monitor whose history is read back from a JSONL file (non-finite floats survive)."""
         mon = cls()
         with open(path, encoding="utf-8") as fh:
-            mon.history = [json.loads(line) for line in fh if line.strip()]
+            mon.history = [_unstrict(json.loads(line)) for line in fh if line.strip()]
         return mon
 
     def close(self) -> None:
