@@ -82,14 +82,15 @@ def test_train_resume_exact(tmp_path, capsys) -> None:
             "--checkpoint-every", "4", "--quiet"]
     assert main(base + ["--out", str(tmp_path / "full")]) == 0
     assert main(base + ["--out", str(tmp_path / "cut"), "--stop-at", "3"]) == 0  # interrupted after step 3
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 3
+    ckpts = sorted((tmp_path / "cut" / "checkpoints").glob("ckpt-*.pt"))
+    assert torch.load(ckpts[-1], weights_only=True)["step"] == 3
     assert main(base + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
-    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    full = torch.load(tmp_path / "full" / "checkpoints" / "ckpt-00000008.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoints" / "ckpt-00000008.pt", weights_only=True)
     assert cut["step"] == 8
     for k in full["model"]:
         assert torch.equal(full["model"][k], cut["model"][k])
-    assert [r["loss"] for r in full["history"]] == [r["loss"] for r in cut["history"]]
+    assert [r["loss"] for r in full["extra"]["history"]] == [r["loss"] for r in cut["extra"]["history"]]
     assert _is_png(tmp_path / "full" / "grad_norm.png")
     assert main(base + ["--out", str(tmp_path / "empty"), "--resume"]) == 1
 

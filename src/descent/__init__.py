@@ -24,6 +24,9 @@ from .schedules import ReduceLROnPlateau, Scheduler, attach
 from .tools import (EarlyStopping, Finding, Monitor, audit, diagnose, find_lr, recipe,  # noqa: E402
                     trace_nan)
 
+# --- crash-safe checkpoints (descent.checkpoint.save / load) -------------------------
+from . import checkpoint  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -68,4 +71,6 @@ __all__ = [
     "trace_nan",
     "recipe",
     "Finding",
+    # checkpoints
+    "checkpoint",
 ]

@@ -46,3 +46,17 @@ def step_callback(pbar: Any, every: int = 1) -> Any:
         if rec["step"] % max(1, every) == 0 and rec.get("loss") is not None:
             pbar.set_postfix_str(f"loss {rec['loss']:.4f}")
     return cb
+
+
+def says(args: Any) -> bool:
+    """Whether status lines may be printed (not under ``--quiet`` or ``--json``)."""
+    return not (getattr(args, "quiet", False) or getattr(args, "json", False))
+
+
+def counting(fn: Any, pbar: Any) -> Any:
+    """``fn`` wrapped so that every call advances ``pbar`` (e.g. the loss of each LR-test step)."""
+    def wrapped(*a: Any, **kw: Any) -> Any:
+        out = fn(*a, **kw)
+        pbar.update(1)
+        return out
+    return wrapped

@@ -11,14 +11,8 @@ from typing import Any
 import descent
 
 from . import _progress
+from ._args import Failure, UsageError, float_list, writable_dir
 
-
-class UsageError(Exception):
-    """Bad input from the user (exit code 2)."""
-
-
-class Failure(Exception):
-    """The command could not do its job (exit code 1)."""
 
 
 def get_task(name: str, seed: int = 0) -> Any:
@@ -27,6 +21,8 @@ def get_task(name: str, seed: int = 0) -> Any:
 
     try:
         return _get(name, seed=seed)
+    except ImportError as exc:  # a missing optional dependency: the message names the extra
+        raise Failure(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -56,76 +52,36 @@ def fmt(v: Any, spread: Any = None) -> str:
 
 
 def outdir(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
+    """``--out``, created and proven writable before any work (else a one-line :class:`Failure`)."""
+    return writable_dir(args.out)
+
+
+PLOT_EXTRA = "plots skipped: matplotlib is not installed (pip install 'descent[plot]')"
+
+
+def plots_or_note(make: Any) -> tuple[list[Path], str | None]:
+    """``(make(), None)``, or ``([], note)`` when matplotlib is missing: the plots need ``descent[plot]``."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Failure(f"cannot create --out {out}: {exc}") from None
-    return out
-
-
-# ---------------------------------------------------------------------------------- train
-def train(args: argparse.Namespace) -> int:
-    from descent.reporting.plotting import grad_norm_plot, line_plot
-    from descent.tasks.training import Unavailable
-    from descent.tasks.training import train as run
-
-    task = get_task(args.task, args.seed)
-    out = outdir(args)
-    if args.resume and not (out / "checkpoint.pt").exists():
-        raise Failure(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
-    monitor_cls = getattr(descent, "Monitor", None)
-    if not args.resume:
-        (out / "train.jsonl").unlink(missing_ok=True)  # a resumed run appends to its log
-    monitor = monitor_cls(jsonl=out / "train.jsonl", clip_max_norm=args.clip) if monitor_cls else None
-    with _progress.bar(args, args.steps, f"train {args.task}") as pbar:
-        try:
-            res = run(task, args.optimizer, args.lr, args.steps, seed=args.seed, clip=args.clip,
-                      eval_every=args.eval_every, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, recipe=args.recipe, monitor=monitor, stop_at=args.stop_at,
-                      callback=_progress.step_callback(pbar, 10))
-        except Unavailable as exc:
-            raise Failure(str(exc)) from None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        finally:
-            if monitor is not None:
-                monitor.close()
-    steps = res.column("step")
-    plots = [line_plot({"train loss": (steps, res.column("loss"))}, out / "loss.png", ylabel="loss", logy=True),
-             line_plot({"lr": (steps, res.column("lr"))}, out / "lr.png", ylabel="learning rate"),
-             grad_norm_plot(steps, res.column("grad_norm"), out / "grad_norm.png", clip=res.clip,
-                            clipped=res.column("clipped"))]
-    findings = _diagnose(res.history)
-    payload = {**res.to_dict(), "checkpoint": out / "checkpoint.pt", "plots": plots,
-               "log": (out / "train.jsonl") if monitor else None, "findings": findings["findings"]}
-    lines = [f"{res.task}: {res.optimizer} lr={res.lr:g} clip={res.clip} steps={res.steps} ({res.seconds:.1f} s)",
-             *[f"  note: {n}" for n in res.notes],
-             "  final: " + ", ".join(f"{k}={fmt(v)}" for k, v in res.final.items()),
-             f"  checkpoint: {out / 'checkpoint.pt'}", *findings["lines"]]
-    emit(args, payload, "\n".join(lines))
-    return 0
-
-
-def _diagnose(history: Any) -> dict[str, Any]:
-    fn = getattr(descent, "diagnose", None)
-    if fn is None:
-        return {"findings": None, "lines": ["  doctor: descent.diagnose is not available in this build"]}
-    found = fn(history)
-    lines = [f"  doctor: {len(found)} finding(s)"] + [f"    {f}" for f in found]
-    lines += [f"    note: {n}" for n in getattr(found, "notes", [])]
-    return {"findings": [f.to_dict() for f in found], "notes": list(getattr(found, "notes", [])), "lines": lines}
+        return list(make()), None
+    except ImportError as exc:
+        if "matplotlib" not in str(exc):
+            raise
+        return [], PLOT_EXTRA
 
 
 # -------------------------------------------------------------------------------- compare
-def parse_lrs(text: str) -> dict[str, float]:
+def parse_lrs(text: str, optimizers: list[str] | None = None) -> dict[str, float]:
+    """``sgd=0.05,adamw=1e-3`` as a dict; every value a finite number > 0, every name one of ``optimizers``."""
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, val = item.partition("=")
-        try:
-            out[name.strip().lower()] = float(val)
-        except ValueError:
-            raise UsageError(f"Invalid --lrs entry: {item!r} (expected name=value)") from None
+        name, eq, val = item.partition("=")
+        name = name.strip().lower()
+        if not eq or not name:
+            raise UsageError(f"Invalid --lrs entry: {item!r} (expected name=value, e.g. adamw=1e-3)")
+        if optimizers is not None and name not in optimizers:
+            raise UsageError(f"Invalid --lrs entry: {item!r} ({name!r} is not in --optimizers "
+                             f"{','.join(optimizers)})")
+        out[name] = float_list(val, f"--lrs {name}")[0]
     return out
 
 
@@ -169,19 +125,20 @@ def compare_plots(out: Path, task: Any, results: dict[str, Any]) -> list[Path]:
 
 def compare(args: argparse.Namespace) -> int:
     optimizers = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
-    if args.steps < 1 or args.seeds < 1:
-        raise UsageError(f"Invalid --steps/--seeds: {args.steps}/{args.seeds} (must be >= 1)")
-    task, results, rows, keys = run_compare(args, args.task, optimizers, args.steps, args.seeds,
-                                            parse_lrs(args.lrs))
+    if not optimizers:
+        raise UsageError(f"Invalid --optimizers: {args.optimizers!r} (give comma-separated names)")
+    lrs = parse_lrs(args.lrs, optimizers)
     out = outdir(args)
-    plots = compare_plots(out, task, results)
-    if "fn" in task.extra:
-        plots.append(trajectories(out, args.task, optimizers, args.steps, parse_lrs(args.lrs)))
+    task, results, rows, keys = run_compare(args, args.task, optimizers, args.steps, args.seeds, lrs)
+    plots, note = plots_or_note(lambda: compare_plots(out, task, results)
+                                + ([trajectories(out, args.task, optimizers, args.steps, lrs)]
+                                   if "fn" in task.extra else []))
     (out / "compare.json").write_text(json.dumps(rows, indent=2))
     payload = {"task": args.task, "steps": args.steps, "seeds": args.seeds, "rows": rows, "plots": plots}
     ref = "".join(f"\npublished, {k}: {v}" for k, v in task.reference.items())
     text = (f"{args.task}: {task.description}; {args.steps} steps x {args.seeds} seed(s)\n"
-            + compare_table(task, rows, keys) + ref + f"\nplots: {', '.join(str(p) for p in plots)}")
+            + compare_table(task, rows, keys) + ref
+            + (f"\nplots: {', '.join(str(p) for p in plots)}" if plots else f"\nnote: {note}"))
     payload["reference"] = task.reference
     emit(args, payload, text)
     return 0

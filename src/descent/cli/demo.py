@@ -10,7 +10,8 @@ from typing import Any
 import descent
 
 from . import _progress
-from .commands import compare_plots, compare_table, emit, fmt, get_task, outdir, run_compare, trajectories
+from .commands import (compare_plots, compare_table, emit, fmt, get_task, outdir, plots_or_note, run_compare,
+                       trajectories)
 from .report import table_html, write_report
 from .tools import lr_range_test
 
@@ -25,12 +26,15 @@ def _say(args: argparse.Namespace, msg: str) -> None:
 def _find_lr(args: argparse.Namespace, task: Any, out: Path, iters: int) -> tuple[float, str, list[Path]]:
     if getattr(descent, "find_lr", None) is None:
         return task.lr_for("adamw"), "descent.find_lr not available: task default lr used", []
-    res = lr_range_test(task, "adamw", 1e-6, 1.0, iters, args.seed)
-    res.plot(str(out / "lr_finder.png"))
+    from descent.reporting.plotting import lr_finder_plot
+
+    with _progress.bar(args, iters, "LR range test") as pbar:
+        res = lr_range_test(task, "adamw", 1e-6, 1.0, iters, args.seed, pbar)
+    plots, note = plots_or_note(lambda: [lr_finder_plot(res, out / "lr_finder.png", title="LR range test (AdamW)")])
+    extra = f"; {note}" if note else ""
     if res.suggestion is None:
-        return task.lr_for("adamw"), f"no suggestion ({'; '.join(res.notes)}): task default lr used", \
-            [out / "lr_finder.png"]
-    return float(res.suggestion), f"suggested {res.suggestion:.3g} by {res.method}", [out / "lr_finder.png"]
+        return task.lr_for("adamw"), f"no suggestion ({'; '.join(res.notes)}): task default lr used{extra}", plots
+    return float(res.suggestion), f"suggested {res.suggestion:.3g} by {res.method}{extra}", plots
 
 
 def _monitored(args: argparse.Namespace, task: Any, out: Path, lr: float, steps: int) -> tuple[Any, Any, list[Path]]:
@@ -52,12 +56,15 @@ def _monitored(args: argparse.Namespace, task: Any, out: Path, lr: float, steps:
         res.notes.append("descent.Monitor not available: the run's own records are used")
     steps_ = res.column("step")
     val = [(r["step"], r["val_loss"]) for r in res.history if "val_loss" in r]
-    plots = [line_plot({"train loss": (steps_, res.column("loss")), "val loss": tuple(zip(*val)) if val else ([], [])},
-                       out / "train_loss.png", ylabel="loss", logy=True, title=f"{res.optimizer} on {task.name}"),
-             line_plot({"lr": (steps_, res.column("lr"))}, out / "lr.png", ylabel="learning rate",
-                       title="learning rate schedule"),
-             grad_norm_plot(steps_, res.column("grad_norm"), out / "grad_norm.png", clip=res.clip,
-                            clipped=res.column("clipped"), title="global gradient norm and clip threshold")]
+    plots, note = plots_or_note(lambda: [
+        line_plot({"train loss": (steps_, res.column("loss")), "val loss": tuple(zip(*val)) if val else ([], [])},
+                  out / "train_loss.png", ylabel="loss", logy=True, title=f"{res.optimizer} on {task.name}"),
+        line_plot({"lr": (steps_, res.column("lr"))}, out / "lr.png", ylabel="learning rate",
+                  title="learning rate schedule"),
+        grad_norm_plot(steps_, res.column("grad_norm"), out / "grad_norm.png", clip=res.clip,
+                       clipped=res.column("clipped"), title="global gradient norm and clip threshold")])
+    if note:
+        res.notes.append(note)
     diag = getattr(descent, "diagnose", None)
     found = diag(monitor if monitor is not None else res.history) if diag else None
     return res, found, plots
@@ -83,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     _say(args, f"[3/3] comparison: {', '.join(DEMO_OPTIMIZERS)}, {steps} steps each")
     task_c, results, rows, keys = run_compare(args, task.name, DEMO_OPTIMIZERS, steps, 1, {})
     table = compare_table(task_c, rows, keys)
-    cmp_plots = compare_plots(out, task_c, results)
-    cmp_plots.append(trajectories(out, "rosenbrock", ["sgd", "adam", "lion"], steps if args.quick else 300, {}))
+    cmp_plots, _ = plots_or_note(lambda: compare_plots(out, task_c, results) + [
+        trajectories(out, "rosenbrock", ["sgd", "adam", "lion"], steps if args.quick else 300, {})])
     report = write_report(out, f"descent demo: {task.name}", [
         ("1. LR range test (AdamW)", f"<p>{lr_note}</p>", lr_plots),
         ("2. Monitored run", f"<p>{res.optimizer}, lr {res.lr:.3g}, clip {res.clip}, {steps} steps, "

@@ -9,11 +9,20 @@ from typing import Any
 import descent
 
 from . import _progress
-from .commands import Failure, UsageError, emit, fmt, get_task, outdir
+from ._args import float_list, int_list
+from .commands import Failure, UsageError, emit, fmt, get_task, outdir, plots_or_note
 
 
-def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num_iter: int, seed: int = 0) -> Any:
-    """:func:`descent.find_lr` on a fresh model of ``task`` (its batches, its loss)."""
+def check_lr_range(start_lr: float, end_lr: float) -> None:
+    """A :class:`UsageError` unless ``start_lr < end_lr`` (before any work)."""
+    if not start_lr < end_lr:
+        raise UsageError(f"Invalid --start-lr/--end-lr: {start_lr:g} >= {end_lr:g} (the sweep goes up: "
+                         "--start-lr must be below --end-lr)")
+
+
+def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num_iter: int, seed: int = 0,
+                  pbar: Any = None) -> Any:
+    """:func:`descent.find_lr` on a fresh model of ``task`` (its batches, its loss); ``pbar`` advances per step."""
     from descent.tasks.training import Unavailable, make_optimizer
 
     fn = getattr(descent, "find_lr", None)
@@ -27,15 +36,24 @@ def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     batches = [task.train.at(i) for i in range(min(num_iter, 4 * len(task.train)))]
-    return fn(model, opt, batches, forward=task.loss, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)
+    forward = task.loss if pbar is None else _progress.counting(task.loss, pbar)
+    try:
+        return fn(model, opt, batches, forward=forward, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def find_lr(args: argparse.Namespace) -> int:
-    task = get_task(args.task, args.seed)
+    from descent.reporting.plotting import lr_finder_plot
+
+    check_lr_range(args.start_lr, args.end_lr)
     out = outdir(args)
-    res = lr_range_test(task, args.optimizer.lower(), args.start_lr, args.end_lr, args.num_iter, args.seed)
-    plot = out / "lr_finder.png"
-    res.plot(str(plot))
+    task = get_task(args.task, args.seed)
+    with _progress.bar(args, args.num_iter, f"LR range test on {args.task}") as pbar:
+        res = lr_range_test(task, args.optimizer.lower(), args.start_lr, args.end_lr, args.num_iter, args.seed,
+                            pbar)
+    plots, note = plots_or_note(lambda: [lr_finder_plot(res, out / "lr_finder.png")])
+    plot = plots[0] if plots else None
     payload = {"task": args.task, "optimizer": args.optimizer, "suggestion": res.suggestion, "method": res.method,
                "suggestions": res.suggestions, "stopped_early": res.stopped_early, "notes": res.notes,
                "plot": plot, "lrs": res.lrs, "losses": res.losses}
@@ -45,7 +63,7 @@ def find_lr(args: argparse.Namespace) -> int:
              + (f" (stopped: {res.stopped_early})" if res.stopped_early else ""),
              f"suggested lr: {sugg} (method: {res.method})",
              "all methods: " + ", ".join(f"{k}={fmt(v)}" for k, v in res.suggestions.items()),
-             *[f"note: {n}" for n in res.notes], f"plot: {plot}"]
+             *[f"note: {n}" for n in res.notes], f"plot: {plot}" if plot else f"note: {note}"]
     emit(args, payload, "\n".join(lines))
     return 0
 
@@ -56,11 +74,11 @@ def lab(args: argparse.Namespace) -> int:
     out = outdir(args)
     try:
         if args.name == "lr-sensitivity":
-            lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+            lrs = float_list(args.lrs, "--lrs")
             res = lr_sensitivity(lrs, args.steps, args.seed)
             text = _lr_text(res, out)
         else:
-            sizes = [int(v) for v in args.batch_sizes.split(",") if v.strip()]
+            sizes = int_list(args.batch_sizes, "--batch-sizes")
             with _progress.bar(args, len(sizes) * 3, "batch-size lab") as pbar:
                 res = batch_size_scaling(args.task, sizes, args.base_lr, args.epochs, args.seed,
                                          callback=lambda row: pbar.update(1))
@@ -74,16 +92,16 @@ def lab(args: argparse.Namespace) -> int:
 def _lr_text(res: dict[str, Any], out: Path) -> str:
     from descent.reporting.plotting import line_plot
 
-    plot = line_plot({f"lr={r['lr']:g}": (list(range(res["steps"])), r["descent"]) for r in res["runs"]},
-                     out / "lr_sensitivity.png", ylabel="loss", title="source 001: SGD(momentum=0.9), lr x10")
-    res["plot"] = plot
-    lines = [f"source document 001, 5-minute lab: MLP 32-64-10, SGD(momentum=0.9), {res['steps']} steps, "
-             "random batches (seed 0)"]
+    plots, note = plots_or_note(lambda: [line_plot(
+        {f"lr={r['lr']:g}": (list(range(res["steps"])), r["descent"]) for r in res["runs"]},
+        out / "lr_sensitivity.png", ylabel="loss", title="SGD(momentum=0.9) at each lr")])
+    res["plot"] = plots[0] if plots else None
+    lines = [f"5-minute lab: MLP 32-64-10, SGD(momentum=0.9), {res['steps']} steps, random batches (seed 0)"]
     for r in res["runs"]:
         lines.append(f"lr={r['lr']:g} first/last: {r['first']:.4f} {r['last']:.4f}   "
                      f"(descent.SGD vs torch.optim.SGD max |diff| {r['max_abs_diff_vs_torch']:.1e})")
     lines.append("(the data is noise, so the loss cannot fall far: the lab shows how the lr changes the path)")
-    return "\n".join(lines + [f"plot: {plot}"])
+    return "\n".join(lines + [f"plot: {res['plot']}" if plots else f"note: {note}"])
 
 
 def _bs_text(res: dict[str, Any]) -> str:
@@ -129,15 +147,21 @@ def bench(args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     bad = [s for s in sets if s not in ("16M", "gpt20M")]
-    if bad or args.scale <= 0 or args.iters < 1:
-        raise UsageError(f"Invalid --sets/--scale/--iters: {args.sets}/{args.scale}/{args.iters} "
-                         "(sets from 16M,gpt20M; scale > 0; iters >= 1)")
+    if bad or not sets:
+        raise UsageError(f"Invalid --sets: {args.sets!r} (comma-separated, from 16M,gpt20M)")
+    if args.scale > b.MAX_SCALE:
+        raise UsageError(f"Invalid --scale: {args.scale:g} (must be in (0, {b.MAX_SCALE:g}]: 1 is the full "
+                         "16M / 20M parameter sets)")
+    cases = b.CASES()
     if only:
-        names = {c.name.lower() for c in b.CASES()}
+        names = {c.name.lower() for c in cases}
         unknown = [o for o in only if o.lower() not in names]
         if unknown:
-            raise UsageError(f"Invalid optimizer: {', '.join(unknown)} (valid: {', '.join(c.name for c in b.CASES())})")
-    bandwidth, results = b.run(only=only, scale=args.scale, iters=args.iters, sets=sets)
+            raise UsageError(f"Invalid optimizer: {', '.join(unknown)} (valid: {', '.join(c.name for c in cases)})")
+    total = sum(1 for c in cases if not only or c.name.lower() in {o.lower() for o in only} for _ in sets)
+    with _progress.bar(args, total, "bench") as pbar:
+        bandwidth, results = b.run(only=only, scale=args.scale, iters=args.iters, sets=sets,
+                                   callback=lambda case, set_name: pbar.update(1))
     emit(args, {"bandwidth_gb_s": bandwidth, "scale": args.scale, "results": b.as_dicts(results)},
          b.format_table(bandwidth, results) + f"\n(scale {args.scale:g} of the full 16M / 20M parameter sets)")
     return 0

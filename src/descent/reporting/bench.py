@@ -30,7 +30,13 @@ import torch
 
 log = logging.getLogger("descent.reporting.bench")
 
-__all__ = ["Case", "Result", "CASES", "gpt_shapes", "measure_bandwidth", "run", "format_table"]
+__all__ = ["Case", "Result", "CASES", "gpt_shapes", "measure_bandwidth", "run", "format_table", "MAX_SCALE"]
+
+#: The largest ``scale`` :func:`run` accepts (1 = the full 16M / 20M parameter sets).
+MAX_SCALE = 4.0
+#: Note on a row that runs above the bandwidth measured in the same run.
+ABOVE_ROOFLINE = ("above 100 % of the add_ bandwidth measured in this run: the tensors fit in cache "
+                  "better than the bandwidth test's, or the machine was busier during that test")
 
 Factory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -207,6 +213,7 @@ def run(
     warmup: int = 3,
     sets: Iterable[str] = ("16M", "gpt20M"),
     rounds: int = 3,
+    callback: Callable[[str, str], None] | None = None,
 ) -> tuple[float, list[Result]]:
     """Time every case (or those in ``only``); returns (bandwidth GB/s, results).
 
@@ -219,7 +226,22 @@ def run(
         iters, warmup: timed and untimed steps per implementation.
         sets: which parameter sets: ``"16M"`` (one tensor) and/or ``"gpt20M"``.
         rounds: how many turns the timed steps are split into.
+        callback: called as ``callback(case_name, set_name)`` after each case on each set (progress).
+
+    The ``roofline_pct`` of a row is computed from the bandwidth measured at the start of the
+    same call; a row above 100 % carries a note saying so (cache effects, or a noisy
+    bandwidth measurement on a busy machine), never a silent number.
+
+    Raises:
+        ValueError: ``scale`` outside (0, :data:`MAX_SCALE`], ``iters``/``rounds`` < 1 or an unknown set.
     """
+    if not 0 < scale <= MAX_SCALE:
+        raise ValueError(f"Invalid scale: {scale!r} (must be in (0, {MAX_SCALE:g}])")
+    if int(iters) != iters or iters < 1 or int(rounds) != rounds or rounds < 1:
+        raise ValueError(f"Invalid iters/rounds: {iters!r}/{rounds!r} (must be integers >= 1)")
+    sets = list(sets)
+    if any(s not in ("16M", "gpt20M") for s in sets):
+        raise ValueError(f"Invalid sets: {sets!r} (from '16M', 'gpt20M')")
     wanted = {n.lower() for n in only} if only else None
     bandwidth = measure_bandwidth(max(2**16, int(64 * 2**20 * scale)))
     width = max(16, int(round(320 * scale**0.5 / 16)) * 16)
@@ -249,7 +271,9 @@ def run(
                 roof = None
                 if case.bytes_per_param:
                     roof = 100 * (case.bytes_per_param * n / (bandwidth * 1e9)) / (ms / 1e3)
-                rows.append(Result(case.name, impl, set_name, ms, roof, _state_bytes(opts[impl], sets_of[impl])))
+                note = ABOVE_ROOFLINE if roof is not None and roof > 100 else ""
+                rows.append(Result(case.name, impl, set_name, ms, roof, _state_bytes(opts[impl], sets_of[impl]),
+                                   note=note))
             rows.sort(key=lambda r: list(impls).index(r.impl))
             del opts, sets_of
             gc.collect()
@@ -259,6 +283,8 @@ def run(
             if case.descent is None:
                 rows.append(Result(case.name, "descent", set_name, float("nan"), None, 0.0, note="not available"))
             results += rows
+            if callback is not None:
+                callback(case.name, set_name)
     return bandwidth, results
 
 
@@ -269,10 +295,15 @@ def format_table(bandwidth: float, results: list[Result]) -> str:
              f"{'roofline':>8} {'state B/p':>9}"]
     for r in results:
         roof = f"{r.roofline_pct:.0f}%" if r.roofline_pct is not None else "-"
+        roof += "*" if r.note == ABOVE_ROOFLINE else ""
         ratio = f"{r.vs_descent:.2f}" if r.vs_descent is not None else "-"
         ms = f"{r.ms:.1f}" if r.ms == r.ms else "-"
         lines.append(f"{r.case:<10} {r.params:<7} {r.impl:<28} {ms:>9} {ratio:>9} {roof:>8} "
-                     f"{r.state_bytes_per_param:>9.2f} {r.note}".rstrip())
+                     f"{r.state_bytes_per_param:>9.2f} {'' if r.note == ABOVE_ROOFLINE else r.note}".rstrip())
+    if any(r.note == ABOVE_ROOFLINE for r in results):
+        lines.append(f"* {ABOVE_ROOFLINE}")
+    lines.append("roofline: bytes one step must move per parameter / the add_ bandwidth above (100 % = "
+                 "memory-bound at that bandwidth)")
     return "\n".join(lines)
 
 

@@ -9,17 +9,21 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["line_plot", "grad_norm_plot", "band_plot", "trajectory_plot"]
+__all__ = ["line_plot", "grad_norm_plot", "band_plot", "trajectory_plot", "lr_finder_plot", "loss_limits"]
 
 Series = tuple[Sequence[float], Sequence[float]]
 
 
 def _plt() -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'descent[plot]'") from None
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -114,4 +118,63 @@ def trajectory_plot(fn: Any, paths: Mapping[str, Sequence[Sequence[float]]], pat
         ax.plot(*m, "k*", markersize=10)
     ax.set(title=title, xlim=xlim, ylim=ylim, xlabel="x", ylabel="y")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+_SUGGESTION_STYLES = [("tab:red", "-", "o"), ("tab:green", "--", "s"), ("tab:purple", ":", "^"),
+                      ("tab:brown", "-.", "D")]
+
+
+def loss_limits(losses: Sequence[float], head: float | None = None, factor: float = 3.0
+                ) -> tuple[float, float, bool]:
+    """Y limits ``(low, high, clipped)`` that keep a diverging tail from flattening the curve.
+
+    ``high`` is at most ``low + factor * (head - low)`` with ``head`` the first loss (the
+    loss before the lr got large); ``clipped`` says whether any finite loss lies above it.
+    """
+    xs = [float(v) for v in losses if v is not None and math.isfinite(v)]
+    if not xs:
+        return 0.0, 1.0, False
+    low, top = min(xs), max(xs)
+    head = xs[0] if head is None or not math.isfinite(head) else head
+    high = top if head <= low else min(top, low + factor * (head - low))
+    pad = 0.05 * (high - low) if high > low else (abs(low) * 0.05 or 1.0)
+    return low - pad if low - pad > 0 or low <= 0 else low * 0.9, high + pad, top > high + pad
+
+
+def lr_finder_plot(result: Any, path: str | Path, *, title: str = "") -> Path:
+    """The LR range test: loss against lr (log x), the axis clipped above a diverging tail, each
+    method's suggestion in its own colour, line style and marker, the one used drawn solid and named.
+
+    Args:
+        result: a :class:`descent.tools.lr_finder.LRFinderResult` (``lrs``, ``losses``, ``smoothed``,
+            ``suggestions``, ``suggestion``, ``method``).
+        path: the PNG to write.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    lrs, raw, smooth = list(result.lrs), list(result.losses), list(result.smoothed)
+    ax.plot(lrs, raw, color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, smooth, color="tab:blue", label="smoothed loss")
+    low, high, clipped = loss_limits(smooth + raw, head=smooth[0] if smooth else None)
+    if low > 0 and high / low > 10:
+        ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    ax.set_xscale("log")
+    for i, (name, lr) in enumerate(result.suggestions.items()):
+        color, style, marker = _SUGGESTION_STYLES[i % len(_SUGGESTION_STYLES)]
+        chosen = name == result.method and lr is not None
+        label = f"{name}: " + ("no suggestion" if lr is None else f"{lr:.3g}") + (" (suggested)" if chosen else "")
+        if lr is None:
+            ax.plot([], [], color=color, linestyle=style, label=label)
+            continue
+        ax.axvline(lr, color=color, linestyle="-" if chosen else style, linewidth=2.0 if chosen else 1.2,
+                   label=label)
+        j = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k]) - math.log(lr))) if lrs else None
+        if j is not None and smooth and math.isfinite(smooth[j]) and low <= smooth[j] <= high:
+            ax.plot([lrs[j]], [smooth[j]], marker=marker, color=color, markersize=7, linestyle="none")
+    note = " (loss axis clipped: the tail diverges)" if clipped else ""
+    ax.set(title=(title or "LR range test") + note, xlabel="learning rate (log)", ylabel="loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

@@ -24,7 +24,8 @@ from ._base import Task
 
 log = logging.getLogger("descent.tasks")
 
-__all__ = ["OPTIMIZERS", "Unavailable", "make_optimizer", "RunResult", "train", "compare", "summarize"]
+__all__ = ["OPTIMIZERS", "Unavailable", "make_optimizer", "RunResult", "train", "prepare", "check_train_args", "compare",
+           "summarize"]
 
 
 class Unavailable(ValueError):
@@ -136,19 +137,49 @@ def _step(task: Task, model: nn.Module, opt: torch.optim.Optimizer, batch: Any, 
     return float(loss.detach()), clip, norm
 
 
+def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {low})")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number > 0)")
+
+
+def check_train_args(steps: int, lr: float | None, clip: float | None, seed: int, eval_every: int,
+                     checkpoint_every: int, stop_at: int | None, warmup: float = 0.0) -> None:
+    """Raise ``ValueError`` naming the first bad argument of :func:`train` (before any work)."""
+    _check_int("steps", steps, 1)
+    _check_positive("lr", lr)
+    _check_positive("clip", clip)
+    _check_int("seed", seed, 0)
+    _check_int("eval_every", eval_every, 0)
+    _check_int("checkpoint_every", checkpoint_every, 0)
+    _check_int("stop_at", stop_at, 0, allow_none=True)
+    if not (isinstance(warmup, (int, float)) and 0.0 <= warmup < 1.0):
+        raise ValueError(f"Invalid warmup: {warmup!r} (must be a fraction in [0, 1))")
+
+
 def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: int = 200, *,
           seed: int = 0, clip: float | None = None, warmup: float = 0.0, schedule: bool = True,
           eval_every: int = 0, monitor: Any = None, checkpoint_dir: str | Path | None = None,
           checkpoint_every: int = 0, resume: bool = False, stop_at: int | None = None,
-          callback: Callable[[dict[str, Any]], None] | None = None, recipe: str | None = None) -> RunResult:
+          callback: Callable[[dict[str, Any]], None] | None = None, recipe: str | None = None,
+          keep_checkpoints: int = 3) -> RunResult:
     """Train a fresh seeded model of ``task`` with descent's ``optimizer`` for ``steps`` steps.
 
     Each step: loss on ``task.train.at(step)``, backward, optional clipping (``clip`` = max norm,
     :func:`descent.clip_grad_norm_`), optimizer step, warmup-cosine schedule step. The history has
     ``loss``, ``lr``, ``grad_norm``, ``clipped`` per step and ``val_*`` metrics every ``eval_every``
-    steps (and at the end). With ``checkpoint_dir``, model/optimizer/scheduler/history are saved
-    every ``checkpoint_every`` steps and at the end; ``resume`` continues from the last checkpoint
-    exactly (batches are a function of the step). ``stop_at`` ends early (to test resume).
+    steps (and at the end). With ``checkpoint_dir``, :func:`descent.checkpoint.save` writes
+    model/optimizer/scheduler/monitor/RNG/history there every ``checkpoint_every`` steps and at
+    the end (atomically, the newest ``keep_checkpoints`` kept); ``resume`` continues from the
+    newest readable one exactly (batches are a function of the step). A resumed run given an
+    ``lr`` other than the checkpoint's rescales every group's lr and the schedule's base values
+    by the ratio. ``stop_at`` ends early (to test resume). Arguments are checked before any work.
 
     Args:
         monitor: an object with ``log(step, loss=..., model=..., optimizer=..., clip=..., **metrics)``
@@ -156,22 +187,18 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
         callback: called with each step's record (progress bars).
         recipe: a :func:`descent.recipe` scenario: its optimizer, scheduler and clipping norm replace
             ``optimizer``/``schedule``/``clip`` (``lr`` still overrides the recipe's lr when given).
+
+    Raises:
+        ValueError: a bad argument (named in the message).
+        descent.checkpoint.CheckpointError: ``resume`` without a usable checkpoint, or one of another run.
     """
+    check_train_args(steps, lr, clip, seed, eval_every, checkpoint_every, stop_at, warmup)
     model = task.make_model(seed)
     res = RunResult(task.name, optimizer, 0.0, steps, seed, model=model)
     opt, sched, clip = _setup(task, model, res, optimizer, lr, steps, recipe, clip, schedule, warmup)
-    start = 0
-    ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-    if resume:
-        if ckpt is None or not ckpt.exists():
-            raise FileNotFoundError(f"no checkpoint to resume from at {ckpt}")
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler") is not None:
-            sched.load_state_dict(state["scheduler"])
-        start, res.history = int(state["step"]), list(state["history"])
-        res.notes.append(f"resumed from step {start}")
+    ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    mon = monitor if isinstance(monitor, getattr(descent, "Monitor", ())) else None
+    start = _resume(ckdir, model, opt, sched, mon, res) if resume else 0
     t0 = time.perf_counter()
     end = steps if stop_at is None else min(steps, stop_at)
     for step in range(start, end):
@@ -188,12 +215,60 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
         res.history.append(rec)
         if callback is not None:
             callback(rec)
-        if ckpt is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or step == end - 1):
-            _save(ckpt, model, opt, sched, step + 1, res.history)
+        if ckdir is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or step == end - 1):
+            descent.checkpoint.save(ckdir, step=step + 1, model=model, optimizer=opt, scheduler=sched,
+                                    monitor=mon, keep=keep_checkpoints,
+                                    extra={"history": res.history, "lr": res.lr, "task": task.name})
     res.seconds = time.perf_counter() - t0
     res.final = task.evaluate(model)
     res.final["train_loss"] = _tail_mean(res.column("loss"))
     return res
+
+
+def prepare(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: int = 200, *, seed: int = 0,
+            clip: float | None = None, recipe: str | None = None, warmup: float = 0.0,
+            schedule: bool = True) -> RunResult:
+    """Check the arguments of :func:`train` and resolve what the run would use, without training.
+
+    Builds the seeded model and the optimizer (or recipe) once, so a bad optimizer or recipe
+    name fails here, before a caller touches any files. The result has ``lr``, ``optimizer``,
+    ``clip`` and ``notes`` as :func:`train` would report them.
+
+    Example:
+        >>> from descent.tasks import get_task
+        >>> prepare(get_task("linear"), "sgd", steps=10).lr > 0
+        True
+    """
+    check_train_args(steps, lr, clip, seed, 0, 0, None, warmup)
+    model = task.make_model(seed)
+    res = RunResult(task.name, optimizer, 0.0, steps, seed)
+    _setup(task, model, res, optimizer, lr, steps, recipe, clip, schedule, warmup)
+    return res
+
+
+def _resume(ckdir: Path | None, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, monitor: Any,
+            res: RunResult) -> int:
+    """Load the newest readable checkpoint of ``ckdir``; returns its step."""
+    if ckdir is None:
+        raise descent.checkpoint.CheckpointError("resume needs a checkpoint_dir")
+    ck = descent.checkpoint.load(ckdir, model=model, optimizer=opt, scheduler=sched, monitor=monitor)
+    res.history = list(ck.extra.get("history", []))
+    saved_lr = ck.extra.get("lr")
+    if saved_lr and res.lr and res.lr != saved_lr:
+        _rescale_lr(opt, sched, res.lr / saved_lr)
+        res.notes.append(f"lr changed on resume: {saved_lr:g} -> {res.lr:g} (every group and the schedule scaled)")
+    res.notes.append(f"resumed from step {ck.step} ({ck.path.name})")
+    return ck.step
+
+
+def _rescale_lr(opt: torch.optim.Optimizer, sched: Any, factor: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = group["lr"] * factor
+        if "initial_lr" in group:
+            group["initial_lr"] = group["initial_lr"] * factor
+    for attr in ("base_values", "base_lrs"):
+        if sched is not None and isinstance(getattr(sched, attr, None), list):
+            setattr(sched, attr, [None if v is None else v * factor for v in getattr(sched, attr)])
 
 
 def _setup(task: Task, model: nn.Module, res: RunResult, optimizer: str, lr: float | None, steps: int,
@@ -207,7 +282,11 @@ def _setup(task: Task, model: nn.Module, res: RunResult, optimizer: str, lr: flo
         rec = make(recipe, model, steps, batch_size=bs, lr=lr)
         res.optimizer, res.lr = f"{type(rec.optimizer).__name__} (recipe {recipe})", float(rec.lr)
         res.clip = rec.clip_norm if clip is None else clip
-        res.notes += [f"{what}: {choice} [{src}]" for what, choice, src in rec.explanations]
+        res.notes += [f"recipe {what}: {choice}" for what, choice, _src in rec.explanations]
+        if lr is not None:
+            res.notes.append(f"lr {float(lr):g} as given (in place of the recipe's lr)")
+        if clip is not None and clip != rec.clip_norm:
+            res.notes.append(f"clip {clip:g} as given (the recipe's: {rec.clip_norm})")
         return rec.optimizer, rec.scheduler, res.clip
     res.lr = task.lr_for(optimizer) if lr is None else float(lr)
     opt = make_optimizer(optimizer, model, res.lr)
@@ -229,16 +308,6 @@ def _tail_mean(values: Sequence[Any], frac: float = 0.1) -> float:
         return math.nan
     k = max(1, int(len(xs) * frac))
     return sum(xs[-k:]) / k
-
-
-def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int,
-          history: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None, "step": step,
-                "history": history}, tmp)
-    tmp.replace(path)
 
 
 def compare(task_name: str, optimizers: Sequence[str], steps: int = 200, seeds: int = 1, *,
