@@ -1,0 +1,277 @@
+"""Numba kernels for optimizers with 8-bit and 4-bit states: dequantize -> update -> quantize in one pass.
+
+Each kernel steps every tensor of a bucket in one call over the plan of
+:mod:`descent.kernels.multi` (its blocks are multiples of 256 elements, so they hold
+whole quantization blocks). For each quantization block it reads the codes, rebuilds
+the state in the parameter's dtype (``qmap[code] * absmax``), updates parameter and
+state in the :mod:`descent.functional` operation order (fused multiply-adds where
+torch's CPU kernels use them), keeps the new state in an L1-sized scratch buffer,
+then writes the new absmax and codes. Quantization is O(1) per element: a table
+indexed by the value's float32 bits and at most two comparisons with the midpoints
+(:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``.
+
+Launchers follow the kernels convention: ``launch(params, grads, <one list per state
+key>, steps=..., **hp)`` with ``hp`` the keyword hyperparameters of the functional.
+Parameters must be contiguous float32/float64 CPU tensors; codes and absmax are the
+state's plain tensors (:class:`descent.lowbit.QuantState`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from . import addresses, bucket_plan, like
+from .multi import fma, view
+from ..lowbit.maps import SHIFT, lookup
+from ..lowbit.quant import block_size
+
+__all__ = ["adam_lowbit", "lion_lowbit", "sgd_lowbit"]
+
+_OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
+_U8 = np.empty(1, dtype=np.uint8)
+_F32 = np.empty(1, dtype=np.float32)
+
+
+@njit(inline="always", **_OPTS)
+def _code(codes, i, bits):  # pragma: no cover - compiled
+    if bits == 8:
+        return np.int64(codes[i])
+    return np.int64((codes[i >> 1] >> ((i & 1) << 2)) & 15)
+
+
+@njit(**_OPTS)
+def _quantize(vals, n, absmax, j, codes, off, bits, mids, table, key_min, span, xs):  # pragma: no cover
+    """Write the absmax and codes of ``vals[:n]`` (block ``j``, elements from ``off``)."""
+    amax = vals.dtype.type(0.0)
+    for k in range(n):
+        a = abs(vals[k])
+        if a > amax:
+            amax = a
+    stored = np.float32(amax)
+    absmax[j] = stored
+    scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
+    for k in range(n):
+        xs[k] = np.float32(vals[k] / scale)
+    xb = xs.view(np.int32)
+    last = span - 1
+    for k in range(n):
+        b = xb[k]
+        key = ((b & 0x7FFFFFFF) >> SHIFT) - key_min
+        key = min(max(key, 0), last) + (span if b < 0 else 0)
+        c = np.int64(table[key])
+        x = xs[k]
+        c += np.int64(x > mids[c])
+        c += np.int64(x > mids[c])
+        xb[k] = c
+    if bits == 8:
+        for k in range(n):
+            codes[off + k] = xb[k]
+    else:
+        for k in range(0, n - 1, 2):
+            codes[(off + k) >> 1] = xb[k] | (xb[k + 1] << 4)
+        if n & 1:
+            codes[(off + n - 1) >> 1] = xb[n - 1]
+
+
+@njit(**_OPTS)
+def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  # pragma: no cover - compiled
+    """AdamW/Adam on ``p`` (one plan block): ``hp`` = (decay, wd, b1, c1, b2, c2, eps, sign, decoupled)."""
+    q1, mid1, tab1, k1, s1 = t1
+    q2, mid2, tab2, k2, s2 = t2
+    decay, wd, b1, c1, b2, c2, eps, sign, decoupled = hp
+    one = p.dtype.type(1.0)
+    sm = np.empty(qb, p.dtype)
+    sv = np.empty(qb, p.dtype)
+    xs = np.empty(qb, np.float32)
+    for j in range((p.size + qb - 1) // qb):
+        s = j * qb
+        e = min(s + qb, p.size)
+        am = p.dtype.type(ma[j])
+        av = p.dtype.type(va[j])
+        for i in range(s, e):
+            m = q1[_code(mc, i, bits)] * am
+            v = q2[_code(vc, i, bits)] * av
+            gi = g[i] * sign
+            pi = p[i]
+            if wd != 0:
+                if decoupled:
+                    pi = pi * decay
+                else:
+                    gi = fma(wd, pi, gi)
+            m = fma(c1, gi - m, m) if c1 < 0.5 else fma(c1 - one, gi - m, gi)  # m.lerp_(g, c1)
+            v = fma(c2 * gi, gi, v * b2)
+            p[i] = pi + (step_size * m) / (math.sqrt(v) / bc2s + eps)
+            sm[i - s] = m
+            sv[i - s] = v
+        _quantize(sm, e - s, ma, j, mc, s, bits, mid1, tab1, k1, s1, xs)
+        _quantize(sv, e - s, va, j, vc, s, bits, mid2, tab2, k2, s2, xs)
+
+
+@njit(parallel=True, **_OPTS)
+def adam_lowbit_multi(ptrs, sizes, blocks, like, t1, t2, qb, bits, hp, step_size, bc2s):  # pragma: no cover
+    """Adam over every block; ``ptrs`` rows: param, grad, m codes, m absmax, v codes, v absmax."""
+    per = 1 if bits == 8 else 2
+    for k in prange(blocks.shape[0]):
+        t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+        n = sizes[t]
+        nc = (n + per - 1) // per
+        nb = (n + qb - 1) // qb
+        c0, c1 = lo // per, (hi + per - 1) // per
+        b0, b1 = lo // qb, (hi + qb - 1) // qb
+        cast = like.dtype.type
+        _adam_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
+                    view(ptrs[2, t], nc, _U8)[c0:c1], view(ptrs[3, t], nb, _F32)[b0:b1],
+                    view(ptrs[4, t], nc, _U8)[c0:c1], view(ptrs[5, t], nb, _F32)[b0:b1],
+                    t1, t2, qb, bits, hp, cast(step_size[t]), cast(bc2s[t]))
+
+
+@njit(**_OPTS)
+def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
+    """Lion on one plan block: ``hp`` = (decay, lr, b1, c1, b2, c2, sign)."""
+    q1, mid1, tab1, k1, s1 = t1
+    decay, lr, b1, c1, b2, c2, sign = hp
+    zero = p.dtype.type(0.0)
+    one = p.dtype.type(1.0)
+    sm = np.empty(qb, p.dtype)
+    xs = np.empty(qb, np.float32)
+    for j in range((p.size + qb - 1) // qb):
+        s = j * qb
+        e = min(s + qb, p.size)
+        am = p.dtype.type(ma[j])
+        for i in range(s, e):
+            m = q1[_code(mc, i, bits)] * am
+            gi = g[i] * sign
+            c = m * b1 + gi * c1
+            sg = one if c > zero else (-one if c < zero else c)
+            p[i] = p[i] * decay - sg * lr
+            sm[i - s] = m * b2 + gi * c2
+        _quantize(sm, e - s, ma, j, mc, s, bits, mid1, tab1, k1, s1, xs)
+
+
+@njit(parallel=True, **_OPTS)
+def lion_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp):  # pragma: no cover - compiled
+    """Lion over every block; ``ptrs`` rows: param, grad, m codes, m absmax."""
+    per = 1 if bits == 8 else 2
+    for k in prange(blocks.shape[0]):
+        t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+        n = sizes[t]
+        nc = (n + per - 1) // per
+        nb = (n + qb - 1) // qb
+        _lion_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
+                    view(ptrs[2, t], nc, _U8)[lo // per:(hi + per - 1) // per],
+                    view(ptrs[3, t], nb, _F32)[lo // qb:(hi + qb - 1) // qb], t1, qb, bits, hp)
+
+
+@njit(**_OPTS)
+def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - compiled
+    """SGD with momentum on one plan block: ``hp`` = (lr, wd, mom, 1 - dampening, sign, nesterov)."""
+    q1, mid1, tab1, k1, s1 = t1
+    lr, wd, mom, undamp, sign, nesterov = hp
+    sb = np.empty(qb, p.dtype)
+    xs = np.empty(qb, np.float32)
+    for j in range((p.size + qb - 1) // qb):
+        s = j * qb
+        e = min(s + qb, p.size)
+        ab = p.dtype.type(ba[j])
+        for i in range(s, e):
+            d = g[i] * sign
+            if wd != 0:
+                d = fma(wd, p[i], d)
+            if first:
+                b = d
+            else:
+                b = fma(undamp, d, q1[_code(bc, i, bits)] * ab * mom)
+            if nesterov:
+                d = fma(mom, b, d)
+            else:
+                d = b
+            p[i] = fma(-lr, d, p[i])
+            sb[i - s] = b
+        _quantize(sb, e - s, ba, j, bc, s, bits, mid1, tab1, k1, s1, xs)
+
+
+@njit(parallel=True, **_OPTS)
+def sgd_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, first):  # pragma: no cover - compiled
+    """SGD momentum over every block; ``ptrs`` rows: param, grad, buffer codes, buffer absmax."""
+    per = 1 if bits == 8 else 2
+    for k in prange(blocks.shape[0]):
+        t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+        n = sizes[t]
+        nc = (n + per - 1) // per
+        nb = (n + qb - 1) // qb
+        _sgd_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
+                   view(ptrs[2, t], nc, _U8)[lo // per:(hi + per - 1) // per],
+                   view(ptrs[3, t], nb, _F32)[lo // qb:(hi + qb - 1) // qb], t1, qb, bits, hp, first)
+
+
+# ---------------------------------------------------------------------------------- launchers
+def _tables(qmap: torch.Tensor, dtype: np.ndarray) -> tuple:
+    t = lookup(qmap)
+    return (t.qmap.astype(dtype.dtype), t.mids, t.table, np.int64(t.key_min), np.int64(t.span))
+
+
+def _bits(qmap: torch.Tensor) -> int:
+    return 8 if qmap.numel() == 256 else 4
+
+
+def _launch(kernel, columns: list[list[torch.Tensor]], qmap: torch.Tensor, *extra) -> None:
+    """Plan the bucket and call ``kernel(ptrs, sizes, blocks, like, tables, qb, bits, *extra)``."""
+    params = columns[0]
+    plan, dtype = bucket_plan(params), like(params[0])
+    bits = _bits(qmap)
+    kernel(addresses(*columns), plan.sizes, plan.blocks, dtype, _tables(qmap, dtype), np.int64(block_size(bits)),
+           np.int64(bits), *extra)
+
+
+def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                exp_avg_absmax: list[torch.Tensor], exp_avg_qmap: list[torch.Tensor], exp_avg_sq: list[torch.Tensor],
+                exp_avg_sq_absmax: list[torch.Tensor], exp_avg_sq_qmap: list[torch.Tensor], *, steps: list[int],
+                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float = 0.0, amsgrad: bool = False,
+                maximize: bool = False, decoupled_weight_decay: bool = False) -> None:
+    """Adam/AdamW with quantized ``exp_avg``/``exp_avg_sq`` (8- or 4-bit, from the maps' sizes), in place.
+
+    Same hyperparameters as :func:`descent.functional.adam` (``amsgrad`` is not supported);
+    ``steps`` are the step numbers after incrementing, one per tensor.
+    """
+    if amsgrad:
+        raise ValueError("Invalid amsgrad=True: low-bit Adam states do not support AMSGrad")
+    dt = like(params[0]).dtype.type
+    step_size = np.array([-lr / (1 - beta1**s) for s in steps], dtype=np.float64)
+    bc2s = np.array([(1 - beta2**s) ** 0.5 for s in steps], dtype=np.float64)
+    hp = (dt(1 - lr * weight_decay), dt(weight_decay), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
+          dt(-1.0 if maximize else 1.0), bool(decoupled_weight_decay))
+    b = like(params[0])
+    plan = bucket_plan(params)
+    bits = _bits(exp_avg_qmap[0])
+    adam_lowbit_multi(addresses(params, grads, exp_avg, exp_avg_absmax, exp_avg_sq, exp_avg_sq_absmax), plan.sizes,
+                      plan.blocks, b, _tables(exp_avg_qmap[0], b), _tables(exp_avg_sq_qmap[0], b),
+                      np.int64(block_size(bits)), np.int64(bits), hp, step_size, bc2s)
+
+
+def lion_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                exp_avg_absmax: list[torch.Tensor], exp_avg_qmap: list[torch.Tensor], *, lr: float, beta1: float,
+                beta2: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
+    """Lion with a quantized ``exp_avg``, in place (hyperparameters of :func:`descent.functional.lion`)."""
+    dt = like(params[0]).dtype.type
+    hp = (dt(1 - lr * weight_decay), dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+          dt(-1.0 if maximize else 1.0))
+    _launch(lion_lowbit_multi, [params, grads, exp_avg, exp_avg_absmax], exp_avg_qmap[0], hp)
+
+
+def sgd_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffer: list[torch.Tensor],
+               momentum_buffer_absmax: list[torch.Tensor], momentum_buffer_qmap: list[torch.Tensor], *, lr: float,
+               momentum: float, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+               maximize: bool = False, first: bool = False) -> None:
+    """SGD with a quantized momentum buffer, in place (hyperparameters of :func:`descent.functional.sgd`).
+
+    ``first=True`` is the first step of these tensors: the buffer becomes the
+    gradient, as torch initialises it (the codes passed in are overwritten).
+    """
+    dt = like(params[0]).dtype.type
+    hp = (dt(lr), dt(weight_decay), dt(momentum), dt(1 - dampening), dt(-1.0 if maximize else 1.0), bool(nesterov))
+    _launch(sgd_lowbit_multi, [params, grads, momentum_buffer, momentum_buffer_absmax], momentum_buffer_qmap[0],
+            hp, bool(first))

@@ -1,0 +1,157 @@
+"""Code maps for blockwise quantization, and the lookup tables that quantize in O(1).
+
+A code map is a sorted float32 tensor of ``2**bits`` values in ``[-1, 1]``; a value
+``x`` (already divided by its block's absmax) is stored as the index of the nearest
+entry. "Nearest" is defined through the midpoints between neighbouring entries: the
+code of ``x`` is the number of midpoints strictly below ``x``
+(``torch.bucketize(x, mids)``), so a tie goes to the lower entry. Every path
+(the torch reference and the Numba kernels) uses exactly this rule.
+
+Maps (Dettmers et al., 2022, "8-bit Optimizers via Block-wise Quantization"; Li et
+al., 2023, "Memory Efficient Optimizers with 4-bit States"):
+
+* first moment, signed dynamic map (``dynamic_map(True, 8)``, bitsandbytes'
+  ``create_dynamic_map(signed=True)``; 4-bit: 3 exponent bits, as torchao);
+* second moment, unsigned dynamic map (8-bit) or, for 4 bits, the linear map
+  ``1/16, 2/16, ..., 1`` without zero: a second moment quantized to 0 would make the
+  update explode (the "zero-point problem" of Li et al.), so 4-bit never stores 0.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["dynamic_map", "linear_map", "code_map", "Lookup", "lookup", "SHIFT"]
+
+#: Right shift applied to a float32's order-preserving bit pattern to index the lookup
+#: table (7 mantissa bits kept: at most :data:`_FIXUPS` midpoints fall in one bucket).
+SHIFT = 16
+_FIXUPS = 2
+
+
+def dynamic_map(signed: bool = True, bits: int = 8) -> torch.Tensor:
+    """The dynamic (exponent + linear fraction) code map of Dettmers et al. (2022).
+
+    For 8 bits this equals bitsandbytes' ``create_dynamic_map(signed)`` (7 exponent
+    bits); for 4 bits the exponent has 3 bits (torchao's 4-bit first moment).
+
+    Args:
+        signed: include negative values (first moment) or not (second moment).
+        bits: 8 or 4.
+
+    Returns:
+        A sorted float32 tensor of ``2**bits`` entries with 0 and 1 among them.
+
+    Example:
+        >>> m = dynamic_map(True, 4)
+        >>> m.numel(), float(m.min()) < 0, float(m.max())
+        (16, True, 1.0)
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"Invalid bits: {bits} (must be 4 or 8)")
+    exponent_bits = 7 if bits == 8 else 3
+    non_sign = bits - 1
+    data: list[float] = []
+    for i in range(exponent_bits):
+        items = 2 ** (i + non_sign - exponent_bits) + 1 if signed else 2 ** (i + non_sign - exponent_bits + 1) + 1
+        bounds = torch.linspace(0.1, 1, items, dtype=torch.float32)
+        means = ((bounds[:-1] + bounds[1:]) / 2.0).tolist()
+        scale = 10 ** (-(exponent_bits - 1) + i)
+        data += [scale * m for m in means]
+        if signed:
+            data += [-scale * m for m in means]
+    data += [0.0, 1.0]
+    data += [0.0] * (2**bits - len(data))
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def linear_map(bits: int = 4) -> torch.Tensor:
+    """``1/2**bits, 2/2**bits, ..., 1``: the unsigned linear map without zero (4-bit second moment).
+
+    Example:
+        >>> linear_map(4)[:3]
+        tensor([0.0625, 0.1250, 0.1875])
+    """
+    n = 2**bits
+    return torch.arange(1, n + 1, dtype=torch.float32) / n
+
+
+@lru_cache(maxsize=None)
+def _map(signed: bool, bits: int) -> torch.Tensor:
+    return dynamic_map(signed, bits) if (signed or bits == 8) else linear_map(bits)
+
+
+def code_map(signed: bool, bits: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The shared code map of a state: signed (first moment) or unsigned (second), 8 or 4 bits.
+
+    The same tensor object is returned on each call for a device, so the states of all
+    parameters share one map (saved once by ``torch.save``).
+    """
+    return _device_map(signed, bits, str(torch.device(device)))
+
+
+@lru_cache(maxsize=None)
+def _device_map(signed: bool, bits: int, device: str) -> torch.Tensor:
+    return _map(signed, bits).to(device)
+
+
+class Lookup(NamedTuple):
+    """Arrays the Numba kernels quantize with (see :func:`lookup`).
+
+    Attributes:
+        qmap: the code map (float32).
+        mids: midpoints between entries, with ``+inf`` appended (float32, ``K`` entries).
+        table: uint8 first guess of the code, ``2 * span`` entries: positive values
+            first, then negative ones, each indexed by the magnitude's bits.
+        key_min: magnitude key (``bits(|x|) >> SHIFT``) of ``table[0]``.
+        span: keys per sign.
+    """
+
+    qmap: np.ndarray
+    mids: np.ndarray
+    table: np.ndarray
+    key_min: int
+    span: int
+
+
+#: Magnitudes below ``2**-24`` share the first bucket and those from 2 up the last one.
+_LOW, _HIGH = 2.0**-24, 2.0
+
+
+def _key(magnitude: float) -> int:
+    return int(np.array([magnitude], np.float32).view(np.int32)[0]) >> SHIFT
+
+
+def lookup(qmap: torch.Tensor) -> Lookup:
+    """The O(1) quantization tables of a map, cached by its values.
+
+    A normalized float32 value ``x`` has the key ``k = clamp(bits(|x|) >> SHIFT)``;
+    ``table[k - key_min + span * (x < 0)]`` is the code of the lowest value with that
+    key and sign, and at most two comparisons ``x > mids[c]`` finish the search. The
+    result equals ``torch.bucketize(x, mids)`` (checked when the table is built).
+    """
+    return _lookup(tuple(float(v) for v in qmap.detach().cpu().float().tolist()))
+
+
+@lru_cache(maxsize=16)
+def _lookup(values: tuple[float, ...]) -> Lookup:
+    qmap = np.asarray(values, dtype=np.float32)
+    mids = ((qmap[:-1] + qmap[1:]) / np.float32(2)).astype(np.float32)
+    key_min, key_max = _key(_LOW), _key(_HIGH)
+    keys = np.arange(key_min, key_max + 1, dtype=np.int64)
+    lo = (keys << SHIFT).astype(np.int32).view(np.float32).astype(np.float64)
+    hi = ((keys + 1) << SHIFT).astype(np.int32).view(np.float32).astype(np.float64)
+    lo[0], hi[-1] = 0.0, np.inf  # the clamped end buckets
+    count = lambda x: np.searchsorted(mids.astype(np.float64), x, side="left")  # noqa: E731
+    pos_first, pos_last = count(lo), count(np.nextafter(hi, 0))
+    neg_first, neg_last = count(-hi), count(-lo)
+    neg_first[-1] = count(-np.finfo(np.float32).max)
+    spread = max(int((pos_last - pos_first).max()), int((neg_last - neg_first).max()))
+    if spread > _FIXUPS or count(-0.0) != count(0.0):
+        raise ValueError("code map too dense for the lookup table")  # pragma: no cover
+    table = np.concatenate([pos_first, neg_first]).astype(np.uint8)
+    return Lookup(qmap, np.append(mids, np.float32(np.inf)).astype(np.float32), table, key_min, len(keys))

@@ -1,0 +1,234 @@
+"""Low-bit states: code maps, blockwise quantization, shard slicing, and the Numba kernels
+against "dequantize, run descent.functional, quantize"."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from descent import functional as F
+from descent.lowbit import QuantState, aligned_ranges, code_map, dynamic_map, linear_map
+from descent.lowbit.maps import lookup
+
+kernels = pytest.importorskip("descent.kernels.lowbit")
+
+
+def test_maps_shape_and_order():
+    for signed, bits in ((True, 8), (False, 8), (True, 4), (False, 4)):
+        q = code_map(signed, bits)
+        assert q.numel() == 2**bits and q.dtype == torch.float32
+        assert torch.all(q[1:] > q[:-1]), "entries must be sorted and distinct"
+        assert float(q.max()) == 1.0
+        assert (float(q.min()) < 0) == signed
+    assert 0.0 in dynamic_map(False, 8).tolist() and 0.0 not in linear_map(4).tolist()
+    assert code_map(True, 8) is code_map(True, 8), "one shared map per device"
+    # bitsandbytes' create_dynamic_map(signed=True): smallest positive entry 0.55e-6, largest below 1 0.99296875
+    q = dynamic_map(True, 8)
+    assert q[128].item() == pytest.approx(5.5e-7) and q[-2].item() == pytest.approx(0.99296875)
+
+
+def test_invalid_bits():
+    with pytest.raises(ValueError, match="bits"):
+        dynamic_map(True, 3)
+    with pytest.raises(ValueError, match="Invalid bits: 2"):
+        QuantState.quantize(torch.ones(3), True, 2)
+
+
+def _hard_values(qmap: torch.Tensor, n: int) -> torch.Tensor:
+    """Midpoints exactly, their float neighbours, entries, +-0, tiny and random values; |x| <= 1."""
+    mids = (qmap[:-1] + qmap[1:]) / 2
+    up, down = torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.tensor(-2.0))
+    x = torch.cat([mids, up, down, qmap, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-9, -1e-9])])
+    x = torch.cat([x, torch.rand(n) * 2 - 1]).clamp(-1, 1)
+    return x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))]
+
+
+@pytest.mark.parametrize("signed,bits", [(True, 8), (False, 8), (True, 4), (False, 4)])
+def test_kernel_quantizer_equals_bucketize(signed, bits):
+    """The O(1) table quantizer gives torch.bucketize's code for every value, ties included."""
+    qmap = code_map(signed, bits)
+    x = _hard_values(qmap, 3000)
+    if not signed:
+        x = x.abs()
+    block = 256 if bits == 8 else 128
+    x = x.view(-1)[: x.numel() // block * block].view(-1, block)
+    x[:, 0] = 1.0  # absmax 1 in every block, so the normalized values are x itself
+    x = x.reshape(-1)
+    state = QuantState.zeros(x.numel(), signed, bits)
+    # SGD's first step with momentum stores the gradient itself in the buffer (lr 0: p unchanged)
+    kernels.sgd_lowbit([torch.zeros_like(x)], [x], [state.codes], [state.absmax], [state.qmap], lr=0.0,
+                       momentum=0.9, first=True)
+    ref = QuantState.quantize(x, signed, bits)
+    assert torch.equal(state.absmax, ref.absmax)
+    assert torch.equal(state.codes, ref.codes)
+    table = lookup(qmap)
+    assert torch.equal(torch.bucketize(x, torch.from_numpy(table.mids[:-1])), torch.bucketize(x, (qmap[:-1] + qmap[1:]) / 2))
+
+
+def test_quantize_roundtrip_error_small():
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(1))
+    for bits, tol in ((8, 0.02), (4, 0.25)):
+        s = QuantState.quantize(x, True, bits)
+        err = (s.dequantize() - x).abs().view(-1)[:9984].view(-1, 128 if bits == 4 else 256).amax(1)
+        assert float((err / s.absmax[: err.numel()]).max()) < tol
+
+
+def test_zero_state_and_odd_sizes():
+    s = QuantState.zeros(4097, True, 4)
+    assert s.codes.numel() == 2049 and s.absmax.numel() == 33
+    assert torch.equal(s.dequantize(), torch.zeros(4097))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_slice_cat_split_roundtrip(bits):
+    x = torch.randn(5001, generator=torch.Generator().manual_seed(2))
+    s = QuantState.quantize(x, True, bits)
+    for parts in (1, 2, 3, 4):
+        pieces = s.split(parts)
+        assert len(pieces) == parts
+        joined = QuantState.cat(pieces)
+        assert torch.equal(joined.codes, s.codes) and torch.equal(joined.absmax, s.absmax)
+        assert joined.numel == s.numel
+        # each slice is exactly the quantization of its part of the tensor
+        start = 0
+        for p in pieces:
+            ref = QuantState.quantize(x[start:start + p.numel], True, bits)
+            assert torch.equal(p.codes, ref.codes) and torch.equal(p.absmax, ref.absmax)
+            start += p.numel
+    block = 256 if bits == 8 else 128
+    with pytest.raises(ValueError, match="aligned"):
+        s.slice(block // 2, 2 * block)
+    with pytest.raises(ValueError, match="Invalid range"):
+        s.slice(0, 6000)
+    with pytest.raises(ValueError, match="multiple"):
+        QuantState.cat([s.slice(0, 5001), s.slice(0, 256)])
+
+
+def test_aligned_ranges():
+    assert aligned_ranges(1000, 3, 256) == [(0, 512), (512, 768), (768, 1000)]
+    assert aligned_ranges(100, 2, 256) == [(0, 100), (100, 100)]
+    with pytest.raises(ValueError, match="parts"):
+        aligned_ranges(10, 0, 256)
+
+
+def test_state_dict_entries_load_weights_only(tmp_path):
+    s = QuantState.quantize(torch.randn(5000), False, 8)
+    torch.save(s.entries("exp_avg_sq"), tmp_path / "s.pt")
+    back = QuantState.from_entries(torch.load(tmp_path / "s.pt", weights_only=True), "exp_avg_sq", 5000)
+    assert torch.equal(back.codes, s.codes) and torch.equal(back.qmap, s.qmap)
+
+
+# ------------------------------------------------------------------------------ kernels vs reference
+def _states(sizes, signed, bits, dtype, seed, scale=0.1):
+    g = torch.Generator().manual_seed(seed)
+    return [QuantState.quantize((torch.randn(n, generator=g, dtype=torch.float64).abs() if not signed
+                                 else torch.randn(n, generator=g, dtype=torch.float64)) * scale, signed, bits)
+            for n in sizes]
+
+
+def _clone(s: QuantState) -> QuantState:
+    return QuantState(s.codes.clone(), s.absmax.clone(), s.qmap, s.numel)
+
+
+SIZES = [4096, 40_000, 5001]
+DTYPES = [torch.float32, pytest.param(torch.float64, marks=pytest.mark.slow)]
+TOL = {torch.float32: dict(rtol=0, atol=3e-7), torch.float64: dict(rtol=0, atol=1e-15)}
+
+
+def _check(params, ref_params, states, ref_states, dtype):
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p, r, **TOL[dtype])  # the last bit of sqrt/div may differ
+    for s, r in zip(states, ref_states):
+        assert torch.equal(s.absmax, r.absmax) and torch.equal(s.codes, r.codes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("variant", [dict(decoupled_weight_decay=True, weight_decay=0.1),
+                                     dict(decoupled_weight_decay=False, weight_decay=0.05, maximize=True)])
+def test_adam_kernel_matches_functional(dtype, bits, variant):
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
+    ref_p = [p.clone() for p in params]
+    ms, vs = _states(SIZES, True, bits, dtype, 4), _states(SIZES, False, bits, dtype, 5, 0.01)
+    ref_m, ref_v = [_clone(s) for s in ms], [_clone(s) for s in vs]
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, **variant)
+    for step in (1, 2, 3):
+        grads = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
+        kernels.adam_lowbit(params, grads, [s.codes for s in ms], [s.absmax for s in ms], [s.qmap for s in ms],
+                            [s.codes for s in vs], [s.absmax for s in vs], [s.qmap for s in vs],
+                            steps=[step, step + 5, step], **hp)
+        for i, (p, g) in enumerate(zip(ref_p, grads)):
+            m, v = ref_m[i].dequantize(dtype), ref_v[i].dequantize(dtype)
+            F.adam(p, g, m, v, None, step=step + 5 * (i == 1), **hp)
+            ref_m[i] = QuantState.quantize(m, True, bits)
+            ref_v[i] = QuantState.quantize(v, False, bits)
+        _check(params, ref_p, ms + vs, ref_m + ref_v, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lion_kernel_matches_functional_exactly(dtype):
+    gen = torch.Generator().manual_seed(6)
+    params = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
+    ref_p = [p.clone() for p in params]
+    ms = _states(SIZES, True, 8, dtype, 7)
+    ref_m = [_clone(s) for s in ms]
+    hp = dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.1)
+    for _ in range(3):
+        grads = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
+        kernels.lion_lowbit(params, grads, [s.codes for s in ms], [s.absmax for s in ms], [s.qmap for s in ms], **hp)
+        for i, (p, g) in enumerate(zip(ref_p, grads)):
+            m = ref_m[i].dequantize(dtype)
+            F.lion(p, g, m, **hp)
+            ref_m[i] = QuantState.quantize(m, True, 8)
+    for p, r in zip(params, ref_p):
+        assert torch.equal(p, r)
+    _check(params, ref_p, ms, ref_m, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", [dict(), dict(nesterov=True, weight_decay=0.01),
+                                     dict(dampening=0.5, maximize=True)])
+def test_sgd_kernel_matches_functional(dtype, variant):
+    gen = torch.Generator().manual_seed(8)
+    params = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
+    ref_p = [p.clone() for p in params]
+    bufs = [QuantState.zeros(n, True, 8) for n in SIZES]
+    ref_b: list = [None] * len(SIZES)
+    hp = dict(lr=0.05, momentum=0.9, **variant)
+    for step in range(3):
+        grads = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
+        kernels.sgd_lowbit(params, grads, [s.codes for s in bufs], [s.absmax for s in bufs], [s.qmap for s in bufs],
+                           first=step == 0, **hp)
+        for i, (p, g) in enumerate(zip(ref_p, grads)):
+            b = None if ref_b[i] is None else ref_b[i].dequantize(dtype)
+            b = F.sgd(p, g, b, **hp)
+            ref_b[i] = QuantState.quantize(b, True, 8)
+        _check(params, ref_p, bufs, ref_b, dtype)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kernel_state_independent_of_sharding(bits):
+    """Stepping a tensor whole or as two block-aligned shards gives the same parameter and state bits."""
+    gen = torch.Generator().manual_seed(9)
+    n = 70_000
+    p, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    m, v = _states([n], True, bits, torch.float32, 10)[0], _states([n], False, bits, torch.float32, 11, 0.01)[0]
+    hp = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, decoupled_weight_decay=True)
+    (a, b), (c, d) = aligned_ranges(n, 2, 256 if bits == 8 else 128)
+    shards_p = [p[a:b].clone(), p[c:d].clone()]
+    ms = [_clone(m.slice(a, b)), _clone(m.slice(c, d))]
+    vs = [_clone(v.slice(a, b)), _clone(v.slice(c, d))]
+    kernels.adam_lowbit([p], [g], [m.codes], [m.absmax], [m.qmap], [v.codes], [v.absmax], [v.qmap], steps=[4], **hp)
+    kernels.adam_lowbit(shards_p, [g[a:b], g[c:d]], [s.codes for s in ms], [s.absmax for s in ms],
+                        [s.qmap for s in ms], [s.codes for s in vs], [s.absmax for s in vs], [s.qmap for s in vs],
+                        steps=[4, 4], **hp)
+    assert torch.equal(torch.cat(shards_p), p)
+    assert torch.equal(QuantState.cat(ms).codes, m.codes) and torch.equal(QuantState.cat(vs).absmax, v.absmax)
+
+
+def test_adam_kernel_rejects_amsgrad():
+    s = QuantState.zeros(4096, True, 8)
+    with pytest.raises(ValueError, match="amsgrad"):
+        kernels.adam_lowbit([torch.zeros(4096)], [torch.zeros(4096)], [s.codes], [s.absmax], [s.qmap], [s.codes],
+                            [s.absmax], [s.qmap], steps=[1], lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, amsgrad=True)
