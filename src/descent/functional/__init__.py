@@ -18,7 +18,17 @@ from .adafactor import adafactor, adafactor_lr  # elementwise optimizers (issue 
 from .lamb import lamb, lamb_direction, trust_ratio
 from .lion import lion
 from .sophia import sophia, sophia_hessian_ema
+from .cautious import cautious  # optimizers of 2024 (issue 15)
+from .adopt import adopt
+from .ademamix import ademamix, ademamix_schedule
+from .mars import mars
+from .prodigy import prodigy_accumulate, prodigy_apply, prodigy_d
+from .schedule_free import (schedule_free_adamw, schedule_free_sgd, schedule_free_to_eval, schedule_free_to_train,
+                            schedule_free_weight)
 
 __all__ = ["adagrad", "adam", "rmsprop", "sgd"]
 __all__ += ["muon", "muon_batched", "newton_schulz", "gram_newton_schulz", "shampoo", "matrix_inverse_root", "kfac"]
 __all__ += ["lion", "lamb", "lamb_direction", "trust_ratio", "adafactor", "adafactor_lr", "sophia", "sophia_hessian_ema"]
+__all__ += ["cautious", "adopt", "ademamix", "ademamix_schedule", "mars", "prodigy_accumulate", "prodigy_apply",
+            "prodigy_d", "schedule_free_weight", "schedule_free_sgd", "schedule_free_adamw", "schedule_free_to_eval",
+            "schedule_free_to_train"]
