@@ -184,9 +184,11 @@ class Scheduler(LRScheduler):
             epoch: an ``int`` jumps to that step (torch's deprecated ``epoch``, closed form). A
                 float or a tensor is a *metric*, as Lightning passes with ``reduce_on_plateau=True``
                 (``scheduler.step(metric)``): the schedule advances one step as without it and the
-                metric goes to the plateau pieces (:meth:`report`) when it differs from the last
-                metric given this way (Lightning repeats the last validation value every step, which
-                must count as one evaluation, not one per step).
+                metric goes to the plateau pieces (:meth:`report`) when it is not the very object
+                given last time (Lightning passes the same tensor every step until the next
+                validation, which must count as one evaluation, not one per step; a new
+                evaluation is a new tensor, even when its value is equal). After
+                :meth:`load_state_dict` the first metric given is fed.
         """
         if epoch is not None and not (isinstance(epoch, int) and not isinstance(epoch, bool)):
             self._step(None)
@@ -195,10 +197,10 @@ class Scheduler(LRScheduler):
         self._step(epoch)
 
     def _feed(self, metric: Any) -> None:
-        value = float(metric.item() if isinstance(metric, Tensor) else metric)
-        if value != getattr(self, "_last_metric", None):
-            self._last_metric = value
-            self.report(value)
+        # the reference is kept so that a new metric object can never reuse the old one's id
+        if metric is not getattr(self, "_last_metric", None):
+            self._last_metric = metric
+            self.report(float(metric.item() if isinstance(metric, Tensor) else metric))
 
     def _step(self, epoch: int | None) -> None:
         self._step_count = getattr(self, "_step_count", 0) + 1
@@ -255,7 +257,7 @@ class Scheduler(LRScheduler):
             "last_epoch": self.last_epoch, "_step_count": self._step_count, "hyperparam": self.hyperparam,
             "base_values": list(self.base_values), "skipped": self.skipped, "_skips_seen": list(self._skips_seen),
             "cadence": self.cadence, "stateful": self._stateful(),
-            "_last_lr": [float(v) for v in self._last_lr], "_last_metric": getattr(self, "_last_metric", None),
+            "_last_lr": [float(v) for v in self._last_lr],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -267,7 +269,7 @@ class Scheduler(LRScheduler):
             setattr(self, key, state_dict[key])
         self.base_values = list(state_dict["base_values"])
         self._skips_seen = list(state_dict["_skips_seen"])
-        self._last_metric = state_dict.get("_last_metric")
+        self._last_metric = None
         self._opt_steps_seen = self._opt_steps
         for s, states in zip(self.schedules, state_dict["stateful"]):
             if isinstance(s, Schedule):
