@@ -12,13 +12,14 @@ Launchers follow the kernel convention of :mod:`descent.kernels`:
 ``launch(params, grads, <state lists named by state key>, steps=..., **hp)`` where ``hp``
 are exactly the keyword arguments of the matching :mod:`descent.functional` function:
 
-========================  ==========================================================
-:func:`lion`              ``lion(params, grads, exp_avg, *, lr, beta1, beta2, weight_decay, maximize)``
-:func:`sophia`            ``sophia(params, grads, exp_avg, hessian, *, lr, beta1, rho, bs, weight_decay, eps, maximize)``
-:func:`rmsprop`           ``rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ...)``
-:func:`lamb`              ``lamb(params, grads, exp_avg, exp_avg_sq, *, steps, lr, beta1, beta2, eps, ...)``
-:func:`adafactor`         ``adafactor(params, grads, row_var, col_var, variance, exp_avg, *, steps, lr, ...)``
-========================  ==========================================================
+* ``lion(params, grads, exp_avg, *, lr, beta1, beta2, weight_decay, maximize)``
+* ``sophia(params, grads, exp_avg, hessian, *, lr, beta1, rho, bs, weight_decay, eps, maximize)``
+* ``rmsprop(params, grads, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps, weight_decay,
+  momentum, centered, maximize)``
+* ``lamb(params, grads, exp_avg, exp_avg_sq, *, steps, lr, beta1, beta2, eps, weight_decay,
+  clamp_value, bias_correction, maximize)``
+* ``adafactor(params, grads, row_var, col_var, variance, exp_avg, *, steps, lr, relative_step,
+  warmup_init, decay_rate, eps1, eps2, clip_threshold, beta1, weight_decay, scale_parameter, maximize)``
 
 Parameters may be float32, bfloat16 or float16 (state in the parameter's dtype); the math
 is float32 and each stored value is rounded once, to nearest even. Every tensor must be

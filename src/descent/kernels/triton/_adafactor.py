@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import LAUNCH, TL, address_rows, cached_ints, pointers_key, positions, round_to, sign_of
+from ._common import (LAUNCH, TL, address_rows, cached_ints, exact, pointers_key, positions, round_to,
+                      sign_of)
 
 __all__ = ["ROWS", "COLS", "VBLOCK", "adafactor"]
 
@@ -76,7 +77,7 @@ def _af_stats(addr, meta, table, hp, colpart, usum, psum, T, eps1, DT: tl.conste
             pacc += p * p
         rp = _ptr(addr, 2, t, T, DT) + rows
         r = tl.load(rp, mask=rmask, other=0.0).to(tl.float32) * b2 + tl.div_rn(rsum, m.to(tl.float32)) * c2
-        tl.store(rp, round_to(r, DT).to(DT), mask=rmask)
+        tl.store(rp, exact(round_to(r, DT), DT), mask=rmask)
         tl.store(psum + k, tl.sum(tl.sum(pacc, axis=1), axis=0))
     else:
         offs = start + tl.arange(0, VBLOCK)
@@ -85,7 +86,7 @@ def _af_stats(addr, meta, table, hp, colpart, usum, psum, T, eps1, DT: tl.conste
         p = tl.load(pp + offs, mask=mask, other=0.0).to(tl.float32)
         vp = _ptr(addr, 4, t, T, DT) + offs
         v = round_to(tl.load(vp, mask=mask, other=1.0).to(tl.float32) * b2 + (g * g + eps1) * c2, DT)
-        tl.store(vp, v.to(DT), mask=mask)
+        tl.store(vp, exact(v, DT), mask=mask)
         u = tl.where(mask, g * tl.div_rn(1.0, tl.sqrt_rn(v)), 0.0)
         tl.store(usum + k, tl.sum(u * u, axis=0))
         tl.store(psum + k, tl.sum(p * p, axis=0))
@@ -112,7 +113,7 @@ def _af_factors(addr, meta, table, jobs, hp, colpart, means, T, DT: tl.constexpr
         c2 = tl.load(hp + 3 * t + 1).to(tl.float32)
         cp = _ptr(addr, 3, t, T, DT) + j * m + cols
         c = tl.load(cp, mask=cmask, other=0.0).to(tl.float32) * b2 + tl.div_rn(s, n.to(tl.float32)) * c2
-        tl.store(cp, round_to(c, DT).to(DT), mask=cmask)
+        tl.store(cp, exact(round_to(c, DT), DT), mask=cmask)
     else:  # the mean of matrix j's row statistics
         rp = _ptr(addr, 2, t, T, DT) + j * n
         s = tl.zeros((RBLOCK,), tl.float32)
@@ -212,9 +213,9 @@ def _af_apply(addr, meta, table, means, scal, T, b1, c1, sign, DT: tl.constexpr,
             u = tl.div_rn(g * rf[:, None] * cf[None, :], denom) * alpha
             if MOMENTUM:
                 u = round_to(tl.load(mp + idx, mask=mask, other=0.0).to(tl.float32) * b1 + u * c1, DT)
-                tl.store(mp + idx, u.to(DT), mask=mask)
+                tl.store(mp + idx, exact(u, DT), mask=mask)
             p = tl.load(pp + idx, mask=mask, other=0.0).to(tl.float32)
-            tl.store(pp + idx, round_to(p * decay - u, DT).to(DT), mask=mask)
+            tl.store(pp + idx, exact(round_to(p * decay - u, DT), DT), mask=mask)
     else:
         offs = start + tl.arange(0, VBLOCK)
         mask = tl.arange(0, VBLOCK) < count
@@ -223,9 +224,9 @@ def _af_apply(addr, meta, table, means, scal, T, b1, c1, sign, DT: tl.constexpr,
         u = tl.div_rn(g * tl.div_rn(1.0, tl.sqrt_rn(v)), denom) * alpha
         if MOMENTUM:
             u = round_to(tl.load(mp + offs, mask=mask, other=0.0).to(tl.float32) * b1 + u * c1, DT)
-            tl.store(mp + offs, u.to(DT), mask=mask)
+            tl.store(mp + offs, exact(u, DT), mask=mask)
         p = tl.load(pp + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(pp + offs, round_to(p * decay - u, DT).to(DT), mask=mask)
+        tl.store(pp + offs, exact(round_to(p * decay - u, DT), DT), mask=mask)
 
 
 def _layout(params: Sequence[Tensor], factored: Sequence[bool]) -> list[list[int]]:

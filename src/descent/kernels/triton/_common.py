@@ -18,7 +18,8 @@ from torch import Tensor
 
 from . import DTYPES
 
-__all__ = ["TL", "LAUNCH", "round_to", "store", "positions", "cached_ints", "pointers_key", "sign_of", "address_rows", "block_table"]
+__all__ = ["TL", "LAUNCH", "round_to", "exact", "store", "positions", "cached_ints", "pointers_key", "sign_of",
+           "address_rows", "block_table"]
 
 #: torch dtype -> Triton dtype of the stored values.
 TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -50,9 +51,27 @@ def round_to(x, DT: tl.constexpr):
 
 
 @triton.jit
+def exact(r, DT: tl.constexpr):
+    """``r`` (float32, already representable in ``DT``: see :func:`round_to`) as ``DT``.
+
+    bfloat16 goes through its bits: the interpreter's float cast flushes subnormals.
+    """
+    if DT == tl.bfloat16:
+        return (r.to(tl.uint32, bitcast=True) >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return r.to(DT)
+
+
+@triton.jit
 def store(ptr, x, mask, DT: tl.constexpr):
-    """Store float32 ``x`` as ``DT``, rounded once to nearest even."""
-    tl.store(ptr, round_to(x, DT).to(DT), mask=mask)
+    """Store float32 ``x`` as ``DT``, rounded once to nearest even (:func:`round_to`, :func:`exact`;
+    written out here because each nested call costs the interpreter a re-patch of triton.language)."""
+    if DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        up = tl.where(x != x, bits | 0x00400000, bits + 0x7FFF + ((bits >> 16) & 1))
+        tl.store(ptr, (up >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr, x.to(DT), mask=mask)
 
 
 def sign_of(maximize: bool) -> float:

@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import LAUNCH, TL, address_rows, block_table, cached_ints, pointers_key, positions, round_to, sign_of
+from ._common import (LAUNCH, TL, address_rows, block_table, cached_ints, exact, pointers_key, positions,
+                      round_to, sign_of)
 from ._elementwise import _block, _ptr
 
 __all__ = ["BLOCK", "lamb", "bias_corrections"]
@@ -55,8 +56,8 @@ def _lamb_moments(addr, sizes, blocks, bcs, partial, T, b1, c1, b2, c2, eps, wd,
     g = tl.load(_ptr(addr, 1, t, T, DT) + offs, mask=mask, other=0.0).to(tl.float32) * sign
     m = round_to(tl.load(mp, mask=mask).to(tl.float32) * b1 + g * c1, DT)
     v = round_to(tl.load(vp, mask=mask).to(tl.float32) * b2 + g * g * c2, DT)
-    tl.store(mp, m.to(DT), mask=mask)
-    tl.store(vp, v.to(DT), mask=mask)
+    tl.store(mp, exact(m, DT), mask=mask)
+    tl.store(vp, exact(v, DT), mask=mask)
     u = tl.where(mask, _direction(p, m, v, tl.load(bcs + 2 * t), tl.load(bcs + 2 * t + 1), eps, wd, DECAY), 0.0)
     k = tl.program_id(0)
     tl.store(partial + 2 * k, tl.sum(p * p, axis=0))
@@ -92,7 +93,7 @@ def _lamb_apply(addr, sizes, blocks, bcs, coef, T, eps, wd, DT: tl.constexpr, BL
     m = tl.load(_ptr(addr, 2, t, T, DT) + offs, mask=mask).to(tl.float32)
     v = tl.load(_ptr(addr, 3, t, T, DT) + offs, mask=mask).to(tl.float32)
     u = _direction(p, m, v, tl.load(bcs + 2 * t), tl.load(bcs + 2 * t + 1), eps, wd, DECAY)
-    tl.store(pp, round_to(p - u * tl.load(coef + t), DT).to(DT), mask=mask)
+    tl.store(pp, exact(round_to(p - u * tl.load(coef + t), DT), DT), mask=mask)
 
 
 def bias_corrections(steps: Sequence[int] | Sequence[Tensor], beta1: float, beta2: float, enabled: bool,
