@@ -107,8 +107,7 @@ def bias_corrections(steps: Sequence[int] | Sequence[Tensor], beta1: float, beta
         return torch.ones((len(steps), 2), dtype=torch.float32, device=device)
     if steps and isinstance(steps[0], Tensor):
         t = torch.stack([s.to(device=device, dtype=torch.float64).reshape(()) for s in steps])
-        base = torch.tensor([beta1, beta2], dtype=torch.float64, device=device)
-        return (1 - base ** t[:, None]).float()
+        return torch.stack([1 - torch.pow(beta1, t), 1 - torch.pow(beta2, t)], dim=1).float()  # no host copy
     t = torch.tensor([float(s) for s in steps], dtype=torch.float64)
     return (1 - torch.tensor([beta1, beta2], dtype=torch.float64) ** t[:, None]).float().to(device)
 
