@@ -118,7 +118,7 @@ class KFAC(Optimizer):
         self._handles: list[Any] = []
         ref = weakref.ref(self)
         for module, weight in layers:
-            self._handles.append(module.register_forward_hook(_forward_hook(ref, weight)))
+            self._handles.append(module.register_forward_hook(_ForwardHook(ref, weight)))
         weakref.finalize(self, _remove, self._handles)
 
     @staticmethod
@@ -243,11 +243,26 @@ class KFAC(Optimizer):
         return loss
 
 
-def _forward_hook(ref: weakref.ref, weight: Tensor) -> Callable[..., None]:
-    """A forward hook that records the input factor and arms a hook for the output factor."""
+class _ForwardHook:
+    """A forward hook that records the input factor and arms a hook for the output factor.
 
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
-        opt = ref()
+    An object rather than a closure so that a model carrying it can still be pickled,
+    ``torch.save``'d and deep-copied: a copy's hook holds no optimizer and does nothing (the
+    optimizer keeps stepping the original model only).
+    """
+
+    def __init__(self, ref: weakref.ref | None, weight: Tensor | None) -> None:
+        self.ref, self.weight = ref, weight
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"inert": True}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.ref, self.weight = None, None
+
+    def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ref, weight = self.ref, self.weight
+        opt = ref() if ref is not None else None
         if opt is None or not module.training or not torch.is_grad_enabled() or not inputs:
             return
         group = next(g for g in opt.param_groups if g["kfac"] and g["params"][0] is weight)
@@ -265,8 +280,6 @@ def _forward_hook(ref: weakref.ref, weight: Tensor) -> Callable[..., None]:
             stats.pop("fisher", None)
         if isinstance(output, Tensor) and output.requires_grad:
             output.register_hook(_grad_hook(ref, id(weight), batch, group["kfac"] == "conv2d"))
-
-    return hook
 
 
 def _grad_hook(ref: weakref.ref, key: int, batch: int, conv: bool) -> Callable[[Tensor], None]:

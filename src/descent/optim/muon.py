@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,11 @@ def _groups(params: Any, head_names: Sequence[str] | None, aux_hp: dict[str, Any
             aux = [(None, p) for p in items if p.ndim < 2]
         else:
             raise ValueError("Invalid params: expected a module, named parameters, tensors or param group dicts")
+    if aux and not muon:
+        warnings.warn(f"Muon: none of the {len(aux)} parameters is a hidden matrix (all are 1-D, embeddings or "
+                      "the output head), so every one goes to the auxiliary AdamW (adamw_lr="
+                      f"{aux_hp['lr']:g}) and Muon's lr is unused; use descent.AdamW, or pass head_names=[] "
+                      "to orthogonalize the head too", UserWarning, stacklevel=3)
     groups = []
     for members, extra in ((muon, {"use_muon": True}), (aux, {"use_muon": False, **aux_hp})):
         if members:

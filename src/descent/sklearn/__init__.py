@@ -21,9 +21,15 @@ Example:
     True
 """
 
-from ._base import optimizer_table, resolve_optimizer
-from .linear import SGDClassifier, SGDRegressor
-from .mlp import MLPClassifier, MLPRegressor
+try:
+    import sklearn as _sklearn  # noqa: F401
+except ImportError:
+    raise ImportError("descent.sklearn needs scikit-learn, which is not installed: "
+                      "pip install 'descent[sklearn]'") from None
+
+from ._base import optimizer_table, resolve_optimizer  # noqa: E402
+from .linear import SGDClassifier, SGDRegressor  # noqa: E402
+from .mlp import MLPClassifier, MLPRegressor  # noqa: E402
 
 __all__ = ["SGDClassifier", "SGDRegressor", "MLPClassifier", "MLPRegressor",
            "optimizer_table", "resolve_optimizer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,9 +10,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Batches", "Task", "accuracy_eval"]
+__all__ = ["Batches", "Task", "accuracy_eval", "MissingDependency", "require"]
 
 Batch = tuple[Tensor, Tensor]
+
+
+class MissingDependency(ImportError):
+    """An optional package a task needs is not installed; the message names the extra to install."""
+
+
+def require(module: str, package: str, extra: str, what: str) -> Any:
+    """Import ``module`` or raise :class:`MissingDependency` naming ``pip install 'descent[extra]'``.
+
+    Example:
+        >>> require("math", "math", "data", "this example").sqrt(4.0)
+        2.0
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependency(f"{what} needs {package}, which is not installed: "
+                                f"pip install 'descent[{extra}]'") from None
 
 
 class Batches:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._base import Batches, Task, mean_loss, seeded, split
+from ._base import Batches, Task, mean_loss, require, seeded, split
 
 __all__ = ["logistic", "linear", "logistic_optimum", "linear_optimum"]
 
@@ -86,9 +86,8 @@ def logistic(seed: int = 0, batch_size: int = 64, l2: float = 1e-2) -> Task:
     The optimum of the training objective (mean log-loss + ``l2``/2 ||w||^2) is found by Newton's
     method to a gradient norm below 1e-10, so ``evaluate()["gap"]`` is the exact suboptimality.
     """
-    from sklearn.datasets import load_breast_cancer
-
-    xs, ys = load_breast_cancer(return_X_y=True)
+    xs, ys = require("sklearn.datasets", "scikit-learn", "data", "the logistic task").load_breast_cancer(
+        return_X_y=True)
     x, y, (tr, va, te) = _tabular(xs, ys, seed, batch_size, target_std=False)
     _, opt, gnorm = logistic_optimum(x[tr.numpy()], y[tr.numpy()], l2)
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
@@ -107,9 +106,7 @@ def logistic(seed: int = 0, batch_size: int = 64, l2: float = 1e-2) -> Task:
 def linear(seed: int = 0, batch_size: int = 32) -> Task:
     """Least-squares linear regression on diabetes (10 standardized features, standardized target);
     the optimal training MSE is the closed-form least-squares solution."""
-    from sklearn.datasets import load_diabetes
-
-    xs, ys = load_diabetes(return_X_y=True)
+    xs, ys = require("sklearn.datasets", "scikit-learn", "data", "the linear task").load_diabetes(return_X_y=True)
     x, y, (tr, va, te) = _tabular(xs, ys, seed, batch_size, target_std=True)
     _, opt = linear_optimum(x[tr.numpy()], y[tr.numpy()])
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)

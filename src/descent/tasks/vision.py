@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import Batches, Task, accuracy_eval, seeded, split
+from ._base import Batches, Task, accuracy_eval, require, seeded, split
 
 log = logging.getLogger("descent.tasks")
 
@@ -25,9 +25,7 @@ _CLASSIFIER_LRS = {"sgd": 0.1, "sgd-plain": 0.1, "adam": 3e-3, "adamw": 3e-3, "r
 
 
 def _digits(seed: int, batch_size: int, image: bool) -> tuple[Batches, Batches, Batches]:
-    from sklearn.datasets import load_digits
-
-    x_np, y_np = load_digits(return_X_y=True)
+    x_np, y_np = require("sklearn.datasets", "scikit-learn", "data", "task digits-mlp/digits-cnn").load_digits(return_X_y=True)
     x = torch.tensor(x_np, dtype=torch.float32) / 16.0
     y = torch.tensor(y_np, dtype=torch.long)
     if image:
@@ -86,10 +84,9 @@ def make_mnist1d(num_samples: int = 5000, cache: bool = True) -> dict[str, np.nd
     the package's templates with seed 42; the result is cached as ``.npz`` under
     ``$DESCENT_CACHE`` (default ``~/.cache/descent``). NumPy's global random state is restored.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # mnist1d.utils imports pyplot at import time
-    from mnist1d.data import get_dataset_args, make_dataset
+    require("matplotlib", "matplotlib", "data", "the mnist1d task").use("Agg", force=False)  # mnist1d imports pyplot
+    data_mod = require("mnist1d.data", "mnist1d", "data", "the mnist1d task")
+    get_dataset_args, make_dataset = data_mod.get_dataset_args, data_mod.make_dataset
 
     args = get_dataset_args()
     args.num_samples = num_samples
