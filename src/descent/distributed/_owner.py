@@ -1,0 +1,115 @@
+"""Matrix work on sharded parameters: each whole matrix is orthogonalized by one owner rank.
+
+For Muon under FSDP2 every rank updates the momentum of its own rows (elementwise, exact),
+then one all-to-all sends each matrix's shards to its owner, the owner runs Newton–Schulz
+on the whole matrix, and a second all-to-all returns each rank its rows of the result.
+Owners are assigned largest-first to the least-loaded rank by Newton–Schulz cost
+(:func:`descent.distributed.assign_owners`), so each rank's share of the iteration falls
+as 1/N. Bytes sent per step, summed over ranks: at most the matrices once in the
+parameter dtype and once in the iteration dtype (``(N-1)/N`` of each), i.e. at most 2x
+the matrices' bytes whatever N. The result equals one process's ``backend="loop"`` step
+bit for bit (the same iteration on the same matrix).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..functional.muon import muon_lr_scale, muon_ns_dtype, newton_schulz
+from ._comm import assign_owners, exchange
+from ._layout import is_sharded, local, local_range, shard_count, shard_dim, shard_group, shard_rank
+
+__all__ = ["muon_step", "ns_cost", "SCHEMES"]
+
+#: "owner": one rank per matrix (default); "gather": every rank orthogonalizes every matrix (for comparison).
+SCHEMES = ("owner", "gather")
+_scheme = "owner"
+
+
+def _shard_shape(p: Tensor, rank: int) -> torch.Size:
+    dim = shard_dim(p)
+    shape = list(p.shape)
+    shape[dim] = local_range(p, rank)[1]
+    return torch.Size(shape)
+
+
+def ns_cost(p: Tensor) -> float:
+    """Newton–Schulz work of a parameter, up to a constant: ``min(m, n)^2 max(m, n)`` of its matrix view."""
+    rows = p.shape[0]
+    cols = p.numel() // max(rows, 1)
+    return float(min(rows, cols) ** 2 * max(rows, cols))
+
+
+def _ns(u: Tensor, param: Tensor, hp: dict[str, Any]) -> Tensor:
+    matrix = u.reshape(u.size(0), -1)
+    dtype = muon_ns_dtype(hp["ns_dtype"], param)
+    return newton_schulz(matrix, hp["ns_steps"], hp["ns_coefficients"], hp["eps"], dtype, hp["ns_method"])
+
+
+def _apply(p: Tensor, full_shape: torch.Size, ortho: Tensor, hp: dict[str, Any]) -> None:
+    lr = hp["lr"]
+    if hp["weight_decay"] != 0:
+        p.mul_(1 - lr * hp["weight_decay"])
+    p.add_(ortho.reshape(p.shape), alpha=-lr * muon_lr_scale(full_shape, hp["adjust_lr_fn"]))
+
+
+def muon_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    """Muon's matrix step for a bucket of DTensors (owner-rank Newton–Schulz, see the module docstring)."""
+    states = [opt._state_of(p, group) for p in params]
+    hp = dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], ns_coefficients=group["ns_coefficients"],
+              ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
+              ns_dtype=group["ns_dtype"], ns_method=group.get("ns_method", "standard"))
+    mu, nesterov = group["momentum"], group["nesterov"]
+    updates: dict[int, Tensor] = {}
+    for i, (p, g, s) in enumerate(zip(params, grads, states)):
+        if p.numel() == 0:
+            continue
+        g, buf = local(g), local(s["momentum_buffer"])
+        if group["maximize"]:
+            g = -g
+        buf.lerp_(g, 1 - mu)
+        updates[i] = g.lerp(buf, mu) if nesterov else buf
+    sharded = [i for i in updates if is_sharded(params[i])]
+    for i in updates:
+        if i not in sharded:  # replicated: every rank has the whole matrix
+            _apply(local(params[i]), params[i].shape, _ns(updates[i], local(params[i]), hp), hp)
+    if sharded:
+        _sharded(params, sharded, updates, hp)
+
+
+def _sharded(params: list[Tensor], idx: list[int], updates: dict[int, Tensor], hp: dict[str, Any]) -> None:
+    first = params[idx[0]]
+    world, me, group = shard_count(first), shard_rank(first), shard_group(first)
+    if _scheme == "gather":
+        owners = {i: None for i in idx}
+    else:
+        owners = dict(zip(idx, assign_owners([ns_cost(params[i]) for i in idx], world)))
+    mine = [i for i in idx if owners[i] in (me, None)]
+    send = [[updates[i] for i in idx if owners[i] in (r, None)] for r in range(world)]
+    recv = [[_shard_shape(params[i], s).numel() for i in mine] for s in range(world)]
+    got = exchange(send, recv, updates[idx[0]].dtype, group)
+    results: dict[int, Tensor] = {}
+    for k, i in enumerate(mine):
+        p = params[i]
+        pieces = [got[s][k].view(_shard_shape(p, s)) for s in range(world)]
+        full = torch.cat(pieces, dim=shard_dim(p))
+        results[i] = _ns(full, local(p), hp).reshape(p.shape)
+    if _scheme == "gather":
+        for i in idx:
+            p = params[i]
+            _apply(local(p), p.shape, results[i].narrow(shard_dim(p), *local_range(p)), hp)
+        return
+    ns_dtype = muon_ns_dtype(hp["ns_dtype"], local(first))
+    back_send = [[results[i].narrow(shard_dim(params[i]), *local_range(params[i], r)) for i in mine]
+                 for r in range(world)]
+    back_recv = [[local(params[i]).numel() for i in idx if owners[i] == s] for s in range(world)]
+    back = exchange(back_send, back_recv, ns_dtype, group)
+    cursor = [0] * world
+    for i in idx:
+        s = owners[i]
+        p = params[i]
+        _apply(local(p), p.shape, back[s][cursor[s]].view(local(p).shape), hp)
+        cursor[s] += 1
