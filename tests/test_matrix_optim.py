@@ -290,11 +290,36 @@ def test_muon_rejects_bad_hyperparameters(kwargs, match):
 def test_muon_names_the_parameter_it_cannot_handle():
     w, b = nn.Parameter(torch.zeros(3, 3)), nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match=r"'fc.bias'.*shape \(3,\).*ndim >= 2"):
-        descent.Muon([{"params": [w, b], "param_names": ["fc.weight", "fc.bias"]}])
+        descent.Muon([{"params": [w, b], "param_names": ["fc.weight", "fc.bias"], "use_muon": True}])
     with pytest.raises(ValueError, match="complex"):
-        descent.Muon([{"params": [nn.Parameter(torch.zeros(2, 2, dtype=torch.complex64))]}])
+        descent.Muon([{"params": [nn.Parameter(torch.zeros(2, 2, dtype=torch.complex64))], "use_muon": True}])
     opt = descent.Muon([{"params": [w], "use_muon": True}, {"params": [b], "use_muon": False}], adamw_lr=0.5)
     assert opt.param_groups[1]["lr"] == 0.5  # explicit AdamW groups take the adamw_* defaults
+
+
+def test_muon_routes_framework_built_groups():
+    """Groups without ``use_muon`` (HF, timm, ZeRO build them) route per parameter."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 2))
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = descent.Muon([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                       lr=0.02, adamw_lr=1e-3)
+    twin = copy.deepcopy(model)
+    ref = descent.Muon([{"params": [p for p in twin.parameters() if p.ndim >= 2], "use_muon": True,
+                         "weight_decay": 0.1},
+                        {"params": [p for p in twin.parameters() if p.ndim < 2], "use_muon": False, "lr": 1e-3,
+                         "weight_decay": 0.0}], lr=0.02, backend="loop")
+    opt.param_groups[0]["backend"] = opt.param_groups[1]["backend"] = "loop"
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for m, o in ((model, opt), (twin, ref)):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert "momentum_buffer" in opt.state[model[0].weight] and "exp_avg" in opt.state[model[0].bias]
 
 
 # ------------------------------------------------------------------- Shampoo

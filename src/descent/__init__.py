@@ -10,6 +10,7 @@ from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .optim import KFAC, LBFGS, Muon, Shampoo
 from .optim import LAMB, Adafactor, Lion, SophiaG
 from .optim.param_groups import param_groups
+from .optim.registry import create_optimizer, list_optimizers
 
 # --- schedules and stability ---------------------------------------------------------
 from . import schedules
@@ -46,6 +47,8 @@ __all__ = [
     "Adafactor",
     "SophiaG",
     "param_groups",
+    "create_optimizer",
+    "list_optimizers",
     # schedules and stability
     "schedules",
     "Scheduler",

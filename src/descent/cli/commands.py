@@ -147,17 +147,14 @@ def compare(args: argparse.Namespace) -> int:
 def trajectories(out: Path, task_name: str, optimizers: list[str], steps: int, lrs: dict[str, float]) -> Path:
     """Paths of each optimizer on a 2-D test function, drawn on its contours."""
     from descent.reporting.plotting import trajectory_plot
-    from descent.tasks.training import Unavailable, make_optimizer
+    from descent.tasks.training import make_optimizer
 
     task = get_task(task_name)
     paths = {}
     for name in optimizers:
         lr = lrs.get(name, task.lr_for(name))
         model = task.make_model(0)
-        try:
-            opt = make_optimizer(name, model, lr)
-        except Unavailable:
-            continue
+        opt = make_optimizer(name, model, lr)
         pts = [[float(v) for v in model.xy.detach().reshape(-1)]]
         for step in range(steps):
             opt.zero_grad()

@@ -23,7 +23,7 @@ def check_lr_range(start_lr: float, end_lr: float) -> None:
 def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num_iter: int, seed: int = 0,
                   pbar: Any = None) -> Any:
     """:func:`descent.find_lr` on a fresh model of ``task`` (its batches, its loss); ``pbar`` advances per step."""
-    from descent.tasks.training import Unavailable, make_optimizer
+    from descent.tasks.training import make_optimizer
 
     fn = getattr(descent, "find_lr", None)
     if fn is None:
@@ -31,8 +31,6 @@ def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num
     model = task.make_model(seed)
     try:
         opt = make_optimizer(optimizer, model, start_lr)
-    except Unavailable as exc:
-        raise Failure(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     batches = [task.train.at(i) for i in range(min(num_iter, 4 * len(task.train)))]
@@ -169,13 +167,10 @@ def bench(args: argparse.Namespace) -> int:
 
 def tasks(args: argparse.Namespace) -> int:
     from descent.tasks import TASKS
-    from descent.tasks.training import OPTIMIZERS, available_optimizers
+    from descent.tasks.training import OPTIMIZERS
 
-    avail = set(available_optimizers())
-    payload = {"tasks": TASKS, "optimizers": {k: {"description": v[2], "available": k in avail}
-                                              for k, v in OPTIMIZERS.items()}}
+    payload = {"tasks": TASKS, "optimizers": {k: {"description": v} for k, v in OPTIMIZERS.items()}}
     lines = ["tasks:"] + [f"  {k:<12} {v}" for k, v in TASKS.items()] + ["optimizers:"]
-    lines += [f"  {k:<12} {v[2]}" + ("" if k in avail else "  (not available in this build)")
-              for k, v in OPTIMIZERS.items()]
+    lines += [f"  {k:<12} {v}" for k, v in OPTIMIZERS.items()]
     emit(args, payload, "\n".join(lines))
     return 0

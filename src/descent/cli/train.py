@@ -163,7 +163,7 @@ def _config(args: argparse.Namespace, res: Any) -> dict[str, Any]:
 
 
 def train(args: argparse.Namespace) -> int:
-    from descent.tasks.training import Unavailable, prepare
+    from descent.tasks.training import prepare
     from descent.tasks.training import train as run
 
     out = writable_dir(args.out)
@@ -172,8 +172,6 @@ def train(args: argparse.Namespace) -> int:
     try:
         planned = prepare(task, args.optimizer, args.lr, args.steps, seed=args.seed, clip=args.clip,
                           recipe=args.recipe)
-    except Unavailable as exc:
-        raise Failure(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     resumed = None

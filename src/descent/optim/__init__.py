@@ -13,7 +13,15 @@ from .adafactor import Adafactor
 from .lamb import LAMB
 from .lion import Lion
 from .sophia import SophiaG
+from .registry import create_optimizer, list_optimizers, register_preset
+
+register_preset("sgd", SGD, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                description="SGD, Nesterov momentum 0.9, wd 5e-4 (timm's 'sgd')")
+register_preset("sgd-plain", SGD, description="plain SGD", lrs={"convex": 0.1, "function": 1e-2})
+register_preset("momentum", SGD, momentum=0.9, description="SGD, heavy-ball momentum 0.9")
+register_preset("muon", Muon, adamw_lr=3e-3, description="Muon on matrices, AdamW 3e-3 on the rest")
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 __all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
 __all__ += ["Lion", "LAMB", "Adafactor", "SophiaG"]
+__all__ += ["create_optimizer", "list_optimizers"]

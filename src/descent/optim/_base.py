@@ -1,17 +1,20 @@
 """The step loop every descent optimizer shares.
 
-:class:`Optimizer` is a real ``torch.optim.Optimizer``. Subclasses supply four things:
+:class:`Optimizer` is a real ``torch.optim.Optimizer``. A subclass supplies its
+constructor, ``_check_group(group)`` (validate one param group, ``ValueError``) and one
+:class:`descent.optim._spec.Declaration` (class attribute ``declaration``): the per-tensor
+functional, the mapping of a group to its keyword arguments, the state, the kernels per
+backend and the metadata the registry reads.
 
-* ``_supported``: backend name -> predicate over (device, dtype);
-* ``_check_group(group)``: validate one param group's hyperparameters (``ValueError``);
-* ``_init_state(p, group)``: the lazy state of one parameter, with torch's key names;
-* ``_update(backend, group, params, grads, states)``: run one step for one
-  device/dtype bucket on the chosen backend, calling :mod:`descent.functional`.
-
-The base does the rest: param groups and their validation, lazy state, grouping by
-device and dtype, complex parameters (as real views, as torch does), the closure,
-``@torch.no_grad()``, the backend choice (:func:`descent.optim._backend.select_backend`)
-and the optional NaN-safe step (``skip_nonfinite``).
+The base does the rest, once for every optimizer: param groups and their validation,
+lazy state with torch's key names (and the state of options switched on mid-run), step
+counters, grouping by device and dtype, complex parameters (as real views, as torch
+does), the closure, ``@torch.no_grad()``, the backend choice
+(:func:`descent.optim._backend.select_backend`), "kernel for the tensors it can take,
+functional for the rest", and the optional NaN-safe step (``skip_nonfinite``). Matrix
+optimizers that need more than one tensor at a time override :meth:`Optimizer._update`
+(Shampoo, Muon) or transform the gradients first (:meth:`Optimizer._precondition`, K-FAC)
+and still run through this loop.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .. import kernels as K
+from ..stability.nonfinite import find_nonfinite, param_label, record_skip
 from ._backend import Support, floating, resolve_request, select_backend
-from ..stability.nonfinite import nonfinite_indices
+from ._spec import Declaration
 
 __all__ = ["Optimizer", "advance_steps", "step_tensor", "param_label"]
+
+Work = list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[int]]]
 
 log = logging.getLogger("descent.optim")
 
@@ -42,19 +49,11 @@ def advance_steps(steps: list[Tensor]) -> list[int]:
     return [int(v) for v in torch.stack(steps).tolist()]
 
 
-def param_label(group: Mapping[str, Any], group_index: int, index: int) -> str:
-    """Human-readable position of a parameter, with its name when the group has names."""
-    where = f"param_groups[{group_index}]['params'][{index}]"
-    names = group.get("param_names")
-    if names is not None and index < len(names):
-        return f"{where} ({names[index]!r})"
-    return where
-
-
 class Optimizer(torch.optim.Optimizer):
     """Base class of every descent optimizer (see the module docstring)."""
 
-    _supported: ClassVar[Mapping[str, Support]] = {"loop": floating}
+    #: The optimizer's declaration (see :mod:`descent.optim._spec`).
+    declaration: ClassVar[Declaration | None] = None
     #: Keys of every group that the base adds on top of the subclass's defaults.
     _base_defaults: ClassVar[dict[str, Any]] = {
         "backend": None,
@@ -62,12 +61,25 @@ class Optimizer(torch.optim.Optimizer):
         "fused": None,
         "maximize": False,
         "skip_nonfinite": False,
-        "differentiable": False,  # torch's key; descent steps are never differentiable
+        "differentiable": False,
     }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        decl = cls.__dict__.get("declaration")
+        if decl is not None:
+            from .registry import register
+
+            register(cls)
+
+    @property
+    def _supported(self) -> Mapping[str, Support]:
+        return self.declaration.supported() if self.declaration is not None else {"loop": floating}
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         if isinstance(params, Tensor):
-            params = [params]
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            f"but got {torch.typename(params)}")
         params = list(params)
         if len(params) == 0:
             raise ValueError(f"Invalid params: {type(self).__name__} got an empty parameter list")
@@ -110,8 +122,9 @@ class Optimizer(torch.optim.Optimizer):
             group.setdefault("skipped_steps", 0)
 
     # ------------------------------------------------------------------ state
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """The lazy state of one parameter (the declaration's, unless overridden)."""
+        return self.declaration.init_state(p, group)
 
     def _state_of(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[p]
@@ -128,24 +141,19 @@ class Optimizer(torch.optim.Optimizer):
         return state
 
     # ------------------------------------------------------------------- step
-    def _update(
-        self,
-        backend: str,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        states: list[dict[str, Any]],
-    ) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]], overrides: Mapping[str, Any] | None = None) -> None:
+        """Step one device/dtype bucket with the class's declaration."""
+        run_declaration(self.declaration, backend, group, params, grads, states, overrides)
 
-    def _collect(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[int]]]:
+    def _collect(self) -> Work:
         work = []
         for gi, group in enumerate(self.param_groups):
             params, grads, index = [], [], []
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
+                if p.grad.is_sparse and not self._sparse_ok(group):
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients; "
                         f"{param_label(group, gi, i)} has one (use torch.optim.SparseAdam for it)"
@@ -156,27 +164,27 @@ class Optimizer(torch.optim.Optimizer):
             work.append((group, params, grads, index))
         return work
 
-    def _skip_nonfinite(self, work: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[int]]]) -> bool:
+    def _sparse_ok(self, group: dict[str, Any]) -> bool:  # noqa: ARG002 - overridden by SGD/Adagrad
+        return False
+
+    def _skip_nonfinite(self, work: Work) -> bool:
         """With ``skip_nonfinite``: detect non-finite grads, record them, return True to skip."""
-        checked = [(gi, w) for gi, w in enumerate(work) if w[0].get("skip_nonfinite") and w[2]]
+        checked = [gi for gi, w in enumerate(work) if w[0].get("skip_nonfinite") and w[2]]
         if not checked:
             return False
-        bad: list[tuple[int, list[str]]] = []
-        for gi, (group, _params, grads, index) in checked:
-            nonfinite = nonfinite_indices(grads)
-            if nonfinite:
-                bad.append((gi, [param_label(group, gi, index[k]) for k in nonfinite]))
-        if not bad:
+        where = find_nonfinite(self.param_groups, checked)
+        if not where:
             return False
-        for group, *_ in work:
-            if group.get("skip_nonfinite"):
-                group["skipped_steps"] = int(group.get("skipped_steps", 0)) + 1
-                group["nonfinite_params"] = []
-        for gi, where in bad:
-            self.param_groups[gi]["nonfinite_params"] = where
+        record_skip([g for g in self.param_groups if g.get("skip_nonfinite")], {})
+        for gi, labels in where.items():
+            self.param_groups[gi]["nonfinite_params"] = labels
         log.warning("%s: skipped a step with non-finite gradients in %s", type(self).__name__,
-                    ", ".join(w for _, ws in bad for w in ws))
+                    ", ".join(w for ws in where.values() for w in ws))
         return True
+
+    def _precondition(self, work: Work) -> Work:
+        """Turn the gradients into the directions the update uses (identity; K-FAC overrides)."""
+        return work
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -188,6 +196,10 @@ class Optimizer(torch.optim.Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
+        return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The step, with per-step hyperparameter ``overrides`` handed to the declaration's mapping."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -195,12 +207,13 @@ class Optimizer(torch.optim.Optimizer):
         work = self._collect()
         if self._skip_nonfinite(work):
             return loss
-        for group, params, grads, _ in work:
+        for group, params, grads, _ in self._precondition(work):
             if params:
-                self._step_group(group, params, grads)
+                self._step_group(group, params, grads, overrides)
         return loss
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    overrides: Mapping[str, Any] | None = None) -> None:
         buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             buckets.setdefault((p.device, p.dtype), []).append(i)
@@ -211,14 +224,15 @@ class Optimizer(torch.optim.Optimizer):
             gs = [grads[i] for i in idx]
             states = [self._state_of(p, group) for p in ps]
             if dtype.is_complex:
-                self._step_complex(requested, excluded, group, ps, gs, states)
+                self._step_complex(requested, excluded, group, ps, gs, states, overrides)
                 continue
             backend = select_backend(requested, self._supported, device, dtype,
                                      owner=type(self).__name__, excluded=excluded)
-            self._update(backend, group, ps, gs, states)
+            self._update(backend, group, ps, gs, states, overrides)
 
     def _step_complex(self, requested: str | None, excluded: tuple[str, ...], group: dict[str, Any],
-                      params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]) -> None:
+                      params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+                      overrides: Mapping[str, Any] | None = None) -> None:
         """Complex parameters: every tensor is viewed as real (…, 2), as torch does."""
         real_p = [torch.view_as_real(p) for p in params]
         real_g = [torch.view_as_real(g) for g in grads]
@@ -227,7 +241,7 @@ class Optimizer(torch.optim.Optimizer):
         before = [dict(v) for v in views]
         backend = select_backend(requested, self._supported, params[0].device, real_p[0].dtype,
                                  owner=type(self).__name__, excluded=excluded)
-        self._update(backend, group, real_p, real_g, views)
+        self._update(backend, group, real_p, real_g, views, overrides)
         for p, s, v, b in zip(params, states, views, before):
             for k, val in v.items():
                 if k not in b or val is not b[k]:
@@ -278,3 +292,65 @@ def reject_unsupported(owner: str, **flags: bool) -> None:
     for name, value in flags.items():
         if value:
             raise ValueError(f"Invalid {name}: True is not supported by descent.{owner} (use torch.optim.{owner})")
+
+
+def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], params: list[Tensor],
+                    grads: list[Tensor], states: list[dict[str, Any]],
+                    overrides: Mapping[str, Any] | None = None) -> None:
+    """One bucket of ``decl``'s optimizer on ``backend``: its kernel for the tensors it can
+    take (dense, contiguous, non-empty), the functional for the rest.
+
+    Also used for a part of another optimizer (Muon's auxiliary AdamW).
+    """
+    decl.ensure_optional(group, params, states)
+    hp = decl.hyper(group)
+    if overrides:
+        hp.update((k, v) for k, v in overrides.items() if v is not None)
+    cols = [[s.get(k) for s in states] for k in decl.columns]
+    kernel = decl.kernels.get(backend)
+    ints: list[int] | None = None
+    if kernel is not None:
+        if kernel.dense_only:
+            fast, rest = K.partition(params, grads, *cols)
+        else:
+            fast, rest = list(range(len(params))), []
+        if fast:
+            step_tensors = [states[i]["step"] for i in fast] if decl.steps else None
+            kw: dict[str, Any] = {k: K.take(c, fast) for k, c in zip(decl.columns, cols)}
+            if kernel.steps == "tensor":
+                kw["steps"] = step_tensors
+            elif kernel.steps == "int":
+                kw["steps"] = advance_steps(step_tensors) if step_tensors is not None else None
+            elif step_tensors is not None:
+                torch._foreach_add_(step_tensors, 1.0)
+            _launch(decl, kernel, hp)(params=K.take(params, fast), grads=K.take(grads, fast), **kw, **hp)
+            if decl.loop_returns is not None:  # lazily created state (SGD's momentum_buffer)
+                for j, i in enumerate(fast):
+                    if kw[decl.loop_returns][j] is not None:
+                        states[i][decl.loop_returns] = kw[decl.loop_returns][j]
+    else:
+        rest = list(range(len(params)))
+    if not rest:
+        return
+    if decl.steps:
+        ints = advance_steps([states[i]["step"] for i in rest]) if decl.step_arg else None
+        if not decl.step_arg:
+            torch._foreach_add_([states[i]["step"] for i in rest], 1.0)
+    for k, i in enumerate(rest):
+        extra = {"step": ints[k]} if ints is not None and decl.step_arg else {}
+        out = decl.functional(params[i], grads[i], *(c[i] for c in cols), **extra, **hp)
+        if decl.loop_returns is not None and out is not None:
+            states[i][decl.loop_returns] = out
+
+
+_CHECKED: dict[int, Any] = {}
+
+
+def _launch(decl: Declaration, kernel: Any, hp: Mapping[str, Any]) -> Callable[..., None]:
+    """The kernel's launcher, its signature checked against the declaration on first use."""
+    key = id(kernel)
+    fn = _CHECKED.get(key)
+    if fn is None:
+        kernel.check(decl, hp)
+        fn = _CHECKED[key] = kernel.resolve()
+    return fn

@@ -11,8 +11,16 @@ from torch import Tensor
 from .. import functional as F
 from .. import kernels as K
 from ._validate import check_nonneg, check_unit_interval, as_float
-from ._backend import floating
-from ._base import Optimizer, advance_steps, step_tensor
+from ._base import Optimizer, step_tensor
+from ._spec import Declaration, Kernel, Meta, zeros
+
+
+def _adafactor(param: Tensor, grad: Tensor, row_var: Tensor | None, col_var: Tensor | None,
+               variance: Tensor | None, exp_avg: Tensor | None, *, step: int, lr: float | None, relative_step: bool,
+               warmup_init: bool, **hp: Any) -> None:
+    """:func:`descent.functional.adafactor` with the step size :math:`\\rho_t` of this step."""
+    F.adafactor(param, grad, row_var, col_var, variance, exp_avg, step=step,
+                lr=F.adafactor_lr(step, lr, relative_step=relative_step, warmup_init=warmup_init), **hp)
 
 
 class Adafactor(Optimizer):
@@ -76,7 +84,23 @@ class Adafactor(Optimizer):
         ['col_var', 'row_var', 'step']
     """
 
-    _supported = {"loop": floating, "fused": K.numba_cpu}
+    declaration = Declaration(
+        functional=_adafactor,
+        hyper=lambda g: dict(lr=g["lr"], relative_step=g["relative_step"], warmup_init=g["warmup_init"],
+                             decay_rate=float(g["decay_rate"]), eps1=float(g["eps"][0]), eps2=float(g["eps"][1]),
+                             clip_threshold=float(g["clip_threshold"]), beta1=g["beta1"],
+                             weight_decay=float(g["weight_decay"]), scale_parameter=g["scale_parameter"],
+                             maximize=g["maximize"]),
+        columns=("row_var", "col_var", "variance", "exp_avg"),
+        state={"row_var": lambda p, g: p.new_zeros(p.shape[:-1] + (1,)),
+               "col_var": lambda p, g: p.new_zeros(p.shape[:-2] + (1, p.shape[-1])),
+               "variance": zeros, "exp_avg": zeros},
+        optional={"exp_avg": lambda g: g["beta1"] is not None},
+        steps=True,
+        kernels={"fused": Kernel("descent.kernels.launch:adafactor", K.numba_cpu)},
+        meta=Meta("adafactor", adaptive=True, state_bytes=0.03, paper="Shazeer & Stern (2018), arXiv:1804.04235",
+                  lr={"classification": 1e-2, "language": 1e-2, "convex": 0.01, "function": 0.05}),
+    )
 
     def __init__(
         self,
@@ -140,60 +164,3 @@ class Adafactor(Optimizer):
         if group["beta1"] is not None:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        eps1, eps2 = (float(e) for e in group["eps"])
-        steps = advance_steps([s["step"] for s in states])
-        if group["beta1"] is not None:
-            for p, s in zip(params, states):
-                if "exp_avg" not in s:  # beta1 switched on mid-run
-                    s["exp_avg"] = torch.zeros_like(p)
-        lrs = [F.adafactor_lr(t, group["lr"], relative_step=group["relative_step"], warmup_init=group["warmup_init"])
-               for t in steps]
-        hp = dict(eps1=eps1, eps2=eps2, clip_threshold=float(group["clip_threshold"]), beta1=group["beta1"],
-                  weight_decay=float(group["weight_decay"]), scale_parameter=group["scale_parameter"])
-        cols = [[s.get(k) for s in states] for k in ("row_var", "col_var", "variance", "exp_avg")]
-        fused, rest = K.partition(params, grads, *cols) if backend == "fused" else ([], list(range(len(params))))
-        if any(cols[2][i] is None and (cols[0][i] is None or cols[1][i] is None) for i in fused):
-            fused, rest = [], list(range(len(params)))  # a state layout the kernel does not know: the functional says why
-        if fused:
-            _adafactor_fused(K.take(params, fused), K.take(grads, fused), *(K.take(c, fused) for c in cols),
-                             steps=K.take(steps, fused), lrs=K.take(lrs, fused),
-                             decay_rate=float(group["decay_rate"]), maximize=group["maximize"], **hp)
-        for i in rest:
-            F.adafactor(params[i], grads[i], *(c[i] for c in cols), step=steps[i], lr=lrs[i],
-                        decay_rate=group["decay_rate"], maximize=group["maximize"], **hp)
-
-
-def _adafactor_fused(params: list[Tensor], grads: list[Tensor], rows: list[Tensor | None], cols: list[Tensor | None],
-                     variances: list[Tensor | None], moms: list[Tensor | None], *, steps: list[int], lrs: list[float],
-                     decay_rate: float, maximize: bool, eps1: float, eps2: float, clip_threshold: float,
-                     beta1: float | None, weight_decay: float, scale_parameter: bool) -> None:
-    """One Numba call over the bucket (:func:`descent.kernels.adafactor.adafactor_multi`)."""
-    from ..kernels.adafactor import adafactor_multi
-
-    meta = np.zeros((len(params), 4), dtype=np.int64)
-    row_off = col_off = 0
-    for t, (p, row, col) in enumerate(zip(params, rows, cols)):
-        if row is not None and col is not None:  # factored, as the functional decides
-            n, m = p.shape[-2], p.shape[-1]
-            meta[t] = (n, m, row_off, col_off)
-            row_off += p.numel() // m
-            col_off += p.numel() // n
-        else:
-            meta[t, 1] = p.numel()
-    factored = meta[:, 0] > 0
-    spans = tuple(int(n * m) if n else int(p.numel()) for (n, m, _, _), p in zip(meta, params))
-    plan = K.bucket_plan(params, tuple(int(m) if n else 1 for n, m, _, _ in meta), spans)
-    like = K.like(params[0])
-    per_wave = int(np.diff(plan.waves).max()) if plan.waves.size > 1 else 1
-    width = int(meta[factored, 1].max()) if factored.any() else 1
-    b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
-    b1 = 0.0 if beta1 is None else float(beta1)
-    adafactor_multi(K.addresses(params, grads, rows, cols, variances, moms if beta1 is not None else None),
-                    plan.sizes, meta, plan.blocks, plan.waves, like, b2s, np.asarray(lrs, dtype=np.float64), eps1,
-                    eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
-                    -1.0 if maximize else 1.0, np.zeros((per_wave, width)),
-                    np.empty(max(row_off, 1), dtype=like.dtype), np.empty(max(col_off, 1), dtype=like.dtype),
-                    np.zeros((7, max(len(plan.blocks), len(params)))))

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.optim.adagrad as _torch_adagrad
 from torch import Tensor
 
 from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused
-from ._base import Optimizer, reject_unsupported, step_tensor
+from ._base import Optimizer, reject_unsupported
+from ._spec import Declaration, Kernel, Meta
 
 
 class Adagrad(Optimizer):
@@ -47,7 +47,19 @@ class Adagrad(Optimizer):
         tensor([0.5000, 0.5000])
     """
 
-    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+    declaration = Declaration(
+        functional=F.adagrad,
+        hyper=lambda g: dict(lr=float(g["lr"]), lr_decay=g["lr_decay"], weight_decay=g["weight_decay"],
+                             eps=g["eps"], maximize=g["maximize"]),
+        columns=("sum",),
+        state={"sum": lambda p, g: torch.full_like(p, g["initial_accumulator_value"],
+                                                   memory_format=torch.preserve_format)},
+        steps=True,
+        kernels={"fused": Kernel("descent.kernels.launch:adagrad_fused", torch_fused, steps="tensor"),
+                 "foreach": Kernel("descent.kernels.launch:adagrad_foreach", floating, steps="tensor")},
+        meta=Meta("adagrad", adaptive=True, state_bytes=4.0, paper="Duchi, Hazan & Singer (2011)",
+                  lr={"classification": 0.05, "language": 0.05, "convex": 0.1, "function": 0.5}),
+    )
 
     def __init__(
         self,
@@ -74,19 +86,3 @@ class Adagrad(Optimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
             check_nonneg(name, group[name])
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        init = group["initial_accumulator_value"]
-        return {"step": step_tensor(p), "sum": torch.full_like(p, init, memory_format=torch.preserve_format)}
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        hp = dict(lr=float(group["lr"]), lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
-                  eps=group["eps"], maximize=group["maximize"])
-        if backend == "loop":
-            for p, g, s in zip(params, grads, states):
-                s["step"] += 1
-                F.adagrad(p, g, s["sum"], step=int(s["step"].item()), **hp)
-            return
-        _torch_adagrad.adagrad(params, grads, [s["sum"] for s in states], [s["step"] for s in states],
-                                    foreach=backend == "foreach", fused=backend == "fused", **hp)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.optim.adam as _torch_adam
 from torch import Tensor
 
 from .. import functional as F
 from ._validate import check_betas, check_nonneg
 from ._backend import floating, torch_fused
-from ._base import Optimizer, reject_unsupported, step_tensor
+from ._base import Optimizer, reject_unsupported
+from ._spec import Declaration, Kernel, Meta, zeros
 
 
 class Adam(Optimizer):
@@ -50,7 +51,20 @@ class Adam(Optimizer):
         tensor([0.9000, 0.9000])
     """
 
-    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+    declaration = Declaration(
+        functional=F.adam,
+        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
+                             weight_decay=g["weight_decay"], amsgrad=g["amsgrad"], maximize=g["maximize"],
+                             decoupled_weight_decay=bool(g["decoupled_weight_decay"])),
+        columns=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        state={"exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": zeros},
+        optional={"max_exp_avg_sq": lambda g: bool(g["amsgrad"])},
+        steps=True,
+        kernels={"fused": Kernel("descent.kernels.launch:adam_fused", torch_fused, steps="tensor"),
+                 "foreach": Kernel("descent.kernels.launch:adam_foreach", floating, steps="tensor")},
+        meta=Meta("adam", adaptive=True, state_bytes=8.0, paper="Kingma & Ba (2015), arXiv:1412.6980",
+                  lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),
+    )
     _decoupled = False
 
     def __init__(
@@ -85,40 +99,6 @@ class Adam(Optimizer):
         check_betas(group["betas"])
         check_nonneg("weight_decay", group["weight_decay"])
 
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state = {
-            "step": step_tensor(p),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-        if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        beta1, beta2 = group["betas"]
-        amsgrad = group["amsgrad"]
-        if amsgrad:
-            for p, s in zip(params, states):
-                if "max_exp_avg_sq" not in s:  # amsgrad switched on mid-run
-                    s["max_exp_avg_sq"] = torch.zeros_like(p)
-        hp = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                  weight_decay=group["weight_decay"], amsgrad=amsgrad, maximize=group["maximize"])
-        decoupled = bool(group["decoupled_weight_decay"])
-        if backend == "loop":
-            for p, g, s in zip(params, grads, states):
-                s["step"] += 1
-                F.adam(p, g, s["exp_avg"], s["exp_avg_sq"], s.get("max_exp_avg_sq"),
-                       step=int(s["step"].item()), decoupled_weight_decay=decoupled, **hp)
-            return
-        _torch_adam.adam(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if amsgrad else [], [s["step"] for s in states],
-            foreach=backend == "foreach", fused=backend == "fused", decoupled_weight_decay=decoupled, **hp,
-        )
-
-
 class AdamW(Adam):
     r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
@@ -141,6 +121,9 @@ class AdamW(Adam):
     """
 
     _decoupled = True
+    declaration = replace(Adam.declaration, meta=Meta(
+        "adamw", adaptive=True, state_bytes=8.0, paper="Loshchilov & Hutter (2019), arXiv:1711.05101",
+        lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}))
 
     def __init__(
         self,

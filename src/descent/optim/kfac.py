@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from ._validate import check_nonneg, check_positive, check_unit_interval
 from ..functional import kfac as K
 from ..functional.sgd import sgd
-from ._base import Optimizer, step_tensor
+from ._base import Optimizer, Work, step_tensor
+from ._spec import Declaration, Meta
 
 __all__ = ["KFAC"]
 
@@ -91,6 +92,16 @@ class KFAC(Optimizer):
         ...     opt.zero_grad(); torch.nn.functional.mse_loss(model(x), y).backward(); _ = opt.step()
         >>> opt.remove_hooks()
     """
+
+    declaration = Declaration(
+        functional=sgd,
+        hyper=lambda g: dict(lr=float(g["lr"]), momentum=g["momentum"], weight_decay=g["weight_decay"]),
+        columns=("momentum_buffer",),
+        loop_returns="momentum_buffer",
+        meta=Meta("kfac", adaptive=True, state_bytes=4.0, paper="Martens & Grosse (2015), arXiv:1503.05671",
+                  lr={"classification": 1e-2, "language": 1e-3, "convex": 1e-3, "function": 1e-3},
+                  kind="matrix", takes_model=True),
+    )
 
     def __init__(
         self,
@@ -212,36 +223,21 @@ class KFAC(Optimizer):
             out[id(bias)] = nat[:, -1].contiguous()
         return [out.get(id(p), g) for p, g in zip(params, grads)]
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One K-FAC step (factors, inverses, KL clip, SGD-momentum); returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = self._collect()
-        if self._skip_nonfinite(work):
-            return loss
+    def _precondition(self, work: Work) -> Work:
+        """Natural-gradient directions for the K-FAC layers, scaled by the KL clip :math:`\\nu`
+        (one factor for the whole step); the shared loop then runs SGD-momentum on them."""
         plan, vg, clips = [], 0.0, []
-        for group, params, grads, _ in work:
-            if not params:
-                continue
-            dirs = self._direction(group, params, grads) if group["kfac"] else grads
-            if group["kfac"] and group["kl_clip"] is not None:
+        for group, params, grads, index in work:
+            dirs = self._direction(group, params, grads) if group["kfac"] and params else grads
+            if group["kfac"] and group["kl_clip"] is not None and params:
                 lr = float(group["lr"])
                 vg += lr * lr * sum(float((d * g).sum()) for d, g in zip(dirs, grads))
                 clips.append(group["kl_clip"])
-            plan.append((group, params, dirs))
+            plan.append((group, params, dirs, index))
         nu = min(1.0, math.sqrt(min(clips) / vg)) if clips and vg > 0 else 1.0
-        for group, params, dirs in plan:
-            scale = nu if group["kfac"] else 1.0
-            for p, d in zip(params, dirs):
-                st = self.state[p]
-                st["momentum_buffer"] = sgd(p, d * scale if scale != 1.0 else d, st.get("momentum_buffer"),
-                                            lr=float(group["lr"]), momentum=group["momentum"],
-                                            weight_decay=group["weight_decay"])
-        return loss
-
+        if nu == 1.0:
+            return plan
+        return [(g, ps, [d * nu for d in ds] if g["kfac"] else ds, ix) for g, ps, ds, ix in plan]
 
 class _ForwardHook:
     """A forward hook that records the input factor and arms a hook for the output factor.

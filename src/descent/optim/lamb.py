@@ -11,8 +11,8 @@ from torch import Tensor
 from .. import functional as F
 from .. import kernels as K
 from ._validate import check_betas, check_nonneg, check_positive
-from ._backend import floating
-from ._base import Optimizer, advance_steps, step_tensor
+from ._base import Optimizer
+from ._spec import Declaration, Kernel, Meta, zeros
 
 
 class LAMB(Optimizer):
@@ -63,7 +63,19 @@ class LAMB(Optimizer):
         >>> model(torch.randn(8, 4)).pow(2).mean().backward(); _ = opt.step()
     """
 
-    _supported = {"loop": floating, "fused": K.numba_cpu}
+    declaration = Declaration(
+        functional=F.lamb,
+        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
+                             weight_decay=g["weight_decay"], clamp_value=g["clamp_value"],
+                             bias_correction=g["bias_correction"], maximize=g["maximize"]),
+        columns=("exp_avg", "exp_avg_sq"),
+        state={"exp_avg": zeros, "exp_avg_sq": zeros},
+        steps=True,
+        kernels={"fused": Kernel("descent.kernels.launch:lamb", K.numba_cpu)},
+        meta=Meta("lamb", adaptive=True, state_bytes=8.0, paper="You et al. (2020), arXiv:1904.00962",
+                  lr={"classification": 1e-2, "language": 1e-2, "convex": 0.01, "function": 0.05},
+                  weight_decay=0.01),
+    )
 
     def __init__(
         self,
@@ -93,46 +105,3 @@ class LAMB(Optimizer):
         check_nonneg("weight_decay", group["weight_decay"])
         if group["clamp_value"] is not None:
             check_positive("clamp_value", group["clamp_value"])
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "step": step_tensor(p),
-            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-        }
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        b1, b2 = group["betas"]
-        hp = dict(lr=float(group["lr"]), beta1=b1, beta2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
-                  clamp_value=group["clamp_value"], bias_correction=group["bias_correction"],
-                  maximize=group["maximize"])
-        steps = advance_steps([s["step"] for s in states])
-        ms, vs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        fused, rest = K.partition(params, grads, ms, vs) if backend == "fused" else ([], range(len(params)))
-        if fused:
-            _lamb_fused(*(K.take(c, fused) for c in (params, grads, ms, vs, steps)), **hp)
-        for i in rest:
-            F.lamb(params[i], grads[i], ms[i], vs[i], step=steps[i], **hp)
-
-
-def _lamb_fused(params: list[Tensor], grads: list[Tensor], ms: list[Tensor], vs: list[Tensor], steps: list[int], *,
-                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, clamp_value: float | None,
-                bias_correction: bool, maximize: bool) -> None:
-    """One Numba call over the bucket: moments and norms, trust ratios, apply (:func:`lamb_multi`)."""
-    from ..kernels import multi
-    from ..kernels.elementwise import lamb_multi
-
-    plan, like = K.bucket_plan(params), K.like(params[0])
-    dt = like.dtype.type
-    t = np.asarray(steps, dtype=np.float64)
-    bc1 = (1 - beta1**t if bias_correction else np.ones_like(t)).astype(like.dtype)
-    bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(like.dtype)
-    # waves up to 4x the target size store the direction; a bigger one (one large tensor) recomputes it
-    scratch = np.empty(plan.scratch_numel(4 * multi.WAVE), dtype=like.dtype)
-    lamb_multi(K.addresses(params, grads, ms, vs), plan.sizes, plan.blocks, plan.waves, plan.offsets, plan.wave_sizes, like,
-               scratch,
-               bc1, bc2, dt(beta1),
-               dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay), dt(-1.0 if maximize else 1.0),
-               float(lr), -1.0 if clamp_value is None else float(clamp_value), np.zeros((len(plan.blocks), 2)),
-               np.zeros((len(params), 2)), np.ones(len(params)))

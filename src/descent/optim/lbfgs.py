@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._spec import Meta
 from ._validate import check_nonneg
+from .registry import register
 
 __all__ = ["LBFGS"]
 
@@ -44,6 +46,9 @@ class LBFGS(torch.optim.LBFGS):
         True
     """
 
+    meta = Meta("lbfgs", adaptive=False, state_bytes=2.0 * 100, paper="Nocedal (1980); Liu & Nocedal (1989)",
+                lr={"convex": 1.0, "function": 1.0}, kind="quasi-newton")
+
     def __init__(
         self,
         params: Any,
@@ -72,3 +77,6 @@ class LBFGS(torch.optim.LBFGS):
         super().__setstate__(state)
         self._params = self.param_groups[0]["params"]
         self._numel_cache = None
+
+
+register(LBFGS)

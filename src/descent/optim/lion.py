@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from .. import functional as F
 from .. import kernels as K
 from ._validate import check_betas, check_nonneg
-from ._backend import floating
 from ._base import Optimizer
+from ._spec import Declaration, Kernel, Meta, zeros
 
 
 class Lion(Optimizer):
@@ -53,7 +50,17 @@ class Lion(Optimizer):
         tensor([ 0.9000, -0.9000])
     """
 
-    _supported = {"loop": floating, "fused": K.numba_cpu}
+    declaration = Declaration(
+        functional=F.lion,
+        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1],
+                             weight_decay=float(g["weight_decay"]), maximize=bool(g["maximize"])),
+        columns=("exp_avg",),
+        state={"exp_avg": zeros},
+        kernels={"fused": Kernel("descent.kernels.launch:lion", K.numba_cpu, steps=None)},
+        meta=Meta("lion", adaptive=True, state_bytes=4.0, paper="Chen et al. (2023), arXiv:2302.06675",
+                  lr={"classification": 1e-3, "language": 3e-4, "convex": 1e-3, "function": 1e-2},
+                  weight_decay=0.1),
+    )
 
     def __init__(
         self,
@@ -76,21 +83,3 @@ class Lion(Optimizer):
         check_nonneg("lr", group["lr"])
         check_betas(group["betas"])
         check_nonneg("weight_decay", group["weight_decay"])
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        lr, wd = float(group["lr"]), float(group["weight_decay"])
-        b1, b2 = group["betas"]
-        ms = [s["exp_avg"] for s in states]
-        fused, rest = K.partition(params, grads, ms) if backend == "fused" else ([], range(len(params)))
-        if fused:
-            from ..kernels.elementwise import lion_multi
-
-            K.run_elementwise(lion_multi, [params, grads, ms], fused,
-                              (1 - lr * wd, lr, b1, 1 - b1, b2, 1 - b2, -1.0 if group["maximize"] else 1.0))
-        for i in rest:
-            F.lion(params[i], grads[i], ms[i], lr=lr, beta1=b1, beta2=b2, weight_decay=wd,
-                   maximize=group["maximize"])

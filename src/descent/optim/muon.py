@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from ._validate import check_betas, check_nonneg, check_unit_interval
 from ..functional.muon import NS_COEFFICIENTS, NS_METHODS, muon, muon_batched
 from ._backend import floating, torch_fused
-from ._base import Optimizer, param_label
-from .adam import Adam
+from ._base import Optimizer, param_label, run_declaration
+from ._spec import Declaration, Kernel, Meta, zeros
+from .adam import AdamW
 
 __all__ = ["Muon"]
 
@@ -65,7 +66,7 @@ def _groups(params: Any, head_names: Sequence[str] | None, aux_hp: dict[str, Any
     else:
         items = [params] if isinstance(params, Tensor) else list(params)
         if items and all(isinstance(x, dict) for x in items):
-            return [dict(g) for g in items]  # explicit groups: "use_muon" (default True) decides
+            return [dict(g) for g in items]  # explicit groups: "use_muon" decides; without it, per parameter
         if items and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
             muon, aux = _route_named(items, head_names)
         elif all(isinstance(x, Tensor) for x in items):
@@ -86,6 +87,12 @@ def _groups(params: Any, head_names: Sequence[str] | None, aux_hp: dict[str, Any
                 group["param_names"] = [n for n, _ in members]
             groups.append(group)
     return groups
+
+
+def _muon_tensor(param: Tensor, grad: Tensor, momentum_buffer: Tensor, **hp: Any) -> None:
+    """:func:`descent.functional.muon` on one matrix (nothing to do for a zero-size one)."""
+    if param.numel():
+        muon(param, grad, momentum_buffer, **hp)
 
 
 class Muon(Optimizer):
@@ -111,8 +118,12 @@ class Muon(Optimizer):
     the last ``nn.Linear``; or ``head_names``) and every parameter with ``ndim < 2`` to
     AdamW and the other matrices/kernels to Muon; ``named_parameters()`` routes by name
     (``embed``, ``wte``, ``wpe``, ``head``, ...) and ndim; plain tensors by ndim only.
-    Group dicts are taken as given (``use_muon`` defaults to True, as for
-    ``torch.optim.Muon``); a parameter Muon cannot take raises ``ValueError`` naming it.
+    Group dicts (as HF's ``optimizer_cls_and_kwargs``, timm or ``ZeroRedundancyOptimizer``
+    build them) are routed per parameter unless they say otherwise: without a
+    ``use_muon`` key (``"auto"``) matrices go to Muon and the rest to the auxiliary AdamW
+    with the ``adamw_*`` hyperparameters; ``use_muon=True`` makes a whole group Muon (a
+    parameter Muon cannot take raises ``ValueError`` naming it) and ``use_muon=False`` a
+    whole group AdamW, as in KellerJordan's ``MuonWithAuxAdam``.
 
     Same defaults as ``torch.optim.Muon`` (``lr=1e-3, weight_decay=0.1, momentum=0.95,
     nesterov=True, eps=1e-7, ns_steps=5``) and the same numbers on 2-D parameters: bit
@@ -154,7 +165,20 @@ class Muon(Optimizer):
         >>> model(torch.randn(4, 8)).square().mean().backward(); _ = opt.step()
     """
 
-    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused}
+    declaration = Declaration(
+        functional=_muon_tensor,
+        hyper=lambda g: dict(lr=float(g["lr"]), weight_decay=g["weight_decay"], momentum=g["momentum"],
+                             nesterov=g["nesterov"], ns_coefficients=g["ns_coefficients"], ns_steps=g["ns_steps"],
+                             eps=g["eps"], adjust_lr_fn=g["adjust_lr_fn"], ns_dtype=g["ns_dtype"],
+                             ns_method=g.get("ns_method", "standard"), maximize=g["maximize"]),
+        columns=("momentum_buffer",),
+        state={"momentum_buffer": zeros},
+        kernels={"foreach": Kernel("descent.kernels.launch:muon", floating, steps=None, dense_only=False),
+                 "fused": Kernel("descent.kernels.launch:muon", torch_fused, steps=None, dense_only=False)},
+        meta=Meta("muon", adaptive=True, state_bytes=5.5, paper="Jordan et al. (2024); Liu et al. (2025), "
+                  "arXiv:2502.16982", lr={"classification": 0.02, "language": 0.02, "convex": 0.02, "function": 0.02},
+                  kind="matrix", takes_model=True),
+    )
 
     def __init__(
         self,
@@ -188,7 +212,7 @@ class Muon(Optimizer):
         groups = _groups(params, head_names, aux_hp)
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
-                        adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, ns_method=ns_method, use_muon=True,
+                        adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, ns_method=ns_method, use_muon="auto",
                         adamw_lr=adamw_lr, adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
                         adamw_betas=tuple(adamw_betas), amsgrad=False, decoupled_weight_decay=True,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend,
@@ -227,7 +251,7 @@ class Muon(Optimizer):
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"Invalid ns_dtype: {dtype!r} (must be a floating torch.dtype or None)")
         gi = len(self.param_groups) - 1
-        for i, p in enumerate(group["params"]):
+        for i, p in enumerate(group["params"] if group["use_muon"] is True else ()):
             why = None
             if p.ndim < 2:
                 why = f"it has shape {tuple(p.shape)}; Muon orthogonalizes matrices (ndim >= 2)"
@@ -238,24 +262,32 @@ class Muon(Optimizer):
                                  "Put it in a use_muon=False group (AdamW) or pass the model to route it.")
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        if not group["use_muon"]:
-            return Adam._init_state(self, p, group)  # type: ignore[arg-type]
-        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if _routes_to_muon(p, group):
+            return self.declaration.init_state(p, group)
+        return _AUX.init_state(p, group)
 
     def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        if not group["use_muon"]:
-            Adam._update(self, backend, group, params, grads, states)  # type: ignore[arg-type]
-            return
-        hp = dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], momentum=group["momentum"],
-                  nesterov=group["nesterov"], ns_coefficients=group["ns_coefficients"],
-                  ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
-                  ns_dtype=group["ns_dtype"], ns_method=group.get("ns_method", "standard"), maximize=group["maximize"])
-        bufs = [s["momentum_buffer"] for s in states]
-        if backend == "loop":
-            for p, g, b in zip(params, grads, bufs):
-                if p.numel():
-                    muon(p, g, b, **hp)
-            return
-        muon_batched(params, grads, bufs, **hp)
+                states: list[dict[str, Any]], overrides: Any = None) -> None:
+        rows = [i for i, p in enumerate(params) if _routes_to_muon(p, group)]
+        aux = [i for i in range(len(params)) if i not in set(rows)]
+        if rows:
+            run_declaration(self.declaration, backend, group, *([c[i] for i in rows] for c in (params, grads, states)))
+        if aux:
+            view = group if group["use_muon"] is False else _aux_view(group)
+            run_declaration(_AUX, backend, view, *([c[i] for i in aux] for c in (params, grads, states)))
 
+
+#: The auxiliary optimizer of the parameters Muon does not orthogonalize.
+_AUX = AdamW.declaration
+
+
+def _routes_to_muon(p: Tensor, group: dict[str, Any]) -> bool:
+    """``use_muon`` True/False decides for a group; ``"auto"`` (a framework-built group) per parameter."""
+    use = group["use_muon"]
+    return (p.ndim >= 2 and not p.is_complex()) if use == "auto" else bool(use)
+
+
+def _aux_view(group: dict[str, Any]) -> dict[str, Any]:
+    """An auto group seen by the auxiliary AdamW: its ``adamw_*`` hyperparameters."""
+    return {**group, "lr": group["adamw_lr"], "betas": group["adamw_betas"], "eps": group["adamw_eps"],
+            "weight_decay": group["adamw_weight_decay"]}

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.optim.rmsprop as _torch_rmsprop
 from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
 from ._validate import check_nonneg
 from ._backend import floating
-from ._base import Optimizer, reject_unsupported, step_tensor
+from ._base import Optimizer, reject_unsupported
+from ._spec import Declaration, Kernel, Meta, zeros
 
 
 class RMSprop(Optimizer):
@@ -50,7 +50,20 @@ class RMSprop(Optimizer):
         >>> w.sum().backward(); _ = opt.step()
     """
 
-    _supported = {"loop": floating, "foreach": floating, "fused": K.numba_cpu}
+    declaration = Declaration(
+        functional=F.rmsprop,
+        hyper=lambda g: dict(lr=float(g["lr"]), alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"],
+                             momentum=g["momentum"], centered=g["centered"], maximize=g["maximize"]),
+        columns=("square_avg", "grad_avg", "momentum_buffer"),
+        state={"square_avg": zeros, "momentum_buffer": zeros, "grad_avg": zeros},
+        optional={"momentum_buffer": lambda g: g["momentum"] > 0, "grad_avg": lambda g: bool(g["centered"])},
+        steps=True,
+        step_arg=False,
+        kernels={"fused": Kernel("descent.kernels.launch:rmsprop", K.numba_cpu, steps=None),
+                 "foreach": Kernel("descent.kernels.launch:rmsprop_foreach", floating, steps="tensor")},
+        meta=Meta("rmsprop", adaptive=True, state_bytes=4.0, paper="Tieleman & Hinton (2012), Lecture 6.5",
+                  lr={"classification": 1e-3, "language": 1e-3, "convex": 0.01, "function": 0.01}),
+    )
 
     def __init__(
         self,
@@ -81,56 +94,3 @@ class RMSprop(Optimizer):
         check_nonneg("alpha", group["alpha"])
         if group["alpha"] > 1:
             raise ValueError(f"Invalid alpha: {group['alpha']} (must be in [0, 1])")
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state: dict[str, Any] = {"step": step_tensor(p), "square_avg": torch.zeros_like(p)}
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(p)
-        return state
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        momentum, centered = group["momentum"], group["centered"]
-        for p, s in zip(params, states):  # options switched on mid-run
-            if momentum > 0 and "momentum_buffer" not in s:
-                s["momentum_buffer"] = torch.zeros_like(p)
-            if centered and "grad_avg" not in s:
-                s["grad_avg"] = torch.zeros_like(p)
-        hp = dict(lr=float(group["lr"]), alpha=group["alpha"], eps=group["eps"],
-                  weight_decay=group["weight_decay"], momentum=momentum, centered=centered,
-                  maximize=group["maximize"])
-        if backend == "fused":
-            self._fused(group, params, grads, states, hp)
-            return
-        if backend == "loop":
-            for p, g, s in zip(params, grads, states):
-                s["step"] += 1
-                F.rmsprop(p, g, s["square_avg"], s.get("grad_avg"), s.get("momentum_buffer"), **hp)
-            return
-        _torch_rmsprop.rmsprop(
-            params, grads, [s["square_avg"] for s in states],
-            [s["grad_avg"] for s in states] if centered else [],
-            [s["momentum_buffer"] for s in states] if momentum > 0 else [],
-            [s["step"] for s in states], foreach=True, **hp,
-        )
-
-    @staticmethod
-    def _fused(group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
-               hp: dict[str, Any]) -> None:
-        """One Numba call over the bucket (:func:`descent.kernels.elementwise.rmsprop_multi`)."""
-        torch._foreach_add_([s["step"] for s in states], 1.0)
-        cols = [[s["square_avg"] for s in states], [s.get("grad_avg") for s in states],
-                [s.get("momentum_buffer") for s in states]]
-        fused, rest = K.partition(params, grads, *cols)
-        if fused:
-            from ..kernels.elementwise import rmsprop_multi
-
-            centered, use_m = bool(hp["centered"]), hp["momentum"] > 0
-            K.run_elementwise(rmsprop_multi, [params, grads, cols[0], cols[1] if centered else None,
-                                              cols[2] if use_m else None], fused,
-                              (hp["lr"], hp["alpha"], 1 - hp["alpha"], hp["eps"], hp["weight_decay"], hp["momentum"],
-                               -1.0 if hp["maximize"] else 1.0), (centered, use_m))
-        for i in rest:
-            F.rmsprop(params[i], grads[i], cols[0][i], cols[1][i], cols[2][i], **hp)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.optim.sgd as _torch_sgd
 from torch import Tensor
 
 from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused_sgd
 from ._base import Optimizer, reject_unsupported
+from ._spec import Declaration, Kernel, Meta
 
 
 class SGD(Optimizer):
@@ -52,7 +52,17 @@ class SGD(Optimizer):
         tensor([ 0.6200, -1.2400])
     """
 
-    _supported = {"loop": floating, "foreach": floating, "fused": torch_fused_sgd}
+    declaration = Declaration(
+        functional=F.sgd,
+        hyper=lambda g: dict(lr=float(g["lr"]), momentum=g["momentum"], dampening=g["dampening"],
+                             weight_decay=g["weight_decay"], nesterov=g["nesterov"], maximize=g["maximize"]),
+        columns=("momentum_buffer",),  # created on the first step, as torch does
+        loop_returns="momentum_buffer",
+        kernels={"fused": Kernel("descent.kernels.launch:sgd_fused", torch_fused_sgd, steps=None),
+                 "foreach": Kernel("descent.kernels.launch:sgd_foreach", floating, steps=None)},
+        meta=Meta("sgd", adaptive=False, state_bytes=4.0, paper="Robbins & Monro (1951); Sutskever et al. (2013)",
+                  lr={"classification": 0.1, "language": 0.3, "convex": 0.05, "function": 1e-3}),
+    )
 
     def __init__(
         self,
@@ -86,44 +96,3 @@ class SGD(Optimizer):
                 f"Invalid nesterov=True with momentum={group['momentum']} and dampening={group['dampening']} "
                 "(Nesterov momentum requires momentum > 0 and zero dampening)"
             )
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {}  # momentum_buffer is created on the first step, as torch does
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        hp = dict(lr=float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
-                  weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"])
-        use_buf = hp["momentum"] != 0
-        if backend == "loop":
-            for p, g, s in zip(params, grads, states):
-                buf = F.sgd(p, g, s.get("momentum_buffer"), **hp)
-                if use_buf:
-                    s["momentum_buffer"] = buf
-        elif backend == "foreach":
-            bufs = [s.get("momentum_buffer") for s in states]
-            _torch_sgd.sgd(params, grads, bufs, foreach=True, **hp)
-            if use_buf:
-                for s, b in zip(states, bufs):
-                    s["momentum_buffer"] = b
-        else:
-            self._fused(params, grads, states, hp, use_buf)
-
-    @staticmethod
-    def _fused(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
-               hp: dict[str, Any], use_buf: bool) -> None:
-        if not use_buf:
-            torch._fused_sgd_(params, grads, [], is_first_step=False, **hp)
-            return
-        first = [i for i, s in enumerate(states) if s.get("momentum_buffer") is None]
-        rest = [i for i, s in enumerate(states) if s.get("momentum_buffer") is not None]
-        for s in (states[i] for i in first):
-            s["momentum_buffer"] = None
-        for idx, is_first in ((first, True), (rest, False)):
-            if not idx:
-                continue
-            if is_first:
-                for i in idx:
-                    states[i]["momentum_buffer"] = torch.empty_like(grads[i])
-            torch._fused_sgd_([params[i] for i in idx], [grads[i] for i in idx],
-                              [states[i]["momentum_buffer"] for i in idx], is_first_step=is_first, **hp)

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from ._validate import check_betas, check_nonneg, check_positive
 from ..functional.shampoo import GRAFTING, shampoo, shampoo_blocks, shampoo_dims
-from ._backend import floating
 from ._base import Optimizer, param_label, step_tensor
+from ._spec import Declaration, Meta
 
 __all__ = ["Shampoo"]
 
@@ -75,7 +75,18 @@ class Shampoo(Optimizer):
         (torch.Size([4, 4]), torch.Size([8, 8]))
     """
 
-    _supported = {"loop": floating}
+    declaration = Declaration(
+        functional=shampoo,
+        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
+                             weight_decay=g["weight_decay"], update_freq=g["update_freq"],
+                             block_size=g["block_size"], grafting=g["grafting"], graft_eps=g["graft_eps"],
+                             maximize=g["maximize"]),
+        columns=("exp_avg", "exp_avg_sq"),
+        steps=True,
+        meta=Meta("shampoo", adaptive=True, state_bytes=8.0, paper="Gupta, Koren & Singer (2018), "
+                  "arXiv:1802.09568; Anil et al. (2020)", kind="matrix",
+                  lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),
+    )
 
     def __init__(
         self,
@@ -129,12 +140,9 @@ class Shampoo(Optimizer):
         return state
 
     def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        beta1, beta2 = group["betas"]
-        hp = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                  weight_decay=group["weight_decay"], update_freq=group["update_freq"],
-                  block_size=group["block_size"], grafting=group["grafting"], graft_eps=group["graft_eps"],
-                  maximize=group["maximize"])
+                states: list[dict[str, Any]], overrides: Any = None) -> None:
+        """Per tensor: Shampoo keeps a variable number of preconditioners per parameter."""
+        hp = self.declaration.hyper(group)
         for p, g, s in zip(params, grads, states):
             if group["grafting"] == "adam" and "exp_avg_sq" not in s:  # grafting switched mid-run
                 s["exp_avg_sq"] = torch.zeros_like(p)

@@ -35,8 +35,8 @@ from torch import Tensor
 from .. import functional as F
 from .. import kernels as K
 from ._validate import check_betas, check_nonneg, check_positive
-from ._backend import floating
-from ._base import Optimizer, step_tensor
+from ._base import Optimizer
+from ._spec import Declaration, Kernel, Meta, zeros
 
 __all__ = ["SophiaG", "gnb_sample_labels"]
 
@@ -89,7 +89,18 @@ class SophiaG(Optimizer):
         Optimizer for Language Model Pre-training", Algorithms 1-3.
     """
 
-    _supported = {"loop": floating, "fused": K.numba_cpu}
+    declaration = Declaration(
+        functional=F.sophia,
+        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], rho=float(g["rho"]), bs=float(g["bs"]),
+                             weight_decay=float(g["weight_decay"]), eps=float(g["eps"]), maximize=g["maximize"]),
+        columns=("exp_avg", "hessian"),
+        state={"exp_avg": zeros, "hessian": zeros},
+        steps=True,
+        step_arg=False,
+        kernels={"fused": Kernel("descent.kernels.launch:sophia", K.numba_cpu, steps=None)},
+        meta=Meta("sophiag", adaptive=True, state_bytes=8.0, paper="Liu et al. (2023), arXiv:2305.14342",
+                  lr={"classification": 3e-4, "language": 3e-4, "convex": 1e-3, "function": 1e-2}),
+    )
 
     def __init__(
         self,
@@ -109,7 +120,6 @@ class SophiaG(Optimizer):
     ) -> None:
         defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs, eps=eps, maximize=maximize,
                         foreach=foreach, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
-        self._bs_override: float | None = None
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -120,38 +130,12 @@ class SophiaG(Optimizer):
         check_positive("bs", group["bs"])
         check_positive("eps", group["eps"])
 
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return {"step": step_tensor(p), "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "hessian": torch.zeros_like(p, memory_format=torch.preserve_format)}
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, bs: float | None = None) -> Any:
         """One step; ``bs`` overrides every group's ``bs`` for this step only."""
         if bs is not None:
             check_positive("bs", bs)
-        self._bs_override = bs
-        try:
-            return super().step(closure)
-        finally:
-            self._bs_override = None
-
-    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-        lr, wd = float(group["lr"]), float(group["weight_decay"])
-        b1 = group["betas"][0]
-        bs = float(self._bs_override if getattr(self, "_bs_override", None) is not None else group["bs"])
-        rho, eps = float(group["rho"]), float(group["eps"])
-        torch._foreach_add_([s["step"] for s in states], 1.0)
-        ms, hs = [s["exp_avg"] for s in states], [s["hessian"] for s in states]
-        fused, rest = K.partition(params, grads, ms, hs) if backend == "fused" else ([], range(len(params)))
-        if fused:
-            from ..kernels.elementwise import sophia_multi
-
-            K.run_elementwise(sophia_multi, [params, grads, ms, hs], fused,
-                              (1 - lr * wd, lr, b1, 1 - b1, rho * bs, eps, -1.0 if group["maximize"] else 1.0))
-        for i in rest:
-            F.sophia(params[i], grads[i], ms[i], hs[i], lr=lr, beta1=b1, rho=rho, bs=bs, weight_decay=wd, eps=eps,
-                     maximize=group["maximize"])
+        return self._step(closure, {"bs": None if bs is None else float(bs)})
 
     def _hessian_states(self):
         for group in self.param_groups:

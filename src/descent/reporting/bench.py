@@ -1,7 +1,7 @@
 """Step-speed and state-memory benchmark of descent's optimizers against torch and peers.
 
 Two parameter sets: (a) one flat 16M-element tensor and (b) a GPT-shaped list of 196
-tensors totalling ~20M parameters (16 blocks of width 320, as in DESIGN.md). Every
+tensors totalling ~20M parameters (16 blocks of width 320, a GPT-2-small-like layout). Every
 optimizer is timed on the same tensors with fixed gradients, the implementations of one
 optimizer taking turns (interleaved rounds, so a slow spell of a shared machine hits
 them all); the memory bandwidth of
@@ -135,11 +135,11 @@ def _state_bytes(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -
     return total / max(1, sum(p.numel() for p in params))
 
 
-def _descent(name: str, **kw: Any) -> Factory | None:
-    import descent
+def _descent(name: str, **kw: Any) -> Factory:
+    """Build descent's optimizer ``name`` from the registry on a parameter list."""
+    from descent.optim.registry import create_optimizer
 
-    cls = getattr(descent, name, None)
-    return None if cls is None else (lambda ps: cls(ps, **kw))
+    return lambda ps: create_optimizer(name.lower(), ps, **kw)
 
 
 def _torch(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> dict[str, Factory]:
@@ -175,12 +175,10 @@ def _muon_cases() -> Case:
         rest = [p for p in ps if not (p.ndim == 2 and any(p is m for m in mats))]
         return descent.Muon([dict(params=mats, use_muon=True), dict(params=rest, use_muon=False)], lr=0.02, **kw)
 
-    import descent
-
     variants: dict[str, Factory] = {"descent ns_method='auto'": lambda ps: make(ps, ns_method="auto")}
     if _po("Muon"):
         variants["pytorch_optimizer.Muon"] = _po_muon
-    return Case("Muon", None, make if hasattr(descent, "Muon") else None, variants, matrices_only_16m=True)
+    return Case("Muon", None, make, variants, matrices_only_16m=True)
 
 
 def _cases() -> list[Case]:
@@ -199,7 +197,23 @@ def _cases() -> list[Case]:
         Case("SophiaG", 24, _descent("SophiaG", lr=1e-4), _po("SophiaH", lr=1e-4)),
         _muon_cases(),
     ]
-    return cases
+    return cases + _registered_cases({c.name.lower() for c in cases})
+
+
+def _registered_cases(known: set[str]) -> list[Case]:
+    """Every other registered elementwise optimizer, at its declared classification lr; bytes
+    moved per parameter: read p and g, write p, read and write the state (12 + 2 x state bytes)."""
+    from descent.optim.registry import list_optimizers, optimizer_info
+
+    out = []
+    for name in list_optimizers("elementwise"):
+        entry = optimizer_info(name)
+        if name in known or entry.kwargs or entry.cls.__name__.lower() in known:
+            continue
+        meta = entry.meta
+        out.append(Case(entry.cls.__name__, round(12 + 2 * meta.state_bytes),
+                        _descent(name, lr=entry.default_lr("classification") or 1e-3), {}))
+    return out
 
 
 #: Built lazily so that optimizers added later are picked up.

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .clip import ClipResult, clip_grad_norm_
-from .nonfinite import nonfinite_grads, record_skip
+from .nonfinite import find_nonfinite, record_skip
 
 __all__ = ["MixedPrecision", "StepReport", "AgreementReport", "precision_agreement"]
 
@@ -124,7 +124,7 @@ class MixedPrecision:
             scale = float(self.scaler.get_scale())
             self.scaler.unscale_(opt)
         norm = clip_grad_norm_(list(self._params()), self.max_norm, self.norm_type) if self.max_norm else None
-        where = nonfinite_grads(opt) if (norm is not None and not norm.finite) else []
+        where = find_nonfinite(opt.param_groups) if (norm is not None and not norm.finite) else {}
         if self.scaler is not None:
             self.scaler.step(opt)
             self.scaler.update()
@@ -136,7 +136,7 @@ class MixedPrecision:
         optimizer_skipped = any(a > b for a, b in zip(after, before))
         reason = ""
         if scaler_skipped:
-            record_skip(opt.param_groups, {0: where} if where else {})
+            record_skip(opt.param_groups, where)
             reason = f"GradScaler found Inf/NaN at scale {scale:g} and skipped optimizer.step()"
         elif optimizer_skipped:
             reason = "the optimizer skipped a step with non-finite gradients"

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["nonfinite_indices", "nonfinite_grads", "NonFiniteGuard", "skip_nonfinite"]
+__all__ = ["nonfinite_indices", "find_nonfinite", "record_skip", "param_label",
+           "NonFiniteGuard", "skip_nonfinite"]
 
 log = logging.getLogger("descent.stability.nonfinite")
 
@@ -43,16 +44,30 @@ def nonfinite_indices(tensors: Sequence[Tensor]) -> list[int]:
     return [keep[k] for k in torch.nonzero(~finite).flatten().tolist()]
 
 
-def nonfinite_grads(optimizer: torch.optim.Optimizer) -> list[str]:
-    """Labels (``param_groups[g]['params'][i] ('name')``) of every parameter whose grad is non-finite."""
-    from ..optim._base import param_label
+def param_label(group: dict[str, Any], group_index: int, index: int) -> str:
+    """Human-readable position of a parameter, with its name when the group has names."""
+    where = f"param_groups[{group_index}]['params'][{index}]"
+    names = group.get("param_names")
+    if names is not None and index < len(names):
+        return f"{where} ({names[index]!r})"
+    return where
 
-    found = []
-    for gi, group in enumerate(optimizer.param_groups):
+
+def find_nonfinite(param_groups: Sequence[dict[str, Any]], groups: Sequence[int] | None = None) -> dict[int, list[str]]:
+    """Group index -> labels of the parameters whose gradient holds NaN/Inf (empty when all finite).
+
+    The one detection every NaN-safe path uses (descent's ``skip_nonfinite``,
+    :class:`NonFiniteGuard`, :class:`descent.MixedPrecision`). ``groups`` restricts the
+    check to some group indices.
+    """
+    where: dict[int, list[str]] = {}
+    for gi in range(len(param_groups)) if groups is None else groups:
+        group = param_groups[gi]
         index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
         bad = nonfinite_indices([group["params"][i].grad for i in index])
-        found += [param_label(group, gi, index[k]) for k in bad]
-    return found
+        if bad:
+            where[gi] = [param_label(group, gi, index[k]) for k in bad]
+    return where
 
 
 def record_skip(param_groups: Sequence[dict[str, Any]], where: dict[int, list[str]]) -> None:
@@ -168,14 +183,7 @@ class NonFiniteGuard(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        where: dict[int, list[str]] = {}
-        from ..optim._base import param_label
-
-        for gi, group in enumerate(self.param_groups):
-            index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
-            bad = nonfinite_indices([group["params"][i].grad for i in index])
-            if bad:
-                where[gi] = [param_label(group, gi, index[k]) for k in bad]
+        where = find_nonfinite(self.param_groups)
         if where:
             record_skip(self.param_groups, where)
             log.warning("skipped a %s step with non-finite gradients in %s", type(self.optimizer).__name__,
@@ -206,12 +214,11 @@ def skip_nonfinite(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         >>> type(opt).__name__
         'NonFiniteGuard'
     """
-    from ..optim._base import Optimizer
-
-    if isinstance(optimizer, (Optimizer, NonFiniteGuard)):
+    native = "skip_nonfinite" in getattr(optimizer, "defaults", {})  # a descent optimizer
+    if native or isinstance(optimizer, NonFiniteGuard):
         for group in optimizer.param_groups:
             group["skip_nonfinite"] = True
-        if isinstance(optimizer, Optimizer):
+        if native:
             optimizer.defaults["skip_nonfinite"] = True
         return optimizer
     return NonFiniteGuard(optimizer)

@@ -113,7 +113,9 @@ class Task:
         metric: the headline metric's key in :meth:`evaluate`'s dict.
         higher_is_better: whether a larger ``metric`` is better.
         optimum: the known optimal training objective (convex tasks and test functions), else ``None``.
-        lrs: a sensible starting lr per optimizer name (used when the user gives none).
+        lrs: starting lrs that differ, for this task, from the optimizers' declared defaults.
+        kind: the kind of task (``classification``, ``language``, ``convex``, ``function``) whose
+            declared default lr an optimizer starts from (:func:`descent.optim.registry.default_lr`).
         recipe: the :func:`descent.recipe` scenario that fits the task.
         reference: published numbers to state side by side (e.g. mnist1d accuracies).
         extra: task-specific data (e.g. the 2-D test function for trajectory plots).
@@ -132,6 +134,7 @@ class Task:
     higher_is_better: bool = False
     optimum: float | None = None
     lrs: dict[str, float] = field(default_factory=dict)
+    kind: str = "classification"
     recipe: str = "quick"
     reference: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -155,8 +158,18 @@ class Task:
             model.train(was_training)
 
     def lr_for(self, optimizer: str, default: float = 1e-3) -> float:
-        """The task's starting lr for ``optimizer`` (case-insensitive), or ``default``."""
-        return self.lrs.get(optimizer.lower(), default)
+        """The starting lr for ``optimizer`` (case-insensitive): the task's own, else the one the
+        optimizer declares for this kind of task, else ``default``."""
+        from ..optim.registry import optimizer_info
+
+        key = optimizer.strip().lower()
+        if key in self.lrs:
+            return self.lrs[key]
+        try:
+            lr = optimizer_info(key).default_lr(self.kind)
+        except ValueError:
+            lr = None
+        return default if lr is None else lr
 
 
 def mean_loss(loss_fn: Callable[[Tensor, Tensor], Tensor], model: nn.Module, batches: Any) -> float:

@@ -139,9 +139,7 @@ def charlm(seed: int = 0, batch_size: int = 32, ctx: int = 64, d: int = 64, laye
     train = CharWindows(data[:cut], ctx, batch_size, seed=seed)
     val = CharWindows(data[cut:], ctx, 64, shuffle=False)
     make_model = seeded(lambda: TinyGPT(VOCAB, ctx, d, max(1, d // 16), layers))
-    lrs = {"sgd": 0.3, "sgd-plain": 0.3, "adam": 3e-3, "adamw": 3e-3, "lion": 3e-4, "lamb": 1e-2,
-           "adafactor": 1e-2, "sophiag": 3e-4, "muon": 0.02, "rmsprop": 1e-3, "adagrad": 0.05, "shampoo": 3e-3}
     return Task(name="charlm", description=f"char LM on {len(data):,} chars of stdlib source, "
                 f"transformer d={d} x{layers} ctx={ctx}", model=make_model(seed), train=train, val=val, test=None,
-                loss_fn=lm_loss, make_model=make_model, evaluate_fn=_evaluate, metric="val_loss", lrs=lrs,
+                loss_fn=lm_loss, make_model=make_model, evaluate_fn=_evaluate, metric="val_loss", kind="language",
                 recipe="llm", reference={"uniform over 128 chars (nats)": math.log(VOCAB)})

@@ -11,10 +11,6 @@ from ._base import Batches, Task, mean_loss, require, seeded, split
 
 __all__ = ["logistic", "linear", "logistic_optimum", "linear_optimum"]
 
-_CONVEX_LRS = {"sgd": 0.05, "sgd-plain": 0.1, "adam": 0.01, "adamw": 0.01, "lion": 1e-3, "lamb": 0.01,
-               "adafactor": 0.01, "adagrad": 0.1, "rmsprop": 0.01, "sophiag": 1e-3, "muon": 0.02, "shampoo": 0.01,
-               "lbfgs": 1.0}
-
 
 def _standardize(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     mu, sd = x[train].mean(0), x[train].std(0)
@@ -99,7 +95,7 @@ def logistic(seed: int = 0, batch_size: int = 64, l2: float = 1e-2) -> Task:
                 model=make_model(seed), train=Batches(xt[tr], yt[tr], batch_size, seed=seed),
                 val=Batches(xt[va], yt[va], 1024, shuffle=False), test=Batches(xt[te], yt[te], 1024, shuffle=False),
                 loss_fn=_bce, make_model=make_model, evaluate_fn=_convex_eval, metric="gap", optimum=opt,
-                lrs=dict(_CONVEX_LRS), recipe="convex", penalty=penalty,
+                kind="convex", recipe="convex", penalty=penalty,
                 extra={"train_full": (xt[tr], yt[tr]), "optimum_grad_norm": gnorm, "l2": l2})
 
 
@@ -115,4 +111,4 @@ def linear(seed: int = 0, batch_size: int = 32) -> Task:
                 model=make_model(seed), train=Batches(xt[tr], yt[tr], batch_size, seed=seed),
                 val=Batches(xt[va], yt[va], 1024, shuffle=False), test=Batches(xt[te], yt[te], 1024, shuffle=False),
                 loss_fn=_mse, make_model=make_model, evaluate_fn=_convex_eval, metric="gap", optimum=opt,
-                lrs=dict(_CONVEX_LRS), recipe="convex", extra={"train_full": (xt[tr], yt[tr])})
+                kind="convex", recipe="convex", extra={"train_full": (xt[tr], yt[tr])})

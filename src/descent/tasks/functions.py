@@ -126,6 +126,6 @@ def function_task(name: str, seed: int = 0, start: tuple[float, float] | None = 
         return Point(spec.fn, start)  # type: ignore[arg-type]
     return Task(name=name, description=f"{name} test function from {start}", model=make_model(seed),
                 train=NoData(), val=NoData(), test=None, loss_fn=_value, make_model=make_model,  # type: ignore[arg-type]
-                evaluate_fn=_evaluate, metric="gap", optimum=0.0, lrs=dict(spec.lrs), recipe="convex",
+                evaluate_fn=_evaluate, metric="gap", optimum=0.0, lrs=dict(spec.lrs), kind="function", recipe="convex",
                 extra={"fn": spec.fn, "minima": spec.minima, "xlim": spec.xlim, "ylim": spec.ylim,
                        "start": start})

@@ -1,7 +1,6 @@
 """Train, compare and sweep optimizers on a :class:`~descent.tasks.Task` (the library behind the CLI).
 
-Optional pieces of descent (``Lion``, ``Monitor``, ``recipe``, ...) are looked up at run time; a
-missing one raises :class:`Unavailable` or is reported in ``RunResult.notes``, never faked.
+Optimizers are built by name from the registry (:func:`descent.create_optimizer`).
 """
 
 from __future__ import annotations
@@ -20,60 +19,35 @@ from torch import nn
 
 import descent
 
+from ..optim.registry import create_optimizer, list_optimizers, optimizer_info
 from ._base import Task
 
 log = logging.getLogger("descent.tasks")
 
-__all__ = ["OPTIMIZERS", "Unavailable", "make_optimizer", "RunResult", "train", "prepare", "check_train_args", "compare",
+__all__ = ["OPTIMIZERS", "make_optimizer", "RunResult", "train", "prepare", "check_train_args", "compare",
            "summarize"]
 
 
-class Unavailable(ValueError):
-    """An optimizer or tool that this build of descent does not provide."""
+def _trainable() -> dict[str, str]:
+    """Registry names the built-in training loop can run (everything but closure-driven L-BFGS)."""
+    return {n: optimizer_info(n).description for n in list_optimizers() if optimizer_info(n).meta.kind != "quasi-newton"}
 
 
-def _groups(model: nn.Module, wd: float) -> Any:
-    return descent.param_groups(model, weight_decay=wd)
-
-
-#: name -> (descent class name, builder(cls, model, lr) -> optimizer, description)
-OPTIMIZERS: dict[str, tuple[str, Callable[..., torch.optim.Optimizer], str]] = {
-    "sgd": ("SGD", lambda c, m, lr: c(_groups(m, 5e-4), lr=lr, momentum=0.9, nesterov=True),
-            "SGD, Nesterov momentum 0.9, wd 5e-4"),
-    "sgd-plain": ("SGD", lambda c, m, lr: c(m.parameters(), lr=lr), "plain SGD"),
-    "adam": ("Adam", lambda c, m, lr: c(m.parameters(), lr=lr), "Adam"),
-    "adamw": ("AdamW", lambda c, m, lr: c(_groups(m, 0.01), lr=lr), "AdamW, wd 0.01 off bias/norm"),
-    "rmsprop": ("RMSprop", lambda c, m, lr: c(m.parameters(), lr=lr), "RMSprop"),
-    "adagrad": ("Adagrad", lambda c, m, lr: c(m.parameters(), lr=lr), "Adagrad"),
-    "lion": ("Lion", lambda c, m, lr: c(_groups(m, 0.1), lr=lr), "Lion, wd 0.1 off bias/norm"),
-    "lamb": ("LAMB", lambda c, m, lr: c(_groups(m, 0.01), lr=lr), "LAMB, wd 0.01"),
-    "adafactor": ("Adafactor", lambda c, m, lr: c(m.parameters(), lr=lr), "Adafactor"),
-    "sophiag": ("SophiaG", lambda c, m, lr: c(m.parameters(), lr=lr), "SophiaG"),
-    "muon": ("Muon", lambda c, m, lr: c(m, lr=lr, adamw_lr=3e-3), "Muon on matrices, AdamW 3e-3 on the rest"),
-    "shampoo": ("Shampoo", lambda c, m, lr: c(m.parameters(), lr=lr), "Shampoo"),
-    "kfac": ("KFAC", lambda c, m, lr: c(m, lr=lr), "K-FAC"),
-}
+#: name -> description of every registered optimizer the built-in training loop runs
+#: (read from :func:`descent.list_optimizers`; a new optimizer appears here by its declaration).
+OPTIMIZERS: dict[str, str] = _trainable()
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Build descent's optimizer ``name`` (see :data:`OPTIMIZERS`) for ``model``.
+    """Build the registered optimizer ``name`` (see :data:`OPTIMIZERS`) for ``model``.
 
     Raises:
-        ValueError: unknown name (lists the valid ones); :class:`Unavailable` if descent lacks it.
+        ValueError: unknown name (lists the valid ones).
     """
     key = name.strip().lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"Invalid optimizer: {name!r} (valid: {', '.join(OPTIMIZERS)})")
-    attr, build, _ = OPTIMIZERS[key]
-    cls = getattr(descent, attr, None)
-    if cls is None:
-        raise Unavailable(f"optimizer {key!r} is not available in this build of descent (no descent.{attr})")
-    return build(cls, model, lr)
-
-
-def available_optimizers() -> list[str]:
-    """The names in :data:`OPTIMIZERS` whose class this build of descent provides."""
-    return [k for k, (attr, _, _) in OPTIMIZERS.items() if hasattr(descent, attr)]
+    return create_optimizer(key, model, lr=lr)
 
 
 @dataclass
@@ -274,9 +248,7 @@ def _rescale_lr(opt: torch.optim.Optimizer, sched: Any, factor: float) -> None:
 def _setup(task: Task, model: nn.Module, res: RunResult, optimizer: str, lr: float | None, steps: int,
            recipe: str | None, clip: float | None, schedule: bool, warmup: float) -> tuple[Any, Any, float | None]:
     if recipe is not None:
-        make = getattr(descent, "recipe", None)
-        if make is None:
-            raise Unavailable("descent.recipe is not available in this build of descent")
+        make = descent.recipe
         # an explicit lr was chosen at this batch size already: no batch-size rescaling on top
         bs = getattr(task.train, "batch_size", None) if lr is None else None
         rec = make(recipe, model, steps, batch_size=bs, lr=lr)
@@ -313,10 +285,7 @@ def _tail_mean(values: Sequence[Any], frac: float = 0.1) -> float:
 def compare(task_name: str, optimizers: Sequence[str], steps: int = 200, seeds: int = 1, *,
             lrs: dict[str, float] | None = None, eval_every: int = 0, task_options: dict[str, Any] | None = None,
             callback: Callable[[str, int, dict[str, Any]], None] | None = None) -> dict[str, list[RunResult]]:
-    """The same budget for every optimizer over ``seeds`` seeds (tasks rebuilt per seed).
-
-    Unavailable optimizers are skipped with a logged warning (their list entry is empty).
-    """
+    """The same budget for every optimizer over ``seeds`` seeds (tasks rebuilt per seed)."""
     from . import get_task
 
     for name in optimizers:  # validate names before any work
@@ -326,8 +295,6 @@ def compare(task_name: str, optimizers: Sequence[str], steps: int = 200, seeds: 
     for seed in range(seeds):
         task = get_task(task_name, seed=seed, **(task_options or {}))
         for name in optimizers:
-            if not hasattr(descent, OPTIMIZERS[name.strip().lower()][0]):
-                continue
             cb = (lambda rec, n=name, s=seed: callback(n, s, rec)) if callback else None
             out[name].append(train(task, name, (lrs or {}).get(name), steps, seed=seed, eval_every=eval_every,
                                    callback=cb))

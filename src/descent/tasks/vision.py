@@ -19,10 +19,6 @@ log = logging.getLogger("descent.tasks")
 
 __all__ = ["digits_mlp", "digits_cnn", "mnist1d"]
 
-_CLASSIFIER_LRS = {"sgd": 0.1, "sgd-plain": 0.1, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "adagrad": 0.05,
-                   "lion": 1e-3, "lamb": 1e-2, "adafactor": 1e-2, "sophiag": 3e-4, "muon": 0.02,
-                   "shampoo": 3e-3, "kfac": 1e-2}
-
 
 def _digits(seed: int, batch_size: int, image: bool) -> tuple[Batches, Batches, Batches]:
     x_np, y_np = require("sklearn.datasets", "scikit-learn", "data", "task digits-mlp/digits-cnn").load_digits(return_X_y=True)
@@ -41,7 +37,7 @@ def _classifier(name: str, description: str, make: Any, data: tuple[Batches, Bat
     train, val, test = data
     return Task(name=name, description=description, model=make_model(seed), train=train, val=val, test=test,
                 loss_fn=nn.functional.cross_entropy, make_model=make_model, evaluate_fn=accuracy_eval,
-                metric="val_acc", higher_is_better=True, lrs=dict(_CLASSIFIER_LRS), recipe=recipe,
+                metric="val_acc", higher_is_better=True, kind="classification", recipe=recipe,
                 reference=reference or {})
 
 

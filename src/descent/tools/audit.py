@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..optim.param_groups import _is_norm_module
+from ..optim.registry import is_adaptive
 from ._findings import Finding, Findings
 
 __all__ = ["audit", "AUDIT_CODES"]
@@ -18,7 +19,6 @@ AUDIT_CODES = ("decay_on_bias_norm", "zero_weight_decay", "adamw_lr_high_transfo
                "no_clipping", "sgd_no_momentum", "batch_lr_unscaled", "schedule_per_epoch")
 _S000 = "000 (SGD overview): anti-patterns"
 _S002 = "002 (Optimization in AI): anti-patterns"
-_ADAPTIVE = ("adam", "lion", "lamb", "adafactor", "sophia", "rmsprop", "adagrad", "muon", "shampoo")
 
 
 def _kind(optimizer: torch.optim.Optimizer) -> str:
@@ -86,7 +86,7 @@ def _lr_rules(optimizer: torch.optim.Optimizer, model: nn.Module | None, schedul
     if "adamw" in kind and tf and lr >= 1e-3:
         out.append(Finding("adamw_lr_high_transformer", "warning", f"AdamW lr={lr:g} on a transformer",
                            {"lr": lr}, "use 1e-4 to 3e-4 with warmup", _S000 + " ('AdamW lr=1e-3 for LLM')"))
-    adaptive = any(a in kind for a in _ADAPTIVE)
+    adaptive = is_adaptive(optimizer)
     large = lr >= 1e-3 if adaptive else lr >= 0.1
     start = _start_multiplier(scheduler)
     if large and (start is None or start >= 0.5):
@@ -135,7 +135,7 @@ def _batch_rule(optimizer: torch.optim.Optimizer, batch_size: int | None, base_b
     if base_lr is not None and not math.isclose(lr, ref, rel_tol=0.01):
         return []
     k = batch_size / base_batch_size
-    adaptive = any(a in _kind(optimizer) for a in _ADAPTIVE)
+    adaptive = is_adaptive(optimizer)
     expected = ref * (math.sqrt(k) if adaptive else k)
     return [Finding("batch_lr_unscaled", "warning",
                     f"batch size {base_batch_size} -> {batch_size} but the lr stayed {lr:g}",

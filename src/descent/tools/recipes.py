@@ -90,37 +90,20 @@ def _optimizer(kind: str, groups: list[dict[str, Any]], row: dict[str, Any], lr:
         cls = descent.AdamW if kind == "adamw" else descent.Adam
         return cls(groups, lr=lr, betas=betas, eps=row.get("eps", 1e-8))
     if kind == "adafactor":
-        cls = getattr(descent, "Adafactor", None)
-        if cls is not None:
-            why.append(("optimizer", f"descent.Adafactor with an external lr {lr:g} (relative_step=False, "
-                        "scale_parameter=False: the schedule below drives it), factored second moment, no momentum",
-                        "Shazeer & Stern 2018; Hugging Face's recommended external-lr setting"))
-            return cls(groups, lr=lr, relative_step=False, scale_parameter=False)
-        cls = getattr(descent, "Lion", None)
-        if cls is not None:
-            why.append(("optimizer", "descent has no Adafactor: Lion (one state tensor) at lr 1e-4", _S000))
-            return cls(groups, lr=1e-4)
-        why.append(("optimizer", "descent has no Adafactor or Lion: torch.optim.Adafactor at its default lr 1e-2 "
-                    "(factored second moment, no momentum)", "torch.optim.Adafactor"))
-        return torch.optim.Adafactor(groups, lr=1e-2)
+        why.append(("optimizer", f"descent.Adafactor with an external lr {lr:g} (relative_step=False, "
+                    "scale_parameter=False: the schedule below drives it), factored second moment, no momentum",
+                    "Shazeer & Stern 2018; Hugging Face's recommended external-lr setting"))
+        return descent.Adafactor(groups, lr=lr, relative_step=False, scale_parameter=False)
     if kind == "lamb":
-        for name, lr_k in (("LAMB", lr), ("Lion", lr / 10)):
-            cls = getattr(descent, name, None)
-            if cls is not None:
-                why.append(("optimizer", f"descent.{name} at lr {lr_k:g}" + (" (Lion: ~1/10 of the adaptive lr)"
-                            if name == "Lion" else " (layer-wise trust ratio keeps large-batch steps stable)"), _S002))
-                return cls(groups, lr=lr_k)
-        why.append(("optimizer", "descent has neither LAMB nor Lion yet: falling back to AdamW with the same warmup; "
-                    "expect it to need a lower lr at very large batch", _S002))
-        return descent.AdamW(groups, lr=lr, betas=betas)
+        why.append(("optimizer", f"descent.LAMB at lr {lr:g} (layer-wise trust ratio keeps large-batch steps "
+                    "stable)", _S002))
+        return descent.LAMB(groups, lr=lr)
     raise AssertionError(kind)  # pragma: no cover - table is fixed
 
 
 def _schedule(kind: str, total: int, warmup: float) -> Any:
-    try:
-        from descent import schedules as S
-    except ImportError:  # pragma: no cover - schedules ship with descent
-        S = None
+    from descent import schedules as S
+
     if kind == "warmup_cosine":
         return S.WarmupCosine(total, warmup=warmup, min_ratio=0.1)
     if kind == "warmup_linear":

@@ -1,0 +1,223 @@
+"""Launchers: the one place that turns an optimizer's named tensors and hyperparameters
+into a kernel call.
+
+Every launcher has the signature its optimizer's declaration checks
+(:class:`descent.optim._spec.Kernel`): ``params``, ``grads``, one list per state column
+named by its state key, ``steps`` where the kernel needs them, and exactly the keyword
+hyperparameters of the optimizer's :mod:`descent.functional` function. The base hands a
+launcher only dense, contiguous, non-empty local tensors of one device and dtype.
+
+Two families live here: descent's Numba CPU kernels (one call per bucket through the
+tensors' addresses, :mod:`descent.kernels.multi`) and torch's own multi-tensor kernels
+(``torch.optim``'s fused and foreach paths for SGD, Adagrad, Adam/AdamW and RMSprop),
+which advance the step tensors themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.optim.adagrad as _torch_adagrad
+import torch.optim.adam as _torch_adam
+import torch.optim.rmsprop as _torch_rmsprop
+import torch.optim.sgd as _torch_sgd
+from torch import Tensor
+
+from . import addresses, bucket_plan, like, run_elementwise, take
+
+__all__ = ["lion", "sophia", "rmsprop", "lamb", "adafactor", "muon", "adam_fused", "adam_foreach", "adagrad_fused",
+           "adagrad_foreach", "rmsprop_foreach", "sgd_fused", "sgd_foreach"]
+
+Tensors = list[Tensor]
+Maybe = list[Tensor | None]
+
+
+def _sign(maximize: bool) -> float:
+    return -1.0 if maximize else 1.0
+
+
+# ------------------------------------------------------------------ Numba (CPU)
+def lion(params: Tensors, grads: Tensors, exp_avg: Tensors, *, lr: float, beta1: float, beta2: float,
+         weight_decay: float, maximize: bool) -> None:
+    """:func:`descent.functional.lion` over a bucket (:func:`descent.kernels.elementwise.lion_multi`)."""
+    from .elementwise import lion_multi
+
+    run_elementwise(lion_multi, [params, grads, exp_avg], list(range(len(params))),
+                    (1 - lr * weight_decay, lr, beta1, 1 - beta1, beta2, 1 - beta2, _sign(maximize)))
+
+
+def sophia(params: Tensors, grads: Tensors, exp_avg: Tensors, hessian: Tensors, *, lr: float, beta1: float,
+           rho: float, bs: float, weight_decay: float, eps: float, maximize: bool) -> None:
+    """:func:`descent.functional.sophia` over a bucket (:func:`descent.kernels.elementwise.sophia_multi`)."""
+    from .elementwise import sophia_multi
+
+    run_elementwise(sophia_multi, [params, grads, exp_avg, hessian], list(range(len(params))),
+                    (1 - lr * weight_decay, lr, beta1, 1 - beta1, rho * bs, eps, _sign(maximize)))
+
+
+def rmsprop(params: Tensors, grads: Tensors, square_avg: Tensors, grad_avg: Maybe, momentum_buffer: Maybe, *,
+            lr: float, alpha: float, eps: float, weight_decay: float, momentum: float, centered: bool,
+            maximize: bool) -> None:
+    """:func:`descent.functional.rmsprop` over a bucket (:func:`descent.kernels.elementwise.rmsprop_multi`)."""
+    from .elementwise import rmsprop_multi
+
+    use_m = momentum > 0
+    run_elementwise(rmsprop_multi, [params, grads, square_avg, grad_avg if centered else None,
+                                    momentum_buffer if use_m else None], list(range(len(params))),
+                    (lr, alpha, 1 - alpha, eps, weight_decay, momentum, _sign(maximize)), (bool(centered), use_m))
+
+
+def lamb(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, *, steps: list[int], lr: float,
+         beta1: float, beta2: float, eps: float, weight_decay: float, clamp_value: float | None,
+         bias_correction: bool, maximize: bool) -> None:
+    """:func:`descent.functional.lamb` over a bucket: moments and norms, trust ratios, apply
+    (:func:`descent.kernels.elementwise.lamb_multi`)."""
+    from . import multi
+    from .elementwise import lamb_multi
+
+    plan, dtype = bucket_plan(params), like(params[0])
+    dt = dtype.dtype.type
+    t = np.asarray(steps, dtype=np.float64)
+    bc1 = (1 - beta1**t if bias_correction else np.ones_like(t)).astype(dtype.dtype)
+    bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(dtype.dtype)
+    # waves up to 4x the target size store the direction; a bigger one (one large tensor) recomputes it
+    scratch = np.empty(plan.scratch_numel(4 * multi.WAVE), dtype=dtype.dtype)
+    lamb_multi(addresses(params, grads, exp_avg, exp_avg_sq), plan.sizes, plan.blocks, plan.waves, plan.offsets,
+               plan.wave_sizes, dtype, scratch, bc1, bc2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+               dt(eps), dt(weight_decay), dt(_sign(maximize)), float(lr),
+               -1.0 if clamp_value is None else float(clamp_value), np.zeros((len(plan.blocks), 2)),
+               np.zeros((len(params), 2)), np.ones(len(params)))
+
+
+def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, variance: Maybe, exp_avg: Maybe, *,
+              steps: list[int], lr: float | None, relative_step: bool, warmup_init: bool, decay_rate: float,
+              eps1: float, eps2: float, clip_threshold: float, beta1: float | None, weight_decay: float,
+              scale_parameter: bool, maximize: bool) -> None:
+    """:func:`descent.functional.adafactor` over a bucket (:func:`descent.kernels.adafactor.adafactor_multi`).
+
+    A tensor whose state has neither a full ``variance`` nor both factors is refused by
+    the functional with its own error, so such a bucket runs there instead.
+    """
+    from ..functional import adafactor as _fa
+    from ..functional import adafactor_lr
+    from .adafactor import adafactor_multi
+
+    if any(v is None and (r is None or c is None) for r, c, v in zip(row_var, col_var, variance)):
+        for i, p in enumerate(params):
+            _fa(p, grads[i], row_var[i], col_var[i], variance[i], exp_avg[i], step=steps[i],
+                lr=adafactor_lr(steps[i], lr, relative_step=relative_step, warmup_init=warmup_init),
+                decay_rate=decay_rate, eps1=eps1, eps2=eps2, clip_threshold=clip_threshold, beta1=beta1,
+                weight_decay=weight_decay, scale_parameter=scale_parameter, maximize=maximize)
+        return
+    lrs = [adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in steps]
+    meta = np.zeros((len(params), 4), dtype=np.int64)
+    row_off = col_off = 0
+    for t, (p, row, col) in enumerate(zip(params, row_var, col_var)):
+        if row is not None and col is not None:  # factored, as the functional decides
+            n, m = p.shape[-2], p.shape[-1]
+            meta[t] = (n, m, row_off, col_off)
+            row_off += p.numel() // m
+            col_off += p.numel() // n
+        else:
+            meta[t, 1] = p.numel()
+    factored = meta[:, 0] > 0
+    spans = tuple(int(n * m) if n else int(p.numel()) for (n, m, _, _), p in zip(meta, params))
+    plan = bucket_plan(params, tuple(int(m) if n else 1 for n, m, _, _ in meta), spans)
+    dtype = like(params[0])
+    per_wave = int(np.diff(plan.waves).max()) if plan.waves.size > 1 else 1
+    width = int(meta[factored, 1].max()) if factored.any() else 1
+    b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
+    b1 = 0.0 if beta1 is None else float(beta1)
+    adafactor_multi(addresses(params, grads, row_var, col_var, variance, exp_avg if beta1 is not None else None),
+                    plan.sizes, meta, plan.blocks, plan.waves, dtype, b2s, np.asarray(lrs, dtype=np.float64), eps1,
+                    eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
+                    _sign(maximize), np.zeros((per_wave, width)),
+                    np.empty(max(row_off, 1), dtype=dtype.dtype), np.empty(max(col_off, 1), dtype=dtype.dtype),
+                    np.zeros((7, max(len(plan.blocks), len(params)))))
+
+
+# ------------------------------------------------------------------ torch's kernels
+def _adam(fused: bool, params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
+          max_exp_avg_sq: Maybe, steps: Tensors, **hp) -> None:
+    _torch_adam.adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq if hp["amsgrad"] else [], steps,
+                     foreach=not fused, fused=fused, **hp)
+
+
+def adam_fused(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, max_exp_avg_sq: Maybe, *,
+               steps: Tensors, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+               amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
+    """torch's fused Adam/AdamW kernel (``torch.optim.adam.adam(fused=True)``)."""
+    _adam(True, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, lr=lr, beta1=beta1, beta2=beta2,
+          eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+          decoupled_weight_decay=decoupled_weight_decay)
+
+
+def adam_foreach(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, max_exp_avg_sq: Maybe, *,
+                 steps: Tensors, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
+    """torch's multi-tensor (foreach) Adam/AdamW."""
+    _adam(False, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, lr=lr, beta1=beta1, beta2=beta2,
+          eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+          decoupled_weight_decay=decoupled_weight_decay)
+
+
+def adagrad_fused(params: Tensors, grads: Tensors, sum: Tensors, *, steps: Tensors, lr: float,  # noqa: A002
+                  lr_decay: float, weight_decay: float, eps: float, maximize: bool) -> None:
+    """torch's fused Adagrad kernel."""
+    _torch_adagrad.adagrad(params, grads, sum, steps, fused=True, lr=lr, lr_decay=lr_decay,
+                           weight_decay=weight_decay, eps=eps, maximize=maximize)
+
+
+def adagrad_foreach(params: Tensors, grads: Tensors, sum: Tensors, *, steps: Tensors, lr: float,  # noqa: A002
+                    lr_decay: float, weight_decay: float, eps: float, maximize: bool) -> None:
+    """torch's multi-tensor (foreach) Adagrad."""
+    _torch_adagrad.adagrad(params, grads, sum, steps, foreach=True, lr=lr, lr_decay=lr_decay,
+                           weight_decay=weight_decay, eps=eps, maximize=maximize)
+
+
+def rmsprop_foreach(params: Tensors, grads: Tensors, square_avg: Tensors, grad_avg: Maybe, momentum_buffer: Maybe, *,
+                    steps: Tensors, lr: float, alpha: float, eps: float, weight_decay: float, momentum: float,
+                    centered: bool, maximize: bool) -> None:
+    """torch's multi-tensor (foreach) RMSprop."""
+    _torch_rmsprop.rmsprop(params, grads, square_avg, grad_avg if centered else [],
+                           momentum_buffer if momentum > 0 else [], steps, foreach=True, lr=lr, alpha=alpha,
+                           eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                           maximize=maximize)
+
+
+def sgd_foreach(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: float, momentum: float,
+                dampening: float, weight_decay: float, nesterov: bool, maximize: bool) -> None:
+    """torch's multi-tensor (foreach) SGD; fills ``momentum_buffer`` in place of its ``None`` entries."""
+    _torch_sgd.sgd(params, grads, momentum_buffer, foreach=True, lr=lr, momentum=momentum, dampening=dampening,
+                   weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
+
+
+def sgd_fused(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: float, momentum: float,
+              dampening: float, weight_decay: float, nesterov: bool, maximize: bool) -> None:
+    """torch's fused SGD kernel; fills ``momentum_buffer`` in place of its ``None`` entries.
+
+    torch's ``fused=True`` gives garbage buffers to a parameter whose first gradient comes
+    after the others' (it treats the whole bucket as first or not): here the parameters
+    without a buffer run as a separate first step.
+    """
+    hp = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+              maximize=maximize)
+    if momentum == 0:
+        torch._fused_sgd_(params, grads, [], is_first_step=False, **hp)
+        return
+    first = [i for i, b in enumerate(momentum_buffer) if b is None]
+    later = [i for i, b in enumerate(momentum_buffer) if b is not None]
+    for i in first:
+        momentum_buffer[i] = torch.empty_like(grads[i])
+    for idx, is_first in ((first, True), (later, False)):
+        if idx:
+            torch._fused_sgd_(take(params, idx), take(grads, idx), take(momentum_buffer, idx),
+                              is_first_step=is_first, **hp)
+
+
+def muon(params: Tensors, grads: Tensors, momentum_buffer: Tensors, **hp) -> None:
+    """:func:`descent.functional.muon_batched`: same-shape matrices orthogonalized as one batch
+    (takes Muon's hyperparameters: lr, weight_decay, momentum, nesterov, ns_*, eps, adjust_lr_fn, maximize)."""
+    from ..functional import muon_batched
+
+    muon_batched(params, grads, momentum_buffer, **hp)

@@ -1,0 +1,169 @@
+"""How an optimizer declares itself: its math, its state, its kernels and its metadata.
+
+A descent optimizer is one :class:`Declaration` (the class attribute ``declaration``)
+plus its constructor and the validation of its hyperparameters. The shared base
+(:mod:`descent.optim._base`) reads the declaration to create lazy state (including the
+keys of options switched on mid-run), to advance step counters, to choose a backend
+per device/dtype bucket, to hand the tensors a kernel can take to that kernel's
+launcher and to run the per-tensor functional on the rest. The registry
+(:mod:`descent.optim.registry`) reads the metadata.
+
+A kernel binding names its launcher by dotted path (imported on first use, so Numba
+or Triton load only when a bucket needs them). The launcher is called with keyword
+arguments only::
+
+    launcher(params, grads, <one list per state column, named by its state key>,
+             steps=<list[int]> or <list[Tensor]>, **hyperparameters)
+
+where the hyperparameters are exactly the keyword arguments the declaration's
+functional receives. :meth:`Kernel.check` compares the launcher's signature with the
+declaration when the binding is first used, so a renamed column or hyperparameter
+fails loudly instead of passing the wrong float.
+
+Example:
+    >>> import descent
+    >>> d = descent.Lion.declaration
+    >>> d.columns, d.meta.name, d.meta.state_bytes
+    (('exp_avg',), 'lion', 4.0)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._backend import Support, floating
+
+__all__ = ["Kernel", "Meta", "Declaration", "zeros", "TASK_KINDS"]
+
+#: Kinds of task a default learning rate is declared for.
+TASK_KINDS = ("classification", "language", "convex", "function")
+
+
+def zeros(p: Tensor, group: Mapping[str, Any]) -> Tensor:  # noqa: ARG001 - state factory signature
+    """A state tensor of zeros shaped and laid out like ``p``."""
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One backend binding of an optimizer.
+
+    Attributes:
+        launcher: ``"module:function"`` of the launcher (see the module docstring).
+        supports: predicate over (device, dtype) saying which buckets it can run.
+        steps: what the launcher receives as ``steps``: ``"int"`` (the counters after the
+            base advanced them), ``"tensor"`` (torch's kernels: the step tensors, which the
+            launcher advances itself) or ``None`` (no ``steps`` argument).
+        dense_only: hand it only tensors that are dense, contiguous and non-empty
+            (:func:`descent.kernels.kernel_ok`); the rest run the functional.
+    """
+
+    launcher: str
+    supports: Support
+    steps: str | None = "int"
+    dense_only: bool = True
+
+    def resolve(self) -> Callable[..., None]:
+        module, _, name = self.launcher.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def check(self, declaration: Declaration, hyper: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` if the launcher's keywords differ from the declaration's."""
+        params = inspect.signature(self.resolve()).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        expected = {"params", "grads", *declaration.columns, *hyper}
+        if self.steps is not None:
+            expected.add("steps")
+        got = set(params)
+        if got != expected:
+            raise TypeError(f"kernel {self.launcher}: arguments {sorted(got)} do not match the declaration's "
+                            f"{sorted(expected)} (missing {sorted(expected - got)}, extra {sorted(got - expected)})")
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What the registry, the tasks, the audit and the benchmark know about an optimizer.
+
+    Attributes:
+        name: registry key (lower case), e.g. ``"adamw"``.
+        adaptive: per-coordinate or per-layer adaptive step (sqrt batch-size scaling, warmup advice).
+        state_bytes: optimizer-state bytes per float32 parameter.
+        paper: the reference the math follows.
+        lr: default learning rate per kind of task (:data:`TASK_KINDS`).
+        kind: ``"elementwise"``, ``"matrix"`` or ``"quasi-newton"``.
+        takes_model: the constructor takes the model itself (K-FAC, Muon's routing).
+        weight_decay: the decay :func:`descent.create_optimizer` uses when none is given
+            (None: the constructor's default).
+    """
+
+    name: str
+    adaptive: bool
+    state_bytes: float
+    paper: str
+    lr: Mapping[str, float] = field(default_factory=dict)
+    kind: str = "elementwise"
+    takes_model: bool = False
+    weight_decay: float | None = None
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """Everything the shared loop needs to step one optimizer.
+
+    Attributes:
+        functional: the per-tensor update ``f(param, grad, *columns, [step=], **hyper)``.
+        hyper: maps a param group (and this step's overrides) to the functional's keyword
+            arguments, computed once per bucket.
+        columns: state keys passed to the functional after ``(param, grad)``, in order
+            (``None`` is passed for a key the state does not hold).
+        state: state key -> factory ``(param, group) -> value`` for the lazy state; keys in
+            ``optional`` are created only while their predicate holds, also mid-run.
+        optional: state key -> predicate over the group.
+        steps: keep a float32 ``"step"`` counter (torch's layout).
+        step_arg: pass the counter to the functional as ``step=`` (int).
+        kernels: backend name -> :class:`Kernel`; ``"loop"`` (the functional) is implicit.
+        meta: :class:`Meta`.
+        loop_returns: the functional returns the new value of this state key (SGD's
+            ``momentum_buffer``, created lazily as torch does).
+    """
+
+    functional: Callable[..., Any]
+    hyper: Callable[[Mapping[str, Any]], dict[str, Any]]
+    columns: tuple[str, ...]
+    meta: Meta
+    state: Mapping[str, Callable[[Tensor, Mapping[str, Any]], Any]] = field(default_factory=dict)
+    optional: Mapping[str, Callable[[Mapping[str, Any]], bool]] = field(default_factory=dict)
+    steps: bool = False
+    step_arg: bool = True
+    kernels: Mapping[str, Kernel] = field(default_factory=dict)
+    loop_returns: str | None = None
+
+    def supported(self) -> dict[str, Support]:
+        """Backend name -> predicate, the loop always included."""
+        return {"loop": floating, **{k: v.supports for k, v in self.kernels.items()}}
+
+    def init_state(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The lazy state of one parameter for this group's options."""
+        out: dict[str, Any] = {"step": torch.zeros((), dtype=torch.float32, device=p.device)} if self.steps else {}
+        for key, make in self.state.items():
+            cond = self.optional.get(key)
+            if cond is None or cond(group):
+                out[key] = make(p, group)
+        return out
+
+    def ensure_optional(self, group: Mapping[str, Any], params: list[Tensor], states: list[dict[str, Any]]) -> None:
+        """Create the state of options switched on after the state was made (amsgrad, momentum...)."""
+        for key, cond in self.optional.items():
+            if cond(group):
+                make = self.state[key]
+                for p, s in zip(params, states):
+                    if key not in s:
+                        s[key] = make(p, group)
