@@ -210,3 +210,23 @@ def test_tensorboard_event_files(tmp_path):
     assert cols["lr"][0] == pytest.approx(1e-7)
     with pytest.raises(LogError, match="no numeric loss"):
         read_log(_jsonl(tmp_path / "x.jsonl", [{"step": 1, "accuracy": 0.5}]))
+
+
+def test_nan_after_a_steady_descent_is_nonfinite_not_divergence():
+    # found by benchmarks/doctor_confusion.py: a NaN batch at step 150 of a healthy run
+    loss = [2.0 * 0.99 ** i for i in range(150)] + [math.nan] * 50
+    found = diagnose({"loss": loss})
+    assert "nonfinite" in found.codes and "early_divergence" not in found.codes
+    assert any("steady descent" in n for n in found.notes)
+    rising = [2.0 * 0.99 ** i for i in range(100)] + [3.0 + i for i in range(20)] + [math.nan] * 10
+    assert "early_divergence" in diagnose({"loss": rising}).codes
+    assert "early_divergence" in diagnose({"loss": [2.0, 2.1, 2.0, 2.2, 2.1, 2.3] + [math.nan] * 30}).codes
+
+
+def test_val_rise_small_next_to_the_progress_is_not_overfitting():
+    # found by benchmarks/doctor_confusion.py: val 0.42 -> 0.030 -> 0.034 while the train loss -> 0.001
+    loss = [2.0 * 0.97 ** i for i in range(300)]
+    val = [0.42, 0.33, 0.22, 0.10, 0.06, 0.05, 0.04, 0.03, 0.031, 0.033, 0.034, 0.034]
+    assert "overfitting" not in diagnose({"loss": loss, "val_loss": val}).codes
+    val_over = [1.19, 0.72, 0.70, 0.72, 0.73, 0.74, 0.745, 0.75, 0.752, 0.753, 0.754, 0.755]
+    assert "overfitting" in diagnose({"loss": loss, "val_loss": val_over}).codes

@@ -102,15 +102,18 @@ def diagnose(history: Any, **thresholds: Any) -> Findings:
     * ``nonfinite``: a NaN/Inf loss or gradient, or skipped optimizer steps.
     * ``early_divergence``: within the first ``early_steps`` (300) steps the smoothed loss (rolling
       median of 9) rises above :math:`\\max(f\\,m_t,\\ m_t + \\tfrac34(s_0 - m_t))` with :math:`m_t` its
-      minimum so far, :math:`s_0` its start and :math:`f` = ``divergence_factor`` (2), or turns non-finite.
+      minimum so far, :math:`s_0` its start and :math:`f` = ``divergence_factor`` (2), or turns non-finite
+      within its first 10 finite values or right after a loss above :math:`1.25\\,m_t` (a NaN after a
+      steady descent, e.g. one bad batch, is left to ``nonfinite``).
     * ``oscillation``: in the second half, the robust spread (1.4826 MAD) of the loss around its
       rolling median (15) is more than ``oscillation_tol`` (0.08) of the starting loss (median of the
       first 5) and more than half the loss level (median of the second half).
     * ``plateau``: the loss at the end (median of the last 10 %) is less than ``plateau_tol`` (0.1)
       below the loss at the start.
     * ``overfitting``: the validation loss has not improved since its best (which is not in the
-      last quarter of the evaluations) and ends ``overfit_tol`` (0.05) above it, while the training
-      loss fell by more than 20 % since that point.
+      last quarter of the evaluations) and ends above it by more than ``overfit_tol`` (0.05) times the
+      larger of the best value and the improvement from the first evaluation to the best, while the
+      training loss (rolling median over 10 % of the run) fell by more than 20 % since that point.
     * ``clip_saturation``: clipping fired on more than ``clip_fraction`` (0.5) of the recorded steps.
     * ``schedule_per_epoch``: the lr changes in equal stairs of ``k >= 2`` steps with small
       relative changes (a smooth schedule stepped once per epoch), or a descent ``Scheduler``
@@ -190,6 +193,12 @@ def _early_divergence(h: History, t: Thresholds, notes: list[str]) -> Finding | 
     bad = np.nonzero(window & h.loss_recorded & ~np.isfinite(loss))[0]
     if len(over) == 0 and (len(bad) == 0 or bad[0] < rows[0]):
         return None
+    if len(over) == 0:  # a non-finite loss: divergence if it comes at once or after a rise, else a bad batch
+        k = int(np.searchsorted(rows, bad[0]))
+        if k >= 10 and not loss[rows[k - 1]] > 1.25 * run_min[k - 1]:
+            notes.append(f"the loss turned non-finite at step {int(steps[bad[0]])} after a steady descent: "
+                         "early_divergence not reported (see nonfinite)")
+            return None
     if len(over):
         i = int(over[0])
         at, value = int(steps[rows[i]]), _f(sm[i])
@@ -257,10 +266,11 @@ def _overfitting(h: History, t: Thresholds, notes: list[str]) -> Finding | None:
         notes.append("fewer than 4 finite validation losses: overfitting not checked")
         return None
     j = int(np.argmin(vl))
-    if j >= 0.75 * (len(vl) - 1) or vl[-1] <= vl[j] + t.overfit_tol * abs(vl[j]):
+    scale = max(abs(vl[j]), vl[0] - vl[j])  # a rise small next to the best or to the progress made is noise
+    if j >= 0.75 * (len(vl) - 1) or vl[-1] <= vl[j] + t.overfit_tol * scale:
         return None
     rows = np.nonzero(np.isfinite(h.loss))[0]
-    steps, loss = h.step[rows], _smooth(h.loss[rows], 9)
+    steps, loss = h.step[rows], _smooth(h.loss[rows], max(9, len(rows) // 10))  # mini-batch noise
     at_best = loss[int(np.searchsorted(steps, vs[j], side="right")) - 1] if len(rows) else math.nan
     end = loss[-1] if len(rows) else math.nan
     if not (at_best > 0 and end < 0.8 * at_best):

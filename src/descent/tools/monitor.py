@@ -188,8 +188,9 @@ class Monitor:
         if norm is not None:
             rec["clip_norm"] = norm
             rec.setdefault("grad_norm", norm)
-        if fired is None and self.clip_max_norm is not None and rec.get("grad_norm") is not None:
-            fired = rec["grad_norm"] > self.clip_max_norm
+        seen = norm if norm is not None else rec.get("grad_norm")  # the norm before clipping, if given
+        if fired is None and self.clip_max_norm is not None and seen is not None:
+            fired = seen > self.clip_max_norm
         rec["clipped"] = fired
         if self._last_time is not None:
             rec["step_time"] = now - self._last_time
