@@ -266,7 +266,7 @@ SPECS += [
         ],
         group2=dict(lr=0.004, betas=(0.8, 0.9), weight_decay=0.05),
         references={"numpy": oracle(lion_rule, betas=(0.9, 0.99), weight_decay=0.0)},
-        backends=("loop", "fused"),
+        backends=("loop", "foreach", "fused"),
         converge=Convergence(lr=0.01, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
                              rosenbrock_lr=1e-3, rosenbrock_steps=5000),
         error_inputs=_COMMON_ERRORS + [
@@ -284,7 +284,7 @@ SPECS += [
         ],
         group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-5),
         references={"numpy": oracle(lamb_rule, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)},
-        backends=("loop", "fused"),
+        backends=("loop", "foreach", "fused"),
         atol=1e-11,  # norms are sums in another order
         # the step is lr * ||theta|| per tensor, so a fixed lr hovers at about that distance
         # No Rosenbrock row: from (-1.5, 2) the path passes the origin, where LAMB's step
@@ -306,7 +306,7 @@ SPECS += [
         ],
         group2=dict(eps=(1e-20, 1e-2), clip_threshold=2.0),
         references={"numpy": oracle(adafactor_rule, **_ADAFACTOR_DEFAULTS)},
-        backends=("loop", "fused"),
+        backends=("loop", "foreach", "fused"),
         atol=1e-11,
         shapes=((6, 5), (5,), (0,), (4, 3), (3, 4), (2, 3, 4)),
         converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
@@ -333,7 +333,7 @@ SPECS += [
         group2=dict(lr=0.003, betas=(0.5, 0.9), rho=0.02),
         references={"numpy": oracle(sophia_rule, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1, bs=5120,
                                     eps=1e-15)},
-        backends=("loop", "fused"),
+        backends=("loop", "foreach", "fused"),
         # no Hessian refresh here: h = 0 and the step is lr * sign(m), so a small lr
         converge=Convergence(lr=0.003, steps=2000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
                              rosenbrock_lr=1e-3, rosenbrock_steps=5000, kwargs=dict(weight_decay=0.0)),

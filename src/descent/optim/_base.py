@@ -30,6 +30,8 @@ from .. import kernels as K
 from ..stability.nonfinite import find_nonfinite, param_label, record_skip
 from ._backend import Support, floating, resolve_request, select_backend
 from ._spec import Declaration
+from ..distributed._layout import any_dtensor
+from ..distributed._step import step_bucket
 
 __all__ = ["Optimizer", "advance_steps", "step_tensor", "param_label"]
 
@@ -222,6 +224,11 @@ class Optimizer(torch.optim.Optimizer):
         for (device, dtype), idx in buckets.items():
             ps = [params[i] for i in idx]
             gs = [grads[i] for i in idx]
+            if any_dtensor(ps):  # FSDP2: local shards, reductions over the mesh (descent.distributed)
+                step_bucket(self, lambda dev, dt: select_backend(requested, self._supported, dev, dt,
+                                                                 owner=type(self).__name__, excluded=excluded),
+                            group, ps, gs, overrides)
+                continue
             states = [self._state_of(p, group) for p in ps]
             if dtype.is_complex:
                 self._step_complex(requested, excluded, group, ps, gs, states, overrides)
@@ -307,7 +314,7 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
     if overrides:
         hp.update((k, v) for k, v in overrides.items() if v is not None)
     cols = [[s.get(k) for s in states] for k in decl.columns]
-    kernel = decl.kernels.get(backend)
+    kernel = decl.kernel_for(backend, params[0].device, params[0].dtype) if params else None
     ints: list[int] | None = None
     if kernel is not None:
         if kernel.dense_only:
@@ -343,12 +350,12 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
             states[i][decl.loop_returns] = out
 
 
-_CHECKED: dict[int, Any] = {}
+_CHECKED: dict[tuple, Callable[..., None]] = {}
 
 
 def _launch(decl: Declaration, kernel: Any, hp: Mapping[str, Any]) -> Callable[..., None]:
     """The kernel's launcher, its signature checked against the declaration on first use."""
-    key = id(kernel)
+    key = (kernel, decl.columns, frozenset(hp))
     fn = _CHECKED.get(key)
     if fn is None:
         kernel.check(decl, hp)

@@ -129,7 +129,9 @@ class Declaration:
         optional: state key -> predicate over the group.
         steps: keep a float32 ``"step"`` counter (torch's layout).
         step_arg: pass the counter to the functional as ``step=`` (int).
-        kernels: backend name -> :class:`Kernel`; ``"loop"`` (the functional) is implicit.
+        kernels: backend name -> :class:`Kernel`, or a tuple of them tried in order (e.g. the
+            Numba kernel on CPU, then the Triton kernel on CUDA); ``"loop"`` (the
+            functional) is implicit.
         meta: :class:`Meta`.
         loop_returns: the functional returns the new value of this state key (SGD's
             ``momentum_buffer``, created lazily as torch does).
@@ -143,12 +145,23 @@ class Declaration:
     optional: Mapping[str, Callable[[Mapping[str, Any]], bool]] = field(default_factory=dict)
     steps: bool = False
     step_arg: bool = True
-    kernels: Mapping[str, Kernel] = field(default_factory=dict)
+    kernels: Mapping[str, Kernel | tuple[Kernel, ...]] = field(default_factory=dict)
     loop_returns: str | None = None
 
     def supported(self) -> dict[str, Support]:
         """Backend name -> predicate, the loop always included."""
-        return {"loop": floating, **{k: v.supports for k, v in self.kernels.items()}}
+        out: dict[str, Support] = {"loop": floating}
+        for name in self.kernels:
+            out[name] = lambda device, dtype, _n=name: self.kernel_for(_n, device, dtype) is not None
+        return out
+
+    def kernel_for(self, backend: str, device: torch.device, dtype: torch.dtype) -> Kernel | None:
+        """The first kernel bound to ``backend`` that runs this device and dtype (None: the functional)."""
+        bound = self.kernels.get(backend)
+        for kernel in (bound,) if isinstance(bound, Kernel) else (bound or ()):
+            if kernel.supports(device, dtype):
+                return kernel
+        return None
 
     def init_state(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
         """The lazy state of one parameter for this group's options."""

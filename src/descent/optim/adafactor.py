@@ -10,6 +10,8 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
+from ..kernels import triton as KT
+from ._backend import floating
 from ._validate import check_nonneg, check_unit_interval, as_float
 from ._base import Optimizer, step_tensor
 from ._spec import Declaration, Kernel, Meta, zeros
@@ -97,7 +99,9 @@ class Adafactor(Optimizer):
                "variance": zeros, "exp_avg": zeros},
         optional={"exp_avg": lambda g: g["beta1"] is not None},
         steps=True,
-        kernels={"fused": Kernel("descent.kernels.launch:adafactor", K.numba_cpu)},
+        kernels={"fused": (Kernel("descent.kernels.launch:adafactor", K.numba_cpu),
+                           Kernel("descent.kernels.triton:adafactor", KT.supports)),
+                 "foreach": Kernel("descent.kernels.foreach:adafactor", floating)},
         meta=Meta("adafactor", adaptive=True, state_bytes=0.03, paper="Shazeer & Stern (2018), arXiv:1804.04235",
                   lr={"classification": 1e-2, "language": 1e-2, "convex": 0.01, "function": 0.05}),
     )

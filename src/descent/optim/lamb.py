@@ -10,6 +10,8 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
+from ..kernels import triton as KT
+from ._backend import floating
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta, zeros
@@ -71,7 +73,9 @@ class LAMB(Optimizer):
         columns=("exp_avg", "exp_avg_sq"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros},
         steps=True,
-        kernels={"fused": Kernel("descent.kernels.launch:lamb", K.numba_cpu)},
+        kernels={"fused": (Kernel("descent.kernels.launch:lamb", K.numba_cpu),
+                           Kernel("descent.kernels.triton:lamb", KT.supports)),
+                 "foreach": Kernel("descent.kernels.foreach:lamb", floating)},
         meta=Meta("lamb", adaptive=True, state_bytes=8.0, paper="You et al. (2020), arXiv:1904.00962",
                   lr={"classification": 1e-2, "language": 1e-2, "convex": 0.01, "function": 0.05},
                   weight_decay=0.01),

@@ -6,6 +6,8 @@ from typing import Any
 
 from .. import functional as F
 from .. import kernels as K
+from ..kernels import triton as KT
+from ._backend import floating
 from ._validate import check_betas, check_nonneg
 from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta, zeros
@@ -56,7 +58,9 @@ class Lion(Optimizer):
                              weight_decay=float(g["weight_decay"]), maximize=bool(g["maximize"])),
         columns=("exp_avg",),
         state={"exp_avg": zeros},
-        kernels={"fused": Kernel("descent.kernels.launch:lion", K.numba_cpu, steps=None)},
+        kernels={"fused": (Kernel("descent.kernels.launch:lion", K.numba_cpu, steps=None),
+                           Kernel("descent.kernels.triton:lion", KT.supports, steps=None)),
+                 "foreach": Kernel("descent.kernels.foreach:lion", floating, steps=None)},
         meta=Meta("lion", adaptive=True, state_bytes=4.0, paper="Chen et al. (2023), arXiv:2302.06675",
                   lr={"classification": 1e-3, "language": 3e-4, "convex": 1e-3, "function": 1e-2},
                   weight_decay=0.1),

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
+from ..kernels import triton as KT
 from ._validate import check_nonneg
 from ._backend import floating
 from ._base import Optimizer, reject_unsupported
@@ -59,7 +60,8 @@ class RMSprop(Optimizer):
         optional={"momentum_buffer": lambda g: g["momentum"] > 0, "grad_avg": lambda g: bool(g["centered"])},
         steps=True,
         step_arg=False,
-        kernels={"fused": Kernel("descent.kernels.launch:rmsprop", K.numba_cpu, steps=None),
+        kernels={"fused": (Kernel("descent.kernels.launch:rmsprop", K.numba_cpu, steps=None),
+                           Kernel("descent.kernels.triton:rmsprop", KT.supports, steps=None)),
                  "foreach": Kernel("descent.kernels.launch:rmsprop_foreach", floating, steps="tensor")},
         meta=Meta("rmsprop", adaptive=True, state_bytes=4.0, paper="Tieleman & Hinton (2012), Lecture 6.5",
                   lr={"classification": 1e-3, "language": 1e-3, "convex": 0.01, "function": 0.01}),

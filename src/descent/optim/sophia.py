@@ -34,6 +34,8 @@ from torch import Tensor
 
 from .. import functional as F
 from .. import kernels as K
+from ..kernels import triton as KT
+from ._backend import floating
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta, zeros
@@ -97,7 +99,9 @@ class SophiaG(Optimizer):
         state={"exp_avg": zeros, "hessian": zeros},
         steps=True,
         step_arg=False,
-        kernels={"fused": Kernel("descent.kernels.launch:sophia", K.numba_cpu, steps=None)},
+        kernels={"fused": (Kernel("descent.kernels.launch:sophia", K.numba_cpu, steps=None),
+                           Kernel("descent.kernels.triton:sophia", KT.supports, steps=None)),
+                 "foreach": Kernel("descent.kernels.foreach:sophia", floating, steps=None)},
         meta=Meta("sophiag", adaptive=True, state_bytes=8.0, paper="Liu et al. (2023), arXiv:2305.14342",
                   lr={"classification": 3e-4, "language": 3e-4, "convex": 1e-3, "function": 1e-2}),
     )
