@@ -162,3 +162,21 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(tmp_path) -> None:
     full = torch.load(tmp_path / "full" / "final.pt", weights_only=True)
     resumed = torch.load(cut / "final.pt", weights_only=True)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_scaler_and_monitor_round_trip(tmp_path) -> None:
+    model, opt, _ = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # the scale tensor exists from the first scale() on
+    scaler.update(new_scale=256.0)
+    mon = descent.Monitor()
+    for step in range(3):
+        mon.log(step, loss=1.0 / (step + 1))
+    save(tmp_path, step=3, model=model, optimizer=opt, scaler=scaler, monitor=mon, rng=False)
+    scaler2, mon2 = torch.amp.GradScaler("cpu"), descent.Monitor()
+    load(tmp_path, scaler=scaler2, monitor=mon2)
+    assert scaler2.get_scale() == 256.0
+    rec = mon2.log(3, loss=0.25)  # the loss average continues where it was
+    assert rec["loss_ema"] == mon.log(3, loss=0.25)["loss_ema"] and len(mon2.history) == 4
+    with pytest.raises(CheckpointError, match="no scheduler state"):
+        load(tmp_path, scheduler=descent.attach(opt, descent.schedules.WarmupCosine(5)))
