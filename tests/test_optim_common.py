@@ -213,7 +213,11 @@ def test_empty_and_duplicated_params_raise(spec):
         spec.cls([p, p])
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+SPARSE = ("SGD", "Adagrad")  # torch's SGD and Adagrad take sparse gradients; so do descent's
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.name not in SPARSE],
+                         ids=[s.name for s in SPECS if s.name not in SPARSE])
 def test_sparse_gradient_error_names_the_parameter(spec):
     p = torch.nn.Parameter(torch.zeros(3, 2))
     q = torch.nn.Parameter(torch.zeros(4, 2))
@@ -222,6 +226,26 @@ def test_sparse_gradient_error_names_the_parameter(spec):
     q.grad = torch.zeros(4, 2).to_sparse()
     with pytest.raises(RuntimeError, match=r"param_groups\[1\]\['params'\]\[0\]"):
         opt.step()
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.name in SPARSE], ids=list(SPARSE))
+def test_sparse_gradients_match_torch(spec):
+    """nn.Embedding(sparse=True): the rows a batch touches are updated as torch's optimizer does."""
+    for kwargs in spec.configs:
+        if kwargs.get("weight_decay") or kwargs.get("maximize"):
+            continue  # torch refuses weight decay with sparse gradients
+        torch.manual_seed(0)
+        ours, theirs = torch.nn.Embedding(10, 3, sparse=True), torch.nn.Embedding(10, 3, sparse=True)
+        theirs.load_state_dict(ours.state_dict())
+        kw = {k: v for k, v in kwargs.items() if k not in ("backend", "foreach", "fused")}
+        opts = [(ours, spec.cls(ours.parameters(), **kw)), (theirs, spec.torch_cls(theirs.parameters(), **kw))]
+        for _ in range(4):
+            idx = torch.randint(0, 10, (5,))
+            for emb, opt in opts:
+                opt.zero_grad()
+                emb(idx).pow(2).sum().backward()
+                opt.step()
+        torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS if s.torch_cls], ids=[s.name for s in SPECS if s.torch_cls])

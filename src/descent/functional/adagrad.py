@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -43,9 +44,30 @@ def adagrad(
     """
     if maximize:
         grad = -grad
+    clr = lr / (1 + (step - 1) * lr_decay)
+    if grad.is_sparse:
+        if weight_decay != 0:
+            raise RuntimeError(f"Invalid weight_decay: {weight_decay} (Adagrad's weight decay is not compatible "
+                               "with sparse gradients)")
+        _sparse_adagrad(param, grad, state_sum, clr, eps)
+        return
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
-    clr = lr / (1 + (step - 1) * lr_decay)
     state_sum.addcmul_(grad, grad, value=1)
-    std = state_sum.sqrt().add_(eps)
+    std = state_sum.sqrt()
+    # Under autograd (differentiable=True) sqrt's output is saved for backward: no in-place add.
+    std = std + eps if torch.is_grad_enabled() else std.add_(eps)
     param.addcdiv_(grad, std, value=-clr)
+
+
+def _sparse_adagrad(param: Tensor, grad: Tensor, state_sum: Tensor, clr: float, eps: float) -> None:
+    """The step on the rows a sparse gradient touches (torch's sparse Adagrad, same order of operations)."""
+    grad = grad.coalesce()
+    indices, values = grad._indices(), grad._values()
+
+    def like(v: Tensor) -> Tensor:
+        return torch.sparse_coo_tensor(indices, v, grad.size())
+
+    state_sum.add_(like(values.pow(2)))
+    std = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+    param.add_(like(values / std), alpha=-clr)

@@ -36,10 +36,18 @@ def numba_cpu(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def kernel_ok(*tensors: torch.Tensor | None) -> bool:
-    """True when every tensor can be handed to a kernel as a zero-copy view (contiguous, non-empty)."""
+    """True when every tensor can be handed to a kernel as a zero-copy view of dense local memory.
+
+    That is: a plain tensor (not a ``DTensor`` or other subclass, whose ``data_ptr()`` is
+    not its data), strided layout (not sparse), contiguous, and a first tensor that is not
+    empty. Everything else runs the functional. torch's own fused kernels need the same
+    check: ``torch.optim.SGD(fused=True)`` on a non-contiguous parameter (a strided view)
+    moves the wrong elements (torch 2.13 CPU), and torch never picks fused by default.
+    """
     if tensors[0] is None or tensors[0].numel() == 0:
         return False
-    return all(t is None or t.is_contiguous() for t in tensors)
+    return all(t is None or (type(t) in _PLAIN and t.layout is torch.strided and t.is_contiguous())
+               for t in tensors)
 
 
 def partition(*columns: list[torch.Tensor | None]) -> tuple[list[int], list[int]]:
@@ -105,4 +113,5 @@ def run_elementwise(kernel, columns: list[list[torch.Tensor | None] | None], pos
            *(cast(x) for x in scalars), *flags)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _LIKE = {torch.float32: np.empty(1, dtype=np.float32), torch.float64: np.empty(1, dtype=np.float64)}

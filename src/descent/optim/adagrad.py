@@ -83,6 +83,9 @@ class Adagrad(Optimizer):
                         maximize=maximize, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
+    def _sparse_ok(self, group: dict[str, Any]) -> bool:
+        return True  # sparse gradients (nn.Embedding(sparse=True)) run the loop, as in torch
+
     def _check_group(self, group: dict[str, Any]) -> None:
         for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
             check_nonneg(name, group[name])

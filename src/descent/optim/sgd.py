@@ -86,6 +86,9 @@ class SGD(Optimizer):
                         backend=backend, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
+    def _sparse_ok(self, group: dict[str, Any]) -> bool:
+        return True  # sparse gradients (nn.Embedding(sparse=True)) run the loop, as in torch
+
     def _check_group(self, group: dict[str, Any]) -> None:
         check_nonneg("lr", group["lr"])
         check_nonneg("momentum", group["momentum"])
