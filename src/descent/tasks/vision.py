@@ -21,7 +21,8 @@ __all__ = ["digits_mlp", "digits_cnn", "mnist1d"]
 
 
 def _digits(seed: int, batch_size: int, image: bool) -> tuple[Batches, Batches, Batches]:
-    x_np, y_np = require("sklearn.datasets", "scikit-learn", "data", "task digits-mlp/digits-cnn").load_digits(return_X_y=True)
+    datasets = require("sklearn.datasets", "scikit-learn", "data", "task digits-mlp/digits-cnn")
+    x_np, y_np = datasets.load_digits(return_X_y=True)
     x = torch.tensor(x_np, dtype=torch.float32) / 16.0
     y = torch.tensor(y_np, dtype=torch.long)
     if image:
