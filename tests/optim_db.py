@@ -344,3 +344,152 @@ SPECS += [
         ],
     ),
 ]
+
+
+# --- optimizers of 2024 (issue 15): ADOPT, AdEMAMix, MARS, schedule-free, Prodigy -------
+from reference.modern import (ProdigyReference, ademamix_rule, adopt_rule, mars_rule,  # noqa: E402
+                              schedule_free_reference, soap_rule)
+
+SPECS += [
+    OptimizerSpec(
+        name="ADOPT",
+        cls=descent.ADOPT,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, cautious=True, clip_exponent=None),
+            dict(lr=0.02, weight_decay=0.05, decouple=True, maximize=True, eps=1e-4),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-5),
+        references={"numpy": oracle(adopt_rule, betas=(0.9, 0.9999), eps=1e-6, weight_decay=0.0, decouple=False,
+                                    clip_exponent=0.25, cautious=False)},
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
+                             rosenbrock_lr=0.1, rosenbrock_steps=5000, kwargs=dict(betas=(0.9, 0.999))),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 1.0)}, r"Invalid beta2: 1.0"),
+            ({"clip_exponent": 0.0}, "Invalid clip_exponent: 0.0"),
+            ({"eps": -1.0}, "Invalid eps: -1.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="AdEMAMix",
+        cls=descent.AdEMAMix,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.8, 0.99, 0.999), alpha=5.0, t_alpha_beta3=20, weight_decay=0.1, cautious=True),
+            dict(lr=0.02, t_alpha_beta3=100, maximize=True, eps=1e-6),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9, 0.99), alpha=1.0),
+        references={"numpy": oracle(ademamix_rule, betas=(0.9, 0.999, 0.9999), alpha=2.0, t_alpha_beta3=None,
+                                    eps=1e-8, weight_decay=0.0, cautious=False)},
+        # the default beta3 = 0.9999 (half-life ~6900 steps) is for long stochastic runs
+        converge=Convergence(lr=0.01, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.003,
+                             rosenbrock_steps=5000, kwargs=dict(betas=(0.9, 0.999, 0.99), t_alpha_beta3=100)),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 0.999)}, r"Invalid betas: \(0.9, 0.999\)"),
+            ({"betas": (0.9, 0.999, 1.0)}, "Invalid beta3: 1.0"),
+            ({"alpha": -1.0}, "Invalid alpha: -1.0"),
+            ({"t_alpha_beta3": 0}, "Invalid t_alpha_beta3: 0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="MARS",
+        cls=descent.MARS,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.9, 0.99), gamma=0.1, weight_decay=0.1, cautious=True),
+            dict(lr=0.02, gamma=0.0, maximize=True, eps=1e-6),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), gamma=0.05),
+        references={"numpy": oracle(mars_rule, betas=(0.95, 0.99), eps=1e-8, weight_decay=0.0, gamma=0.025,
+                                    cautious=False)},
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.01,
+                             rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (1.0, 0.99)}, r"Invalid beta1: 1.0"),
+            ({"gamma": -0.1}, "Invalid gamma: -0.1"),
+        ],
+    ),
+    OptimizerSpec(
+        name="ScheduleFreeSGD",
+        cls=descent.ScheduleFreeSGD,
+        configs=[
+            dict(lr=0.05),
+            dict(lr=0.05, momentum=0.8, weight_decay=0.1, warmup_steps=10, r=1.0),
+            dict(lr=0.1, weight_lr_power=1.0, maximize=True, warmup_steps=3),
+        ],
+        group2=dict(lr=0.01, momentum=0.5, weight_decay=0.05),
+        references={"numpy": schedule_free_reference(False, momentum=0.9)},
+        converge=Convergence(lr=0.03, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.01,
+                             rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"momentum": 0.0}, r"Invalid momentum: 0.0"),
+            ({"momentum": 1.0}, r"Invalid momentum: 1.0"),
+            ({"warmup_steps": -1}, "Invalid warmup_steps: -1"),
+            ({"weight_decay": -1.0}, "Invalid weight_decay: -1.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="ScheduleFreeAdamW",
+        cls=descent.ScheduleFreeAdamW,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, warmup_steps=10, r=0.5),
+            dict(lr=0.02, weight_lr_power=0.0, maximize=True, eps=1e-6, warmup_steps=4),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-5),
+        references={"numpy": schedule_free_reference(True, betas=(0.9, 0.999), eps=1e-8)},
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=1e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.02,
+                             rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.0, 0.999)}, r"Invalid beta1: 0.0"),
+            ({"betas": (0.9, 1.0)}, r"Invalid beta2: 1.0"),
+            ({"r": -1.0}, "Invalid r: -1.0"),
+        ],
+    ),
+    OptimizerSpec(
+        name="Prodigy",
+        cls=descent.Prodigy,
+        configs=[
+            dict(),
+            dict(betas=(0.8, 0.99), weight_decay=0.1, use_bias_correction=True, growth_rate=1.5, d0=1e-4),
+            dict(lr=0.5, weight_decay=0.05, decouple=False, safeguard_warmup=True, maximize=True, beta3=0.9),
+        ],
+        group2=dict(lr=0.25, eps=1e-6),
+        references={"numpy": ProdigyReference},
+        atol=1e-10,  # d is a ratio of sums taken in another order
+        converge=Convergence(lr=1.0, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=1e-1, rosenbrock_steps=5000),
+        error_inputs=_COMMON_ERRORS + [
+            ({"d0": 0.0}, r"Invalid d0: 0.0"),
+            ({"growth_rate": 0.5}, "Invalid growth_rate: 0.5"),
+            ({"betas": (0.9, 1.5)}, "Invalid beta2: 1.5"),
+        ],
+    ),
+]
+
+SPECS += [
+    OptimizerSpec(
+        name="SOAP",
+        cls=descent.SOAP,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.01, betas=(0.9, 0.99), shampoo_beta=0.9, weight_decay=0.1, precondition_frequency=3,
+                 max_precond_dim=5),
+            dict(lr=0.02, weight_decay=0.0, correct_bias=False, maximize=True, precondition_frequency=4, eps=1e-6),
+        ],
+        group2=dict(lr=0.003, betas=(0.5, 0.9), precondition_frequency=2),
+        references={"numpy": oracle(soap_rule, betas=(0.95, 0.95), shampoo_beta=None, eps=1e-8, weight_decay=0.01,
+                                    precondition_frequency=10, max_precond_dim=10000, correct_bias=True)},
+        shapes=((6, 5), (5,), (0,), (4, 3), (3, 4), (3, 2, 2)),  # (3, 4) as a matrix
+        state_skip=("gg_left", "gg_right", "q_left", "q_right"),  # compared in tests/test_modern_optim.py
+        atol=1e-9,  # eigenvectors and QR from another LAPACK call order; 1/(sqrt(v)+eps) amplifies round-off
+        low_precision={torch.float32: 5e-3, torch.bfloat16: 6e-2},
+        converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.02,
+                             rosenbrock_steps=5000, kwargs=dict(weight_decay=0.0)),
+        error_inputs=_COMMON_ERRORS + [
+            ({"betas": (0.9, 1.0)}, "Invalid beta2: 1.0"),
+            ({"shampoo_beta": 1.5}, "Invalid shampoo_beta: 1.5"),
+            ({"precondition_frequency": 0}, "Invalid precondition_frequency: 0"),
+            ({"max_precond_dim": 0}, "Invalid max_precond_dim: 0"),
+        ],
+    ),
+]

@@ -9,6 +9,7 @@ below is re-exported from its module; nothing is defined here. ``descent.sklearn
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .optim import KFAC, LBFGS, Muon, Shampoo
 from .optim import LAMB, Adafactor, Lion, SophiaG
+from .optim import ADOPT, MARS, SOAP, AdEMAMix, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD, recalibrate_batchnorm
 from .optim.param_groups import param_groups
 from .optim.registry import create_optimizer, list_optimizers
 
@@ -46,6 +47,14 @@ __all__ = [
     "LAMB",
     "Adafactor",
     "SophiaG",
+    "ADOPT",
+    "AdEMAMix",
+    "MARS",
+    "Prodigy",
+    "ScheduleFreeSGD",
+    "ScheduleFreeAdamW",
+    "recalibrate_batchnorm",
+    "SOAP",
     "param_groups",
     "create_optimizer",
     "list_optimizers",

@@ -222,3 +222,54 @@ class ProdigyReference(torch.optim.Optimizer):
                 x = x - group["weight_decay"] * eta * x
             x = x - eta * st["exp_avg"] / denom
             p.copy_(torch.from_numpy(x))
+
+
+def soap_rule(x: np.ndarray, g: np.ndarray, st: dict, hp: dict) -> None:
+    """SOAP (Vyas et al. 2024, Alg. 3): Adam in the eigenbasis of L = E[G G^T], R = E[G^T G].
+
+    The momentum stays in the original coordinates and is projected every step; the
+    second moment lives in the rotated coordinates and is permuted with the columns of
+    Q when the bases are refreshed (one power iteration + QR, columns sorted by the
+    estimated eigenvalues). A rotated tensor's first step only collects statistics.
+    """
+    b1, b2 = hp["betas"]
+    bs = b2 if hp["shampoo_beta"] is None else hp["shampoo_beta"]
+    g = -g if hp.get("maximize") else g
+    shape = x.shape
+    mat = x.ndim >= 2 and x.size > 0
+    gm = g.reshape(shape[0], -1) if mat else g
+    if not st:
+        st.update(step=0, exp_avg=np.zeros_like(x), exp_avg_sq=np.zeros(gm.shape))
+        st["sides"] = {}
+        if mat:
+            for dim, n in enumerate(gm.shape):
+                if n <= hp["max_precond_dim"]:
+                    st["sides"][dim] = [np.zeros((n, n)), None]
+    st["step"] += 1
+    t = st["step"]
+
+    def rot(a: np.ndarray, back: bool) -> np.ndarray:
+        for dim, (_, q) in st["sides"].items():
+            qq = q if back else q.T
+            a = qq @ a if dim == 0 else a @ qq.T
+        return a
+
+    s = t - 1 if st["sides"] else t  # a tensor without a rotation runs Adam from its first step
+    if s >= 1 and x.size:
+        st["exp_avg"] = b1 * st["exp_avg"] + (1 - b1) * g
+        m = st["exp_avg"].reshape(gm.shape)
+        st["exp_avg_sq"] = b2 * st["exp_avg_sq"] + (1 - b2) * rot(gm, False) ** 2
+        d = rot(rot(m, False) / (np.sqrt(st["exp_avg_sq"]) + hp["eps"]), True)
+        size = hp["lr"] * math.sqrt(1 - b2**s) / (1 - b1**s) if hp["correct_bias"] else hp["lr"]
+        x -= size * d.reshape(shape)
+        x *= 1 - hp["lr"] * hp["weight_decay"]
+    for dim, side in st["sides"].items():
+        side[0] = bs * side[0] + (1 - bs) * (gm @ gm.T if dim == 0 else gm.T @ gm)
+        if t == 1:
+            w, q = np.linalg.eigh(side[0])
+            side[1] = q[:, ::-1].copy()
+        elif (t - 1) % hp["precondition_frequency"] == 0:
+            q = side[1]
+            order = np.argsort(-np.diag(q.T @ side[0] @ q), kind="stable")
+            st["exp_avg_sq"] = np.take(st["exp_avg_sq"], order, axis=dim)
+            side[1] = np.linalg.qr(side[0] @ q[:, order])[0]

@@ -13,6 +13,13 @@ from .adafactor import Adafactor
 from .lamb import LAMB
 from .lion import Lion
 from .sophia import SophiaG
+from .adopt import ADOPT  # optimizers of 2024 (issue 15)
+from .ademamix import AdEMAMix
+from .mars import MARS
+from .prodigy import Prodigy
+from .soap import SOAP
+from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD, recalibrate_batchnorm
+
 from .registry import create_optimizer, list_optimizers, register_preset
 
 register_preset("sgd", SGD, momentum=0.9, nesterov=True, weight_decay=5e-4,
@@ -25,3 +32,4 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 __all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
 __all__ += ["Lion", "LAMB", "Adafactor", "SophiaG"]
 __all__ += ["create_optimizer", "list_optimizers"]
+__all__ += ["ADOPT", "AdEMAMix", "MARS", "Prodigy", "ScheduleFreeSGD", "ScheduleFreeAdamW", "recalibrate_batchnorm", "SOAP"]

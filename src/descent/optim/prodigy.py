@@ -36,7 +36,9 @@ class Prodigy(Optimizer):
     ``d0`` is set *too large*, above the distance to a solution; keep ``d0`` tiny.
     **growth_rate** :math:`\rho` bounds how fast :math:`d` may grow per step
     (``inf``, i.e. no bound, by default as in the authors' code); 1.02 is the value the
-    authors suggest when :math:`d` overshoots early (prodigy #37).
+    authors suggest when :math:`d` overshoots early (prodigy #37). As in the authors'
+    code, the first move away from ``d0`` is not bounded (it jumps to :math:`\hat d`);
+    every later step is.
 
     Differences from ``prodigyopt`` (1.1): param groups may have different ``lr``
     (each group's step is :math:`d\,\eta_{group}`; prodigyopt requires equal lrs);
@@ -134,7 +136,10 @@ class Prodigy(Optimizer):
         bias = math.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1)) if first["use_bias_correction"] else 1.0
         numerator, denominator = float(first["d_numerator"]) * beta3, 0.0
         prepared = []
-        for group, params, grads, _ in work:
+        for gi, (group, params, grads, _) in enumerate(work):
+            if any(p.is_complex() for p in params):
+                raise ValueError(f"Invalid parameter for Prodigy: param_groups[{gi}] holds a complex tensor "
+                                 "(pass torch.view_as_real(p) as the parameter)")
             gs = self._grads(group, params, grads)
             states = [self._state_of(p, group) for p in params]
             dlr = d * float(group["lr"]) * bias  # the step uses the d from before this update

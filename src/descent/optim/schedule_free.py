@@ -125,12 +125,13 @@ class ScheduleFreeSGD(_ScheduleFree):
     each param group (``train_mode``), so ``state_dict()`` records it and
     ``load_state_dict`` restores it; stepping in eval mode raises ``RuntimeError``.
     A checkpoint saved in train mode holds :math:`y` in the model: load both, then
-    ``optimizer.eval()`` gives the eval weights :math:`x`. The package's default
-    lr of 1.0 is kept; it is about 10-50x what SGD with momentum 0.9 would use.
+    ``optimizer.eval()`` gives the eval weights :math:`x`. The default lr is 0.1
+    (the package's is 1.0, tuned for ImageNet-scale networks with BatchNorm, which
+    diverges on small unnormalized least-squares problems; pass ``lr=1.0`` for it).
 
     Args:
         params: parameters or param group dicts.
-        lr: :math:`\gamma` (default 1.0).
+        lr: :math:`\gamma` (default 0.1).
         momentum: :math:`\beta`, in (0, 1) (default 0.9).
         warmup_steps: linear lr warm-up length (default 0).
         r: the iterate-weight power :math:`r` (default 0).
@@ -161,7 +162,7 @@ class ScheduleFreeSGD(_ScheduleFree):
                   lr={"classification": 1.0, "language": 1.0, "convex": 0.5, "function": 0.01}),
     )
 
-    def __init__(self, params: Any, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0, *,
+    def __init__(self, params: Any, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, maximize: bool = False,
                  foreach: bool | None = None, fused: bool | None = None, backend: str | None = None,
                  skip_nonfinite: bool = False) -> None:

@@ -1,0 +1,114 @@
+"""``descent.SOAP``: Adam in the eigenbasis of Shampoo's preconditioner (Vyas et al., 2024)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from ._validate import check_betas, check_nonneg, check_unit_interval
+from ._base import Optimizer
+from ._spec import Declaration, Meta, zeros
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an int >= 1)")
+
+
+class SOAP(Optimizer):
+    r"""SOAP: Shampoo's eigenbases :math:`Q_L, Q_R` as a rotation, Adam inside it.
+
+    .. math::
+        G' = Q_L^\top G Q_R,\quad V \leftarrow \beta_2 V + (1-\beta_2) G'^{\odot 2},\quad
+        \theta \leftarrow \theta - \eta_t\, Q_L \frac{Q_L^\top M Q_R}{\sqrt V + \epsilon} Q_R^\top
+            - \eta\lambda\theta
+
+    (:func:`descent.functional.soap`). The bases are refreshed every
+    ``precondition_frequency`` steps by one power iteration and QR, not recomputed,
+    which is what makes SOAP cheaper and more stable than Shampoo. Tensors with
+    ``ndim > 2`` are preconditioned as ``(shape[0], prod(rest))``; a side longer than
+    ``max_precond_dim`` gets no rotation (the identity, as the authors' code); 1-D
+    tensors run Adam (from their first step; a rotated tensor's first step only collects
+    statistics, as in the authors' code, which also skips the first step of 1-D tensors).
+    Defaults as the authors' code: lr 3e-3, betas (0.95, 0.95), weight decay 0.01,
+    frequency 10, ``shampoo_beta`` = beta2. State per matrix: ``exp_avg``,
+    ``exp_avg_sq``, ``gg_left``/``gg_right`` and ``q_left``/``q_right``
+    (:math:`2mn + 2m^2 + 2n^2` numbers).
+
+    Args:
+        params: parameters or param group dicts.
+        lr: :math:`\eta` (default 3e-3).
+        betas: :math:`(\beta_1, \beta_2)` (default (0.95, 0.95)).
+        shampoo_beta: EMA of the statistics :math:`L, R` (default None: :math:`\beta_2`).
+        eps: :math:`\epsilon` (default 1e-8).
+        weight_decay: decoupled :math:`\lambda` (default 0.01).
+        precondition_frequency: refresh the bases every this many steps (default 10).
+        max_precond_dim: sides longer than this get no rotation (default 10000).
+        correct_bias: Adam's bias correction (default True).
+        maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+
+    References:
+        Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson & Kakade (2024),
+        "SOAP: Improving and Stabilizing Shampoo using Adam", ICLR 2025.
+
+    Example:
+        >>> import torch, descent
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = descent.SOAP(model.parameters(), lr=3e-3)
+        >>> for _ in range(2):
+        ...     model(torch.randn(8, 4)).pow(2).mean().backward(); _ = opt.step()
+    """
+
+    declaration = Declaration(
+        functional=F.soap,
+        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1],
+                             shampoo_beta=g["betas"][1] if g["shampoo_beta"] is None else g["shampoo_beta"],
+                             eps=g["eps"], weight_decay=g["weight_decay"],
+                             precondition_frequency=int(g["precondition_frequency"]),
+                             correct_bias=bool(g["correct_bias"]), maximize=bool(g["maximize"])),
+        columns=("exp_avg", "exp_avg_sq", "gg_left", "gg_right", "q_left", "q_right"),
+        state={"exp_avg": zeros, "exp_avg_sq": zeros},
+        steps=True,
+        meta=Meta("soap", adaptive=True, state_bytes=8.0, paper="Vyas et al. (2024), arXiv:2409.11321",
+                  lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}, kind="matrix"),
+    )
+
+    def __init__(self, params: Any, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
+                 shampoo_beta: float | None = None, eps: float = 1e-8, weight_decay: float = 0.01, *,
+                 precondition_frequency: int = 10, max_precond_dim: int = 10000, correct_bias: bool = True,
+                 maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
+                 backend: str | None = None, skip_nonfinite: bool = False) -> None:
+        defaults = dict(lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
+                        precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
+                        correct_bias=correct_bias, maximize=maximize, foreach=foreach, fused=fused, backend=backend,
+                        skip_nonfinite=skip_nonfinite)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_nonneg("lr", group["lr"])
+        check_betas(group["betas"])
+        if group["shampoo_beta"] is not None:
+            check_unit_interval("shampoo_beta", group["shampoo_beta"])
+        check_nonneg("eps", group["eps"])
+        check_nonneg("weight_decay", group["weight_decay"])
+        _positive_int("precondition_frequency", group["precondition_frequency"])
+        _positive_int("max_precond_dim", group["max_precond_dim"])
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        if p.is_complex():
+            raise ValueError(f"Invalid parameter for SOAP: a complex tensor of shape {tuple(p.shape)} "
+                             "(SOAP's eigenbases are real; pass torch.view_as_real(p) as the parameter)")
+        state = self.declaration.init_state(p, group)
+        # V is updated through its matrix view, which must be a view: keep it contiguous
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        if p.ndim >= 2 and p.numel():
+            rows, cols = F.soap_matrix_view(p).shape
+            dtype = torch.promote_types(p.dtype, torch.float32)  # eigh/QR need float32 at least
+            for side, n in (("left", rows), ("right", cols)):
+                if n <= group["max_precond_dim"]:
+                    state[f"gg_{side}"] = torch.zeros(n, n, dtype=dtype, device=p.device)
+                    state[f"q_{side}"] = torch.zeros(n, n, dtype=dtype, device=p.device)
+        return state
