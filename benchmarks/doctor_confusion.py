@@ -11,7 +11,9 @@ Pathologies planted (issue 17): lr x30 (SGD-momentum on digits and logistic), no
 (at lr 0.3, where the same run with a 10 % warmup is smooth; at the task's lr 3e-3 and up to 0.1 a
 missing warmup did not hurt this small model), a NaN injected into one batch,
 weight decay off on an overfitting model (500 hidden units, 60 training images), a clipping
-threshold far too low (0.01); plus a smooth schedule stepped once per "epoch" of 10 steps.
+threshold far too low (0.01); plus an lr 1000x too low and a smooth schedule stepped once per "epoch"
+of 10 steps. No run here plants an oscillation: SGD-momentum at 3-10x its lr on these tasks either
+diverged early or stayed below the rule's threshold (its behaviour test is in tests/test_tools_doctor.py).
 
 Usage:
     python benchmarks/doctor_confusion.py              # every scenario, seeds 0 and 1
@@ -76,6 +78,7 @@ SCENARIOS = [
              n_train=60, task_options={"hidden": 500}, steps=600),
     Scenario("digits-mlp SGD, clip threshold 0.01", "digits-mlp", "clip_saturation", optimizer="sgd", lr=0.1,
              clip=0.01, tolerate=("plateau",)),
+    Scenario("digits-mlp AdamW lr / 1000", "digits-mlp", "plateau", lr=3e-6),
     Scenario("digits-mlp AdamW, schedule stepped every 10 steps", "digits-mlp", "schedule_per_epoch",
              sched_every=10, steps=300),
 ]

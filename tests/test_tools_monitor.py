@@ -177,3 +177,12 @@ def test_tensorboard_carries_the_full_record(tmp_path):
             "grad_norm/0.weight", "grad_norm/1.bias"} <= tags, sorted(tags)
     assert [e.value for e in acc.Scalars("lr/group_1")] == pytest.approx([0.01] * 3)
     assert [e.value for e in acc.Scalars("clipped")] == [1.0] * 3
+
+
+def test_clipped_is_inferred_from_the_norm_before_clipping():
+    model = nn.Linear(3, 1)
+    mon = descent.Monitor(clip_max_norm=1e-3)
+    model(torch.ones(4, 3)).pow(2).sum().backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # grads now have norm 1e-3
+    rec = mon.log(0, loss=1.0, model=model, clip=norm)
+    assert rec["clipped"] is True and rec["clip_norm"] > 1e-3
