@@ -158,4 +158,4 @@ def test_bench_tiny(capsys) -> None:
 def test_tasks_listing(capsys) -> None:
     assert main(["tasks", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert "mnist1d" in payload["tasks"] and payload["optimizers"]["adamw"]["available"]
+    assert "mnist1d" in payload["tasks"] and payload["optimizers"]["adamw"]["description"]
