@@ -86,3 +86,9 @@ __all__ = [
     # checkpoints
     "checkpoint",
 ]
+
+from . import optim as _optim  # noqa: E402
+
+#: optimizer classes registered without an export line above (see CONTRIBUTING.md)
+__all__ += [_name for _name in _optim.__all__ if _name not in __all__]
+globals().update({_name: getattr(_optim, _name) for _name in __all__ if _name not in globals()})

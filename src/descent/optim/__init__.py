@@ -33,3 +33,22 @@ __all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
 __all__ += ["Lion", "LAMB", "Adafactor", "SophiaG"]
 __all__ += ["create_optimizer", "list_optimizers"]
 __all__ += ["ADOPT", "AdEMAMix", "MARS", "Prodigy", "ScheduleFreeSGD", "ScheduleFreeAdamW", "recalibrate_batchnorm", "SOAP"]
+
+
+def _discover() -> list[str]:
+    """Import every public module of this package, so that an optimizer file registers itself
+    (and is exported) without an import line here; returns the class names not listed above."""
+    import importlib
+    import pkgutil
+
+    from .registry import _REGISTRY
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    found = {e.cls.__name__: e.cls for e in _REGISTRY.values()}
+    globals().update(found)
+    return sorted(set(found) - set(__all__))
+
+
+__all__ += _discover()
