@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from descent import bench
+from descent.reporting import bench
 
 
 def main() -> None:

@@ -8,11 +8,14 @@ A. factored tensors (viewed as ``(rows, m)``, blocks of whole rows inside one ma
    partial sums, :math:`\\sum\\theta^2`; vectors: the ``variance`` update,
    :math:`\\sum U^2` and :math:`\\sum\\theta^2`;
 B. factored tensors: :math:`\\sum U^2` with the row and column factors made in between;
-C. the update (strict IEEE order, as the functional).
+C. the update, with the clipping and the step size folded into one factor
+   :math:`\alpha/d` per tensor (a multiplication per element where the functional divides
+   and multiplies; the last bit may differ).
 
 A wave is small enough that passes B and C read the gradient from cache. Sums are
-float64 per block, added in block order, so results do not depend on the thread count;
-the sums may be reassociated (``fastmath={'reassoc'}``) so that they vectorize.
+accumulated in the tensors' dtype within a block (vector partial sums), float64 per
+block, added in block order, so results do not depend on the thread count; the sums may be
+reassociated (``fastmath={'reassoc'}``) so that they vectorize.
 """
 
 from __future__ import annotations
@@ -31,39 +34,74 @@ _SUM_OPTS = dict(cache=True, fastmath={"reassoc"}, nogil=True, error_model="nump
 
 
 @njit(**_SUM_OPTS)
+def _sumsq(x):  # pragma: no cover - compiled
+    """sum x^2 accumulated in x's dtype (vector partial sums under ``reassoc``), as float64."""
+    a = x.dtype.type(0.0)
+    for i in range(x.size):
+        a += x[i] * x[i]
+    return np.float64(a)
+
+
+@njit(**_SUM_OPTS)
 def _factored_stats(p, g, row, colpart, eps1, b2, c2):  # pragma: no cover - compiled
-    """Row update of a block of rows ``g`` (2-D), column partial sums; returns sum p^2."""
+    """Row update of a block of rows ``g`` (2-D), column partial sums; returns sum p^2.
+
+    Row sums are accumulated in the dtype (vector partial sums), the column partials in
+    float64, four rows at a time (one float64 addition per four elements).
+    """
     nr, m = g.shape
-    for r in range(nr):
-        s = 0.0
+    r = 0
+    while r + 4 <= nr:
+        a0 = a1 = a2 = a3 = g.dtype.type(0.0)
+        for j in range(m):
+            x0 = g[r, j] * g[r, j] + eps1
+            x1 = g[r + 1, j] * g[r + 1, j] + eps1
+            x2 = g[r + 2, j] * g[r + 2, j] + eps1
+            x3 = g[r + 3, j] * g[r + 3, j] + eps1
+            a0 += x0
+            a1 += x1
+            a2 += x2
+            a3 += x3
+            colpart[j] += np.float64((x0 + x1) + (x2 + x3))
+        row[r] = row[r] * b2 + g.dtype.type(np.float64(a0) / m) * c2
+        row[r + 1] = row[r + 1] * b2 + g.dtype.type(np.float64(a1) / m) * c2
+        row[r + 2] = row[r + 2] * b2 + g.dtype.type(np.float64(a2) / m) * c2
+        row[r + 3] = row[r + 3] * b2 + g.dtype.type(np.float64(a3) / m) * c2
+        r += 4
+    while r < nr:
+        a = g.dtype.type(0.0)
         for j in range(m):
             x = g[r, j] * g[r, j] + eps1
-            s += x
-            colpart[j] += x
-        row[r] = row[r] * b2 + g.dtype.type(s / m) * c2
-    ps = 0.0
-    for i in range(p.size):
-        ps += np.float64(p[i]) * np.float64(p[i])
-    return ps
+            a += x
+            colpart[j] += np.float64(x)
+        row[r] = row[r] * b2 + g.dtype.type(np.float64(a) / m) * c2
+        r += 1
+    return _sumsq(p)
 
 
 @njit(**_SUM_OPTS)
 def _factored_usum(g, rf, cf):  # pragma: no cover - compiled
+    """sum U^2 of a block of rows, U = g * rf[r] * cf[j] (partial sums in the dtype per row)."""
     nr, m = g.shape
     s = 0.0
     for r in range(nr):
+        fr = rf[r]
+        a = g.dtype.type(0.0)
         for j in range(m):
-            u = g[r, j] * rf[r] * cf[j]
-            s += np.float64(u) * np.float64(u)
+            u = g[r, j] * fr * cf[j]
+            a += u * u
+        s += np.float64(a)
     return s
 
 
 @njit(**_OPTS)
-def _factored_apply(p, g, rf, cf, denom, alpha, decay, mom, b1, c1, use_m, sign):  # pragma: no cover
+def _factored_apply(p, g, rf, cf, scale, decay, mom, b1, c1, use_m, sign):  # pragma: no cover
+    """The update with ``scale = alpha / denom`` (one multiplication instead of a division per element)."""
     nr, m = g.shape
     for r in range(nr):
+        fr = rf[r]
         for j in range(m):
-            u = (g[r, j] * sign) * rf[r] * cf[j] / denom * alpha
+            u = (g[r, j] * sign) * fr * cf[j] * scale
             if use_m:
                 u = mom[r, j] * b1 + u * c1
                 mom[r, j] = u
@@ -78,21 +116,17 @@ def _vector_variance(g, v, eps1, b2, c2):  # pragma: no cover - compiled
 
 @njit(**_SUM_OPTS)
 def _vector_sums(p, g, v):  # pragma: no cover - compiled
-    one = p.dtype.type(1.0)
-    us = 0.0
-    ps = 0.0
+    a = p.dtype.type(0.0)
     for i in range(p.size):
-        u = g[i] * (one / math.sqrt(v[i]))
-        us += np.float64(u) * np.float64(u)
-        ps += np.float64(p[i]) * np.float64(p[i])
-    return us, ps
+        u = g[i] / math.sqrt(v[i])
+        a += u * u
+    return np.float64(a), _sumsq(p)
 
 
 @njit(**_OPTS)
-def _vector_apply(p, g, v, denom, alpha, decay, mom, b1, c1, use_m, sign):  # pragma: no cover - compiled
-    one = p.dtype.type(1.0)
+def _vector_apply(p, g, v, scale, decay, mom, b1, c1, use_m, sign):  # pragma: no cover - compiled
     for i in range(p.size):
-        u = (g[i] * sign) * (one / math.sqrt(v[i])) / denom * alpha
+        u = (g[i] * sign) / math.sqrt(v[i]) * scale
         if use_m:
             u = mom[i] * b1 + u * c1
             mom[i] = u
@@ -223,8 +257,8 @@ def adafactor_multi(ptrs, sizes, meta, blocks, waves, like, b2s, lrs, eps1, eps2
                 c0 = meta[t, 3] + (lo // (n * m)) * m
                 shape = ((hi - lo) // m, m)
                 _factored_apply(p.reshape(shape), g.reshape(shape), rf_all[meta[t, 2] + r0:], cf_all[c0:c0 + m],
-                                dt(denom[t]), dt(alpha[t]), dt(decay[t]), mom.reshape(shape), dt(b1), dt(c1), use_m,
+                                dt(alpha[t] / denom[t]), dt(decay[t]), mom.reshape(shape), dt(b1), dt(c1), use_m,
                                 dt(sign))
             else:
-                _vector_apply(p, g, view(ptrs[4, t], size, like)[lo:hi], dt(denom[t]), dt(alpha[t]), dt(decay[t]),
+                _vector_apply(p, g, view(ptrs[4, t], size, like)[lo:hi], dt(alpha[t] / denom[t]), dt(decay[t]),
                               mom, dt(b1), dt(c1), use_m, dt(sign))
