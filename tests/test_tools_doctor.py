@@ -230,3 +230,24 @@ def test_val_rise_small_next_to_the_progress_is_not_overfitting():
     assert "overfitting" not in diagnose({"loss": loss, "val_loss": val}).codes
     val_over = [1.19, 0.72, 0.70, 0.72, 0.73, 0.74, 0.745, 0.75, 0.752, 0.753, 0.754, 0.755]
     assert "overfitting" in diagnose({"loss": loss, "val_loss": val_over}).codes
+
+
+def test_confusion_benchmark_small(tmp_path):
+    """benchmarks/doctor_confusion.py end to end (Monitor JSONL -> read_log -> diagnose) on two of its runs."""
+    import dataclasses
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "doctor_confusion.py"
+    spec = importlib.util.spec_from_file_location("doctor_confusion", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["doctor_confusion"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    by_name = {s.name: s for s in bench.SCENARIOS}
+    nan = dataclasses.replace(by_name["digits-mlp AdamW, NaN injected at step 150"], steps=200)
+    healthy = dataclasses.replace(by_name["digits-mlp AdamW, warmup+cosine"], steps=200)
+    results = [bench.run(nan, 0, tmp_path / "nan.jsonl"), bench.run(healthy, 0, tmp_path / "ok.jsonl")]
+    assert [r["ok"] for r in results] == [True, True], results
+    table = bench.confusion(results)
+    assert table["nonfinite"] == {"TP": 1, "FN": 0, "FP": 0, "TN": 1}
