@@ -51,8 +51,10 @@ def _add_train_like(sub: argparse._SubParsersAction) -> None:
                    help="with --resume: continue with a changed --lr, --steps or --clip")
     p.add_argument("--stop-at", type=nonneg_int,
                    help="stop after this many steps, as if interrupted (to try --resume)")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="train data-parallel (FSDP2) in this many local processes; torchrun works too")
     _common(p, "descent-out/train", seed=None)
-    p.set_defaults(func=train_cmd.train)
+    p.set_defaults(func=_train)
 
     p = _sub(sub, "compare", "the same budget for several optimizers, mean ± spread over seeds",
              "  descent compare --task digits-mlp --optimizers sgd,adamw,lion,muon --steps 300 --seeds 3\n"
@@ -118,6 +120,17 @@ def _add_other(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=tools.tasks)
 
 
+def _train(args: argparse.Namespace) -> int:
+    """``descent train``: one process, or data-parallel with ``--nproc N`` or under torchrun."""
+    from . import distributed
+
+    if not distributed.wants_distributed(args):
+        return train_cmd.train(args)
+    if "WORLD_SIZE" not in os.environ:  # --nproc N: start the N processes of this same command
+        return distributed.spawn(args.nproc, args.argv)
+    return distributed.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``descent`` argument parser."""
     parser = Parser(
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
 
     def say(msg: str) -> None:
         print(f"descent {args.command}: {msg}", file=sys.stderr, flush=True)

@@ -10,16 +10,21 @@ every rank.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-try:  # torch >= 2.4
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # pragma: no cover - torch without DTensor
-    DTensor = Replicate = Shard = None  # type: ignore[assignment,misc]
+
+
+def _dtensor_module() -> Any:
+    """``torch.distributed.tensor`` if something imported it (no DTensor can exist otherwise), else None.
+
+    Importing it costs about a second, so descent never imports it just to ask.
+    """
+    return sys.modules.get("torch.distributed.tensor")
 
 __all__ = ["is_dtensor", "any_dtensor", "local", "is_sharded", "shard_dim", "shard_group", "shard_rank",
            "shard_count", "local_range", "local_slice", "like_param", "check_bucket"]
@@ -27,12 +32,14 @@ __all__ = ["is_dtensor", "any_dtensor", "local", "is_sharded", "shard_dim", "sha
 
 def is_dtensor(t: Any) -> bool:
     """True for a ``torch.distributed.tensor.DTensor``."""
-    return DTensor is not None and isinstance(t, DTensor)
+    mod = _dtensor_module()
+    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def any_dtensor(tensors: Sequence[Any]) -> bool:
     """True when any entry is a DTensor."""
-    return DTensor is not None and any(isinstance(t, DTensor) for t in tensors)
+    mod = _dtensor_module()
+    return mod is not None and any(isinstance(t, mod.DTensor) for t in tensors)
 
 
 def local(t: Any) -> Any:
@@ -52,7 +59,7 @@ def shard_dim(p: Tensor) -> int | None:
     if not is_dtensor(p):
         return None
     place = p.placements[0]
-    return place.dim if isinstance(place, Shard) else None
+    return place.dim if isinstance(place, _dtensor_module().Shard) else None
 
 
 def is_sharded(p: Tensor) -> bool:
@@ -104,7 +111,7 @@ def like_param(value: Tensor, p: Tensor) -> Tensor:
     """Wrap a local shard shaped like ``p``'s as a DTensor with ``p``'s layout (for optimizer state)."""
     if not is_dtensor(p) or is_dtensor(value):
         return value
-    return DTensor.from_local(value, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+    return _dtensor_module().DTensor.from_local(value, p.device_mesh, p.placements, run_check=False, shape=p.shape,
                               stride=p.stride())
 
 
@@ -127,7 +134,7 @@ def check_bucket(params: Sequence[Tensor], owner: str, where: Sequence[str] | No
         i = kinds.index(False)
         raise ValueError(f"{owner}: {label(i)} is a plain tensor in a bucket of DTensors; shard every parameter "
                          "of the model (fully_shard the root module too) or none")
-    mesh = params[0].device_mesh
+    mesh, mod = params[0].device_mesh, _dtensor_module()
     for i, p in enumerate(params):
         if p.device_mesh != mesh:
             raise ValueError(f"{owner}: {label(i)} lives on another device mesh than {label(0)}; "
@@ -136,6 +143,6 @@ def check_bucket(params: Sequence[Tensor], owner: str, where: Sequence[str] | No
             raise ValueError(f"{owner}: {label(i)} is on a {p.device_mesh.ndim}-D device mesh; descent steps "
                              "DTensors on 1-D meshes (FSDP2 without HSDP)")
         place = p.placements[0]
-        if not (type(place) is Shard or isinstance(place, Replicate)):
+        if not (type(place) is mod.Shard or isinstance(place, mod.Replicate)):
             raise ValueError(f"{owner}: {label(i)} has placement {place}; descent steps Shard(d) and Replicate()")
 

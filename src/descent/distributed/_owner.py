@@ -13,6 +13,7 @@ bit for bit (the same iteration on the same matrix).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from ..functional.muon import muon_lr_scale, muon_ns_dtype, newton_schulz
 from ._comm import assign_owners, exchange
 from ._layout import is_sharded, local, local_range, shard_count, shard_dim, shard_group, shard_rank
 
-__all__ = ["muon_step", "ns_cost", "SCHEMES"]
+__all__ = ["muon_step", "ns_cost", "routes_to_matrix", "SCHEMES"]
 
 #: "owner": one rank per matrix (default); "gather": every rank orthogonalizes every matrix (for comparison).
 SCHEMES = ("owner", "gather")
@@ -56,19 +57,27 @@ def _apply(p: Tensor, full_shape: torch.Size, ortho: Tensor, hp: dict[str, Any])
     p.add_(ortho.reshape(p.shape), alpha=-lr * muon_lr_scale(full_shape, hp["adjust_lr_fn"]))
 
 
-def muon_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+def routes_to_matrix(p: Tensor, group: dict[str, Any]) -> bool:
+    """Whether Muon orthogonalizes ``p`` in ``group`` (``use_muon`` True, or ``"auto"`` and a real matrix)."""
+    use = group.get("use_muon", True)
+    return (p.ndim >= 2 and not p.is_complex()) if use == "auto" else bool(use)
+
+
+def muon_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+              overrides: Mapping[str, Any] | None = None) -> None:
     """Muon's matrix step for a bucket of DTensors (owner-rank Newton–Schulz, see the module docstring)."""
     states = [opt._state_of(p, group) for p in params]
-    hp = dict(lr=float(group["lr"]), weight_decay=group["weight_decay"], ns_coefficients=group["ns_coefficients"],
-              ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
-              ns_dtype=group["ns_dtype"], ns_method=group.get("ns_method", "standard"))
-    mu, nesterov = group["momentum"], group["nesterov"]
+    hp = opt.declaration.hyper(group)  # the keyword arguments of descent.functional.muon
+    hp.update((k, v) for k, v in (overrides or {}).items() if v is not None)
+    hp["lr"] = float(hp["lr"])
+    hp.setdefault("ns_method", "standard")
+    mu, nesterov = hp["momentum"], hp["nesterov"]
     updates: dict[int, Tensor] = {}
     for i, (p, g, s) in enumerate(zip(params, grads, states)):
         if p.numel() == 0:
             continue
         g, buf = local(g), local(s["momentum_buffer"])
-        if group["maximize"]:
+        if hp["maximize"]:
             g = -g
         buf.lerp_(g, 1 - mu)
         updates[i] = g.lerp(buf, mu) if nesterov else buf

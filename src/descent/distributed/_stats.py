@@ -12,6 +12,7 @@ of the additions differs from one process, so results agree to float rounding (a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,33 +31,45 @@ def _counted(p: Tensor) -> bool:
 
 
 def square_sums(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-    """This rank's share of each tensor's sum of squares, as float64 0-d tensors."""
-    return [local(t).double().square().sum() if _counted(p) else torch.zeros((), dtype=torch.float64)
-            for t, p in zip(tensors, params)]
+    """This rank's share of each tensor's sum of squares (one multi-tensor norm), as float64 0-d tensors."""
+    if not tensors:
+        return []
+    norms = torch._foreach_norm([local(t) for t in tensors], 2)
+    return [n.double().square() if _counted(p) else torch.zeros((), dtype=torch.float64)
+            for n, p in zip(norms, params)]
 
 
-def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+def _hyper(opt: Any, group: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The functional's keyword arguments for this group and step (the declaration's mapping)."""
+    hp = opt.declaration.hyper(group)
+    hp.update((k, v) for k, v in (overrides or {}).items() if v is not None)
+    return hp
+
+
+def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+              overrides: Mapping[str, Any] | None = None) -> None:
     """LAMB on local shards with the two norms of every tensor reduced in one ``all_reduce``."""
     from ..optim._base import advance_steps
 
+    hp = _hyper(opt, group, overrides)
     states = [opt._state_of(p, group) for p in params]
-    b1, b2 = group["betas"]
+    b1, b2 = hp["beta1"], hp["beta2"]
     steps = advance_steps([s["step"] for s in states])
     dirs, ps = [], [local(p) for p in params]
     for p, g, s, t in zip(ps, (local(g) for g in grads), states, steps):
         m, v = local(s["exp_avg"]), local(s["exp_avg_sq"])
-        if group["maximize"]:
+        if hp["maximize"]:
             g = -g
         m.mul_(b1).add_(g * (1 - b1))
         v.mul_(b2).add_(g * g * (1 - b2))
-        dirs.append(F.lamb_direction(p, m, v, step=t, beta1=b1, beta2=b2, eps=group["eps"],
-                                     weight_decay=group["weight_decay"], bias_correction=group["bias_correction"]))
+        dirs.append(F.lamb_direction(p, m, v, step=t, beta1=b1, beta2=b2, eps=hp["eps"],
+                                     weight_decay=hp["weight_decay"], bias_correction=hp["bias_correction"]))
     sums = sum_across(square_sums(ps, params) + square_sums(dirs, params), shard_group(params[0]))
-    lr = float(group["lr"])
+    lr = float(hp["lr"])
     for k, (p, u) in enumerate(zip(ps, dirs)):
         w_norm = sums[k].sqrt().to(p.dtype)
         u_norm = sums[len(ps) + k].sqrt().to(p.dtype)
-        ratio = F.trust_ratio(w_norm, u_norm, group["clamp_value"])
+        ratio = F.trust_ratio(w_norm, u_norm, hp["clamp_value"])
         p.sub_(u * (ratio * lr))
 
 
@@ -87,15 +100,18 @@ def _factored_partials(p: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
             _embed(col, p.shape[:-2] + (1, m), col_dim, start))
 
 
-def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   overrides: Mapping[str, Any] | None = None) -> None:
     """Adafactor on local shards: row/column means and RMS values reduced over the mesh (two ``all_reduce``)."""
     from ..optim._base import advance_steps
 
+    hp = _hyper(opt, group, overrides)
     states = [opt._state_of(p, group) for p in params]
+    opt.declaration.ensure_optional(group, params, states)  # exp_avg when beta1 was switched on mid-run
     steps = advance_steps([s["step"] for s in states])
-    eps1, eps2 = (float(e) for e in group["eps"])
-    beta1, mesh_group = group["beta1"], shard_group(params[0])
-    gs = [-local(g) if group["maximize"] else local(g) for g in grads]
+    eps1, eps2 = hp["eps1"], hp["eps2"]
+    mesh_group = shard_group(params[0])
+    gs = [-local(g) if hp["maximize"] else local(g) for g in grads]
     g2s = [g * g + eps1 for g in gs]
     partials: list[Tensor] = []
     for p, g2, s in zip(params, g2s, states):
@@ -105,7 +121,7 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
     means, p_sq = iter(first[:len(partials)]), first[len(partials):]
     updates = []
     for p, g, g2, s, t in zip(params, gs, g2s, states, steps):
-        beta2 = 1.0 - t ** group["decay_rate"]
+        beta2 = 1.0 - t ** hp["decay_rate"]
         if s.get("row_var") is not None and s.get("col_var") is not None:
             row, col = local(s["row_var"]), local(s["col_var"])  # replicated: the full statistics
             row.mul_(beta2).add_(next(means).to(row.dtype) * (1 - beta2))
@@ -119,7 +135,7 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
     u_sq = sum_across(square_sums(updates, params), mesh_group)
     for p, u, s, t, us, ps in zip(params, updates, states, steps, u_sq, p_sq):
         n = max(p.numel(), 1)
-        _adafactor_apply(group, p, u, s, t, math.sqrt(float(us) / n), math.sqrt(float(ps) / n), eps2)
+        _adafactor_apply(hp, p, u, s, t, math.sqrt(float(us) / n), math.sqrt(float(ps) / n), eps2)
 
 
 def _rows(r: Tensor, p: Tensor) -> Tensor:
@@ -138,20 +154,18 @@ def _cols(c: Tensor, p: Tensor) -> Tensor:
     return c if dim in (None, p.ndim - 2) else c.narrow(dim, *local_range(p))
 
 
-def _adafactor_apply(group: dict[str, Any], param: Tensor, update: Tensor, s: dict[str, Any], step: int,
+def _adafactor_apply(hp: dict[str, Any], param: Tensor, update: Tensor, s: dict[str, Any], step: int,
                      rms_u: float, rms_p: float, eps2: float) -> None:
     """Clip, scale, momentum, decay and apply, as :func:`descent.functional.adafactor` (given the RMS values)."""
     p = local(param)
-    lr = F.adafactor_lr(step, group["lr"], relative_step=group["relative_step"], warmup_init=group["warmup_init"])
-    update.div_(max(1.0, rms_u / float(group["clip_threshold"])))
-    alpha = lr * max(eps2, rms_p) if group["scale_parameter"] else lr
+    lr = F.adafactor_lr(step, hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"])
+    update.div_(max(1.0, rms_u / hp["clip_threshold"]))
+    alpha = lr * max(eps2, rms_p) if hp["scale_parameter"] else lr
     update.mul_(alpha)
-    if group["beta1"] is not None:
-        if s.get("exp_avg") is None:
-            s["exp_avg"] = torch.zeros_like(param)  # beta1 switched on mid-run
+    if hp["beta1"] is not None:
         m = local(s["exp_avg"])
-        m.mul_(group["beta1"]).add_(update * (1 - group["beta1"]))
+        m.mul_(hp["beta1"]).add_(update * (1 - hp["beta1"]))
         update = m
-    if group["weight_decay"] != 0:
-        p.mul_(1 - float(group["weight_decay"]) * alpha)
+    if hp["weight_decay"] != 0:
+        p.mul_(1 - hp["weight_decay"] * alpha)
     p.sub_(update)

@@ -17,7 +17,7 @@ bucket holds DTensors (FSDP2's ``fully_shard``). It picks how by the optimizer's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,75 +25,92 @@ from torch import Tensor
 
 from ._layout import check_bucket, is_dtensor, like_param, local, local_slice
 
-__all__ = ["MODES", "mode_of", "step_bucket", "elementwise_step", "gather_step"]
+__all__ = ["MODES", "MODE_BY_NAME", "mode_of", "step_bucket", "elementwise_step", "gather_step"]
 
 MODES = ("elementwise", "lamb", "adafactor", "matrix", "gather")
 
-#: Declarations for descent's optimizers that do not carry a ``_distributed`` attribute.
-_BY_NAME = {"SGD": "elementwise", "Adam": "elementwise", "AdamW": "elementwise", "Adagrad": "elementwise",
-            "RMSprop": "elementwise", "Lion": "elementwise", "SophiaG": "elementwise", "LAMB": "lamb",
-            "Adafactor": "adafactor", "Muon": "matrix", "Shampoo": "gather"}
+#: How descent's optimizers (by registry name) step DTensor parameters; any other is stepped with "gather".
+MODE_BY_NAME = {
+    **dict.fromkeys(("sgd", "sgd-plain", "momentum", "adam", "adamw", "adagrad", "rmsprop", "lion", "sophiag",
+                     "adopt", "ademamix", "schedulefree-sgd", "schedulefree-adamw"), "elementwise"),
+    "lamb": "lamb", "adafactor": "adafactor", "muon": "matrix",
+    **dict.fromkeys(("shampoo", "soap", "mars", "prodigy"), "gather"),
+    **dict.fromkeys(("kfac", "lbfgs"), "unsupported"),
+}
+
+#: Why an optimizer refuses DTensor parameters.
+UNSUPPORTED = {"kfac": "its factor statistics come from per-rank activations (not averaged over ranks)",
+               "lbfgs": "its line search needs the whole model on every rank"}
 
 
 def mode_of(opt: Any, group: dict[str, Any]) -> str:
-    """How ``opt`` steps ``group`` when its parameters are DTensors.
+    """How ``opt`` steps ``group`` when its parameters are DTensors (one of :data:`MODES` or ``"unsupported"``).
 
-    An optimizer class may declare ``_distributed`` (one of :data:`MODES`, or a callable of
-    the group returning one); otherwise descent's own classes are looked up by name and
-    anything else is stepped with ``"gather"`` (always right, replicated work).
+    A class attribute ``_distributed`` (a mode) wins; otherwise descent's optimizers are
+    looked up by their registry name (:data:`MODE_BY_NAME`) and anything else is stepped
+    with ``"gather"`` (always right, replicated work).
     """
-    declared = getattr(type(opt), "_distributed", None)
-    if declared is None:
-        for cls in type(opt).__mro__:
-            if cls.__name__ in _BY_NAME and cls.__module__.startswith("descent."):
-                declared = _BY_NAME[cls.__name__]
-                break
-    if callable(declared):
-        declared = declared(group)
-    mode = declared or "gather"
-    if mode == "matrix" and not group.get("use_muon", True):
+    mode = getattr(type(opt), "_distributed", None)
+    if mode is None:
+        decl = getattr(type(opt), "declaration", None)
+        name = decl.meta.name if decl is not None else type(opt).__name__.lower()
+        mode = MODE_BY_NAME.get(name, "gather")
+    if mode == "matrix" and group.get("use_muon", True) is False:
         mode = "elementwise"  # Muon's auxiliary AdamW groups
-    if mode not in MODES:
+    if mode not in MODES + ("unsupported",):
         raise ValueError(f"Invalid _distributed declaration of {type(opt).__name__}: {mode!r} (one of {MODES})")
     return mode
 
 
 def step_bucket(opt: Any, backend: str | Callable[[torch.device, torch.dtype], str], group: dict[str, Any],
-                params: list[Tensor], grads: list[Tensor], where: list[str] | None = None) -> None:
+                params: list[Tensor], grads: list[Tensor], overrides: Mapping[str, Any] | None = None,
+                where: list[str] | None = None) -> None:
     """Step one bucket whose parameters are DTensors.
 
     Args:
         opt: the descent optimizer (its ``_update``, ``_state_of``, ``_init_state`` are used).
         backend: the backend name, or a function of the local (device, dtype) choosing it.
         group: the param group. params, grads: the bucket (DTensors, one layout checked here).
+        overrides: this step's hyperparameter overrides (as the base passes them to ``_update``).
         where: labels of the parameters for error messages.
 
     Raises:
-        ValueError: a layout descent cannot step (the same on every rank, before any collective).
+        ValueError: a layout or an optimizer descent cannot step this way (the same on every
+            rank, before any collective).
     """
-    check_bucket(params, type(opt).__name__, where)
-    check_bucket(grads, type(opt).__name__ + " (gradients)", where)
+    owner = type(opt).__name__
+    check_bucket(params, owner, where)
+    check_bucket(grads, owner + " (gradients)", where)
     for i, (p, g) in enumerate(zip(params, grads)):
         if p.placements != g.placements:
             label = where[i] if where else f"parameter {i}"
-            raise ValueError(f"{type(opt).__name__}: {label} has placements {p.placements} but its gradient "
-                             f"{g.placements}")
+            raise ValueError(f"{owner}: {label} has placements {p.placements} but its gradient {g.placements}")
     mode = mode_of(opt, group)
+    if mode == "unsupported":
+        decl = getattr(type(opt), "declaration", None)
+        why = UNSUPPORTED.get(decl.meta.name if decl is not None else "", "it is not declared for DTensors")
+        raise ValueError(f"{owner} does not support DTensor (FSDP2) parameters: {why}")
     lp = local(params[0])
     name = backend(lp.device, lp.dtype) if callable(backend) else backend
-    if mode == "elementwise":
-        elementwise_step(opt, name, group, params, grads)
+    if mode == "matrix":
+        from ._owner import muon_step, routes_to_matrix
+
+        rows = [i for i, p in enumerate(params) if routes_to_matrix(p, group)]
+        rest = [i for i in range(len(params)) if i not in set(rows)]
+        if rows:
+            muon_step(opt, name, group, [params[i] for i in rows], [grads[i] for i in rows], overrides)
+        if rest:
+            elementwise_step(opt, name, group, [params[i] for i in rest], [grads[i] for i in rest], overrides)
+    elif mode == "elementwise":
+        elementwise_step(opt, name, group, params, grads, overrides)
     elif mode == "gather":
-        gather_step(opt, name, group, params, grads)
+        gather_step(opt, name, group, params, grads, overrides)
     elif mode == "lamb":
         from ._stats import lamb_step
-        lamb_step(opt, group, params, grads)
-    elif mode == "adafactor":
-        from ._stats import adafactor_step
-        adafactor_step(opt, group, params, grads)
+        lamb_step(opt, group, params, grads, overrides)
     else:
-        from ._owner import muon_step
-        muon_step(opt, name, group, params, grads)
+        from ._stats import adafactor_step
+        adafactor_step(opt, group, params, grads, overrides)
 
 
 def _write_back(params: list[Tensor], states: list[dict[str, Any]], views: list[dict[str, Any]],
@@ -107,12 +124,12 @@ def _write_back(params: list[Tensor], states: list[dict[str, Any]], views: list[
 
 
 def elementwise_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor],
-                     grads: list[Tensor]) -> None:
+                     grads: list[Tensor], overrides: Mapping[str, Any] | None = None) -> None:
     """The optimizer's own step on the local shards (exactly the one-process numbers)."""
     states = [opt._state_of(p, group) for p in params]
     views = [{k: local(v) for k, v in s.items()} for s in states]
     before = [dict(v) for v in views]
-    opt._update(backend, group, [local(p) for p in params], [local(g) for g in grads], views)
+    opt._update(backend, group, [local(p) for p in params], [local(g) for g in grads], views, overrides)
     _write_back(params, states, views, before)
 
 
@@ -120,7 +137,8 @@ def _full(t: Any) -> Any:
     return t.full_tensor() if is_dtensor(t) else t
 
 
-def gather_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+def gather_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                overrides: Mapping[str, Any] | None = None) -> None:
     """Every rank gathers full tensors, runs the one-process step, and keeps its shard (replicated work).
 
     State shaped like the parameter stays sharded (a DTensor); other state (Shampoo's
@@ -136,7 +154,7 @@ def gather_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tens
         states.append(opt._state_of(p, group))
     views = [{k: _full(v) for k, v in s.items()} for s in states]
     before = [dict(v) for v in views]
-    opt._update(backend, group, full_p, [_full(g) for g in grads], views)
+    opt._update(backend, group, full_p, [_full(g) for g in grads], views, overrides)
     for p, fp, s, v, b in zip(params, full_p, states, views, before):
         local(p).copy_(local_slice(fp, p))
         for k, val in v.items():

@@ -33,6 +33,10 @@ def nonfinite_indices(tensors: Sequence[Tensor]) -> list[int]:
         >>> nonfinite_indices([torch.ones(2), torch.tensor([1.0, float("inf")])])
         [1]
     """
+    if any(type(t).__name__ == "DTensor" for t in tensors):  # FSDP2: a NaN in any rank's shard counts everywhere
+        from ..distributed import nonfinite_indices as on_mesh
+
+        return on_mesh(tensors)
     keep = [i for i, t in enumerate(tensors) if t.numel()]  # the inf-norm of an empty tensor raises
     if not keep:
         return []
