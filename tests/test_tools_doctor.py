@@ -251,3 +251,19 @@ def test_confusion_benchmark_small(tmp_path):
     assert [r["ok"] for r in results] == [True, True], results
     table = bench.confusion(results)
     assert table["nonfinite"] == {"TP": 1, "FN": 0, "FP": 0, "TN": 1}
+
+
+def test_cli_doctor_reads_a_log_being_written_and_a_trainer_folder(tmp_path, capsys):
+    from descent.cli.main import main
+
+    rows = [{"step": i, "loss": 2.3, "lr": 1e-7} for i in range(60)]
+    log = _jsonl(tmp_path / "train.jsonl", rows + rows[50:], tail='{"step": 60, "loss": 2.')
+    assert main(["doctor", str(log), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 60 and [f["code"] for f in out["findings"]] == ["plateau"]
+    assert any("incomplete" in n for n in out["notes"]) and any("twice" in n for n in out["notes"])
+    hist = [{"loss": 2.3, "learning_rate": 1e-7, "grad_norm": 1.0, "step": i} for i in range(1, 41)]
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "trainer_state.json").write_text(json.dumps({"log_history": hist}))
+    assert main(["doctor", str(tmp_path / "hf")]) == 0
+    assert "40 steps" in capsys.readouterr().out
