@@ -143,13 +143,22 @@ def _adam(fused: bool, params: Tensors, grads: Tensors, exp_avg: Tensors, exp_av
                      foreach=not fused, fused=fused, **hp)
 
 
+def _scale_args(grad_scale: Tensor | None, found_inf: Tensor | None, device: torch.device) -> dict[str, Tensor | None]:
+    """GradScaler's scale and inf flag on the parameters' device, as torch's fused kernels take them."""
+    if grad_scale is None:
+        return {}
+    return {"grad_scale": grad_scale.to(device), "found_inf": found_inf.to(device)}
+
+
 def adam_fused(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, max_exp_avg_sq: Maybe, *,
                steps: Tensors, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-               amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
-    """torch's fused Adam/AdamW kernel (``torch.optim.adam.adam(fused=True)``)."""
+               amsgrad: bool, maximize: bool, decoupled_weight_decay: bool, grad_scale: Tensor | None = None,
+               found_inf: Tensor | None = None) -> None:
+    """torch's fused Adam/AdamW kernel (``torch.optim.adam.adam(fused=True)``); unscales the gradients
+    itself when ``GradScaler`` passes its scale."""
     _adam(True, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, lr=lr, beta1=beta1, beta2=beta2,
           eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-          decoupled_weight_decay=decoupled_weight_decay)
+          decoupled_weight_decay=decoupled_weight_decay, **_scale_args(grad_scale, found_inf, params[0].device))
 
 
 def adam_foreach(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, max_exp_avg_sq: Maybe, *,
@@ -162,10 +171,12 @@ def adam_foreach(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: 
 
 
 def adagrad_fused(params: Tensors, grads: Tensors, sum: Tensors, *, steps: Tensors, lr: float,  # noqa: A002
-                  lr_decay: float, weight_decay: float, eps: float, maximize: bool) -> None:
-    """torch's fused Adagrad kernel."""
+                  lr_decay: float, weight_decay: float, eps: float, maximize: bool, grad_scale: Tensor | None = None,
+                  found_inf: Tensor | None = None) -> None:
+    """torch's fused Adagrad kernel (unscales the gradients itself under ``GradScaler``)."""
     _torch_adagrad.adagrad(params, grads, sum, steps, fused=True, lr=lr, lr_decay=lr_decay,
-                           weight_decay=weight_decay, eps=eps, maximize=maximize)
+                           weight_decay=weight_decay, eps=eps, maximize=maximize,
+                           **_scale_args(grad_scale, found_inf, params[0].device))
 
 
 def adagrad_foreach(params: Tensors, grads: Tensors, sum: Tensors, *, steps: Tensors, lr: float,  # noqa: A002
@@ -193,7 +204,8 @@ def sgd_foreach(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: 
 
 
 def sgd_fused(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: float, momentum: float,
-              dampening: float, weight_decay: float, nesterov: bool, maximize: bool) -> None:
+              dampening: float, weight_decay: float, nesterov: bool, maximize: bool, grad_scale: Tensor | None = None,
+              found_inf: Tensor | None = None) -> None:
     """torch's fused SGD kernel; fills ``momentum_buffer`` in place of its ``None`` entries.
 
     torch's ``fused=True`` gives garbage buffers to a parameter whose first gradient comes
@@ -201,7 +213,7 @@ def sgd_fused(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: fl
     without a buffer run as a separate first step.
     """
     hp = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-              maximize=maximize)
+              maximize=maximize, **_scale_args(grad_scale, found_inf, params[0].device))
     if momentum == 0:
         torch._fused_sgd_(params, grads, [], is_first_step=False, **hp)
         return

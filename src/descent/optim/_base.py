@@ -206,16 +206,24 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # GradScaler (when _step_supports_amp_scaling) leaves the gradients scaled and sets these
+        scale, found = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if found is not None and bool(found):  # it found Inf/NaN: no update; it lowers the scale
+            return loss
         work = self._collect()
         if self._skip_nonfinite(work):
             return loss
         for group, params, grads, _ in self._precondition(work):
             if params:
-                self._step_group(group, params, grads, overrides)
+                self._step_group(group, params, grads, overrides, scale)
         return loss
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # torch's GradScaler protocol
+        return self.declaration is not None and self.declaration.amp
+
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                    overrides: Mapping[str, Any] | None = None) -> None:
+                    overrides: Mapping[str, Any] | None = None, grad_scale: Tensor | None = None) -> None:
         buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(params):
             buckets.setdefault((p.device, p.dtype), []).append(i)
@@ -224,6 +232,11 @@ class Optimizer(torch.optim.Optimizer):
         for (device, dtype), idx in buckets.items():
             ps = [params[i] for i in idx]
             gs = [grads[i] for i in idx]
+            # GradScaler's scale goes into the kernels that take it; every other path gets unscaled grads
+            direct = (grad_scale is not None and type(self)._update is Optimizer._update and not dtype.is_complex
+                      and not any_dtensor(ps))
+            if grad_scale is not None and not direct:
+                gs = torch._foreach_div(gs, grad_scale.to(gs[0].device))
             if any_dtensor(ps):  # FSDP2: local shards, reductions over the mesh (descent.distributed)
                 step_bucket(self, lambda dev, dt: select_backend(requested, self._supported, dev, dt,
                                                                  owner=type(self).__name__, excluded=excluded),
@@ -235,6 +248,9 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             backend = select_backend(requested, self._supported, device, dtype,
                                      owner=type(self).__name__, excluded=excluded)
+            if direct:
+                run_declaration(self.declaration, backend, group, ps, gs, states, overrides, grad_scale)
+                continue
             self._update(backend, group, ps, gs, states, overrides)
 
     def _step_complex(self, requested: str | None, excluded: tuple[str, ...], group: dict[str, Any],
@@ -303,7 +319,7 @@ def reject_unsupported(owner: str, **flags: bool) -> None:
 
 def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], params: list[Tensor],
                     grads: list[Tensor], states: list[dict[str, Any]],
-                    overrides: Mapping[str, Any] | None = None) -> None:
+                    overrides: Mapping[str, Any] | None = None, grad_scale: Tensor | None = None) -> None:
     """One bucket of ``decl``'s optimizer on ``backend``: its kernel for the tensors it can
     take (dense, contiguous, non-empty), the functional for the rest.
 
@@ -330,6 +346,11 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
                 kw["steps"] = advance_steps(step_tensors) if step_tensors is not None else None
             elif step_tensors is not None:
                 torch._foreach_add_(step_tensors, 1.0)
+            if kernel.amp:
+                kw["grad_scale"] = grad_scale
+                kw["found_inf"] = None if grad_scale is None else torch.zeros_like(grad_scale)
+            elif grad_scale is not None:
+                grads = _unscaled(grads, fast, grad_scale)
             _launch(decl, kernel, hp)(params=K.take(params, fast), grads=K.take(grads, fast), **kw, **hp)
             if decl.loop_returns is not None:  # lazily created state (SGD's momentum_buffer)
                 for j, i in enumerate(fast):
@@ -339,6 +360,8 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
         rest = list(range(len(params)))
     if not rest:
         return
+    if grad_scale is not None:
+        grads = _unscaled(grads, rest, grad_scale)
     if decl.steps:
         ints = advance_steps([states[i]["step"] for i in rest]) if decl.step_arg else None
         if not decl.step_arg:
@@ -348,6 +371,14 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
         out = decl.functional(params[i], grads[i], *(c[i] for c in cols), **extra, **hp)
         if decl.loop_returns is not None and out is not None:
             states[i][decl.loop_returns] = out
+
+
+def _unscaled(grads: list[Tensor], positions: list[int], grad_scale: Tensor) -> list[Tensor]:
+    """``grads`` with the entries at ``positions`` divided by ``GradScaler``'s scale (new tensors)."""
+    out = list(grads)
+    for i, g in zip(positions, torch._foreach_div([grads[i] for i in positions], grad_scale.to(grads[0].device))):
+        out[i] = g
+    return out
 
 
 _CHECKED: dict[tuple, Callable[..., None]] = {}

@@ -63,12 +63,15 @@ class Kernel:
             launcher advances itself) or ``None`` (no ``steps`` argument).
         dense_only: hand it only tensors that are dense, contiguous and non-empty
             (:func:`descent.kernels.kernel_ok`); the rest run the functional.
+        amp: the launcher takes ``grad_scale`` and ``found_inf`` (``GradScaler``'s protocol:
+            it unscales the gradients inside the kernel instead of in a separate pass).
     """
 
     launcher: str
     supports: Support
     steps: str | None = "int"
     dense_only: bool = True
+    amp: bool = False
 
     def resolve(self) -> Callable[..., None]:
         module, _, name = self.launcher.partition(":")
@@ -82,6 +85,8 @@ class Kernel:
         expected = {"params", "grads", *declaration.columns, *hyper}
         if self.steps is not None:
             expected.add("steps")
+        if self.amp:
+            expected |= {"grad_scale", "found_inf"}
         got = set(params)
         if got != expected:
             raise TypeError(f"kernel {self.launcher}: arguments {sorted(got)} do not match the declaration's "
@@ -147,6 +152,11 @@ class Declaration:
     step_arg: bool = True
     kernels: Mapping[str, Kernel | tuple[Kernel, ...]] = field(default_factory=dict)
     loop_returns: str | None = None
+
+    @property
+    def amp(self) -> bool:
+        """Some kernel of this optimizer unscales gradients itself (``GradScaler``'s protocol)."""
+        return any(k.amp for b in self.kernels.values() for k in ((b,) if isinstance(b, Kernel) else b))
 
     def supported(self) -> dict[str, Support]:
         """Backend name -> predicate, the loop always included."""

@@ -55,7 +55,7 @@ class Adagrad(Optimizer):
         state={"sum": lambda p, g: torch.full_like(p, g["initial_accumulator_value"],
                                                    memory_format=torch.preserve_format)},
         steps=True,
-        kernels={"fused": Kernel("descent.kernels.launch:adagrad_fused", torch_fused, steps="tensor"),
+        kernels={"fused": Kernel("descent.kernels.launch:adagrad_fused", torch_fused, steps="tensor", amp=True),
                  "foreach": Kernel("descent.kernels.launch:adagrad_foreach", floating, steps="tensor")},
         meta=Meta("adagrad", adaptive=True, state_bytes=4.0, paper="Duchi, Hazan & Singer (2011)",
                   lr={"classification": 0.05, "language": 0.05, "convex": 0.1, "function": 0.5}),

@@ -60,7 +60,7 @@ class Adam(Optimizer):
         state={"exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": zeros},
         optional={"max_exp_avg_sq": lambda g: bool(g["amsgrad"])},
         steps=True,
-        kernels={"fused": Kernel("descent.kernels.launch:adam_fused", torch_fused, steps="tensor"),
+        kernels={"fused": Kernel("descent.kernels.launch:adam_fused", torch_fused, steps="tensor", amp=True),
                  "foreach": Kernel("descent.kernels.launch:adam_foreach", floating, steps="tensor")},
         meta=Meta("adam", adaptive=True, state_bytes=8.0, paper="Kingma & Ba (2015), arXiv:1412.6980",
                   lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),

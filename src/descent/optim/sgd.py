@@ -58,7 +58,7 @@ class SGD(Optimizer):
                              weight_decay=g["weight_decay"], nesterov=g["nesterov"], maximize=g["maximize"]),
         columns=("momentum_buffer",),  # created on the first step, as torch does
         loop_returns="momentum_buffer",
-        kernels={"fused": Kernel("descent.kernels.launch:sgd_fused", torch_fused_sgd, steps=None),
+        kernels={"fused": Kernel("descent.kernels.launch:sgd_fused", torch_fused_sgd, steps=None, amp=True),
                  "foreach": Kernel("descent.kernels.launch:sgd_foreach", floating, steps=None)},
         meta=Meta("sgd", adaptive=False, state_bytes=4.0, paper="Robbins & Monro (1951); Sutskever et al. (2013)",
                   lr={"classification": 0.1, "language": 0.3, "convex": 0.05, "function": 1e-3}),
