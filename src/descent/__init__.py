@@ -10,6 +10,7 @@ from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .optim import KFAC, LBFGS, Muon, Shampoo
 from .optim import LAMB, Adafactor, Lion, SophiaG
 from .optim import ADOPT, MARS, SOAP, AdEMAMix, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD, recalibrate_batchnorm
+from .optim import AdamW8bit, Lion8bit
 from .optim.param_groups import param_groups
 from .optim.registry import create_optimizer, list_optimizers
 
@@ -54,6 +55,8 @@ __all__ = [
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",
     "recalibrate_batchnorm",
+    "AdamW8bit",
+    "Lion8bit",
     "SOAP",
     "param_groups",
     "create_optimizer",

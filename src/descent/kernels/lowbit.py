@@ -6,9 +6,11 @@ whole quantization blocks). For each quantization block it reads the codes, rebu
 the state in the parameter's dtype (``qmap[code] * absmax``), updates parameter and
 state in the :mod:`descent.functional` operation order (fused multiply-adds where
 torch's CPU kernels use them), keeps the new state in an L1-sized scratch buffer,
-then writes the new absmax and codes. Quantization is O(1) per element: a table
-indexed by the value's float32 bits and at most two comparisons with the midpoints
-(:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``.
+then writes the new absmax and codes. Quantization is O(1) per element: two loads from
+tables indexed by the value's float32 bits and one comparison
+(:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``. Each quantization
+block runs as short loops over L1-resident scratch (dequantize; update; absmax;
+normalize; look up), so the update and the normalization vectorize.
 
 Launchers follow the kernels convention: ``launch(params, grads, <one list per state
 key>, steps=..., **hp)`` with ``hp`` the keyword hyperparameters of the functional.
@@ -44,14 +46,27 @@ def _code(codes, i, bits):  # pragma: no cover - compiled
 
 
 @njit(**_OPTS)
-def _quantize(vals, n, absmax, j, codes, off, bits, mids, table, key_min, span, xs):  # pragma: no cover
-    """Write the absmax and codes of ``vals[:n]`` (block ``j``, elements from ``off``)."""
-    amax = vals.dtype.type(0.0)
+def _dequantize(codes, off, n, qmap, absmax, out, bits):  # pragma: no cover - compiled
+    """``out[:n] = qmap[code] * absmax`` for the elements from ``off``."""
     for k in range(n):
-        a = abs(vals[k])
-        if a > amax:
-            amax = a
-    stored = np.float32(amax)
+        out[k] = qmap[_code(codes, off + k, bits)] * absmax
+
+
+@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
+def _amax(vals, n):  # pragma: no cover - compiled
+    """max |vals[:n]| (a max is exact in any order, so it may vectorize)."""
+    a = vals.dtype.type(0.0)
+    for k in range(n):
+        a = max(a, abs(vals[k]))
+    return a
+
+
+@njit(**_OPTS)
+def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: no cover - compiled
+    """Write the absmax (block ``j``) and the codes (elements from ``off``) of ``vals[:n]``."""
+    _, thr, first, key_min, span = table
+    xs, ci = scratch
+    stored = np.float32(_amax(vals, n))
     absmax[j] = stored
     scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
     for k in range(n):
@@ -60,55 +75,46 @@ def _quantize(vals, n, absmax, j, codes, off, bits, mids, table, key_min, span, 
     last = span - 1
     for k in range(n):
         b = xb[k]
-        key = ((b & 0x7FFFFFFF) >> SHIFT) - key_min
-        key = min(max(key, 0), last) + (span if b < 0 else 0)
-        c = np.int64(table[key])
-        x = xs[k]
-        c += np.int64(x > mids[c])
-        c += np.int64(x > mids[c])
-        xb[k] = c
+        key = min(max(((b & 0x7FFFFFFF) >> SHIFT) - key_min, 0), last) + (span if b < 0 else 0)
+        ci[k] = np.int32(first[key]) + np.int32(xs[k] > thr[key])
     if bits == 8:
         for k in range(n):
-            codes[off + k] = xb[k]
+            codes[off + k] = ci[k]
     else:
         for k in range(0, n - 1, 2):
-            codes[(off + k) >> 1] = xb[k] | (xb[k + 1] << 4)
+            codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << 4)
         if n & 1:
-            codes[(off + n - 1) >> 1] = xb[n - 1]
+            codes[(off + n - 1) >> 1] = ci[n - 1]
+
+
+@njit(**_OPTS)
+def _adam_math(p, g, m, v, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s):  # pragma: no cover
+    """Adam on ``n`` elements held in ``m``/``v`` (torch's operation order)."""
+    for i in range(n):
+        gi = fma(wd, p[i], g[i] * sign)  # grad.add(param, alpha=wd); wd = 0 when decoupled
+        pi = p[i] * decay  # param.mul_(1 - lr * wd); decay = 1 unless decoupled
+        mi = fma(w, gi - m[i], m[i] if low else gi)  # exp_avg.lerp_(grad, 1 - beta1)
+        vi = fma(c2 * gi, gi, v[i] * b2)  # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        p[i] = pi + (step_size * mi) / (math.sqrt(vi) / bc2s + eps)  # addcdiv_(value=-lr / bc1)
+        m[i] = mi
+        v[i] = vi
 
 
 @njit(**_OPTS)
 def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  # pragma: no cover - compiled
-    """AdamW/Adam on ``p`` (one plan block): ``hp`` = (decay, wd, b1, c1, b2, c2, eps, sign, decoupled)."""
-    q1, mid1, tab1, k1, s1 = t1
-    q2, mid2, tab2, k2, s2 = t2
-    decay, wd, b1, c1, b2, c2, eps, sign, decoupled = hp
-    one = p.dtype.type(1.0)
+    """Adam on ``p`` (one plan block): ``hp`` = (decay, wd, low, w, b2, c2, eps, sign)."""
+    decay, wd, low, w, b2, c2, eps, sign = hp
     sm = np.empty(qb, p.dtype)
     sv = np.empty(qb, p.dtype)
-    xs = np.empty(qb, np.float32)
+    scratch = (np.empty(qb, np.float32), np.empty(qb, np.int32))
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
-        e = min(s + qb, p.size)
-        am = p.dtype.type(ma[j])
-        av = p.dtype.type(va[j])
-        for i in range(s, e):
-            m = q1[_code(mc, i, bits)] * am
-            v = q2[_code(vc, i, bits)] * av
-            gi = g[i] * sign
-            pi = p[i]
-            if wd != 0:
-                if decoupled:
-                    pi = pi * decay
-                else:
-                    gi = fma(wd, pi, gi)
-            m = fma(c1, gi - m, m) if c1 < 0.5 else fma(c1 - one, gi - m, gi)  # m.lerp_(g, c1)
-            v = fma(c2 * gi, gi, v * b2)
-            p[i] = pi + (step_size * m) / (math.sqrt(v) / bc2s + eps)
-            sm[i - s] = m
-            sv[i - s] = v
-        _quantize(sm, e - s, ma, j, mc, s, bits, mid1, tab1, k1, s1, xs)
-        _quantize(sv, e - s, va, j, vc, s, bits, mid2, tab2, k2, s2, xs)
+        n = min(qb, p.size - s)
+        _dequantize(mc, s, n, t1[0], p.dtype.type(ma[j]), sm, bits)
+        _dequantize(vc, s, n, t2[0], p.dtype.type(va[j]), sv, bits)
+        _adam_math(p[s:s + n], g[s:s + n], sm, sv, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s)
+        _quantize(sm, n, ma, j, mc, s, bits, t1, scratch)
+        _quantize(sv, n, va, j, vc, s, bits, t2, scratch)
 
 
 @njit(parallel=True, **_OPTS)
@@ -130,26 +136,29 @@ def adam_lowbit_multi(ptrs, sizes, blocks, like, t1, t2, qb, bits, hp, step_size
 
 
 @njit(**_OPTS)
-def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
-    """Lion on one plan block: ``hp`` = (decay, lr, b1, c1, b2, c2, sign)."""
-    q1, mid1, tab1, k1, s1 = t1
-    decay, lr, b1, c1, b2, c2, sign = hp
+def _lion_math(p, g, m, n, decay, lr, b1, c1, b2, c2, sign):  # pragma: no cover - compiled
     zero = p.dtype.type(0.0)
     one = p.dtype.type(1.0)
+    for i in range(n):
+        gi = g[i] * sign
+        c = m[i] * b1 + gi * c1
+        sg = one if c > zero else (-one if c < zero else c)
+        p[i] = p[i] * decay - sg * lr
+        m[i] = m[i] * b2 + gi * c2
+
+
+@njit(**_OPTS)
+def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
+    """Lion on one plan block: ``hp`` = (decay, lr, b1, c1, b2, c2, sign)."""
+    decay, lr, b1, c1, b2, c2, sign = hp
     sm = np.empty(qb, p.dtype)
-    xs = np.empty(qb, np.float32)
+    scratch = (np.empty(qb, np.float32), np.empty(qb, np.int32))
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
-        e = min(s + qb, p.size)
-        am = p.dtype.type(ma[j])
-        for i in range(s, e):
-            m = q1[_code(mc, i, bits)] * am
-            gi = g[i] * sign
-            c = m * b1 + gi * c1
-            sg = one if c > zero else (-one if c < zero else c)
-            p[i] = p[i] * decay - sg * lr
-            sm[i - s] = m * b2 + gi * c2
-        _quantize(sm, e - s, ma, j, mc, s, bits, mid1, tab1, k1, s1, xs)
+        n = min(qb, p.size - s)
+        _dequantize(mc, s, n, t1[0], p.dtype.type(ma[j]), sm, bits)
+        _lion_math(p[s:s + n], g[s:s + n], sm, n, decay, lr, b1, c1, b2, c2, sign)
+        _quantize(sm, n, ma, j, mc, s, bits, t1, scratch)
 
 
 @njit(parallel=True, **_OPTS)
@@ -167,31 +176,28 @@ def lion_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp):  # pragma: n
 
 
 @njit(**_OPTS)
+def _sgd_math(p, g, b, n, lr, wd, mom, undamp, sign, nesterov, first):  # pragma: no cover - compiled
+    for i in range(n):
+        d = fma(wd, p[i], g[i] * sign)  # grad.add(param, alpha=wd)
+        bi = d if first else fma(undamp, d, b[i] * mom)  # buf.mul_(mom).add_(d, alpha=1 - dampening)
+        d = fma(mom, bi, d) if nesterov else bi
+        p[i] = fma(-lr, d, p[i])
+        b[i] = bi
+
+
+@njit(**_OPTS)
 def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - compiled
     """SGD with momentum on one plan block: ``hp`` = (lr, wd, mom, 1 - dampening, sign, nesterov)."""
-    q1, mid1, tab1, k1, s1 = t1
     lr, wd, mom, undamp, sign, nesterov = hp
     sb = np.empty(qb, p.dtype)
-    xs = np.empty(qb, np.float32)
+    scratch = (np.empty(qb, np.float32), np.empty(qb, np.int32))
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
-        e = min(s + qb, p.size)
-        ab = p.dtype.type(ba[j])
-        for i in range(s, e):
-            d = g[i] * sign
-            if wd != 0:
-                d = fma(wd, p[i], d)
-            if first:
-                b = d
-            else:
-                b = fma(undamp, d, q1[_code(bc, i, bits)] * ab * mom)
-            if nesterov:
-                d = fma(mom, b, d)
-            else:
-                d = b
-            p[i] = fma(-lr, d, p[i])
-            sb[i - s] = b
-        _quantize(sb, e - s, ba, j, bc, s, bits, mid1, tab1, k1, s1, xs)
+        n = min(qb, p.size - s)
+        if not first:
+            _dequantize(bc, s, n, t1[0], p.dtype.type(ba[j]), sb, bits)
+        _sgd_math(p[s:s + n], g[s:s + n], sb, n, lr, wd, mom, undamp, sign, nesterov, first)
+        _quantize(sb, n, ba, j, bc, s, bits, t1, scratch)
 
 
 @njit(parallel=True, **_OPTS)
@@ -211,7 +217,7 @@ def sgd_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, first):  # pra
 # ---------------------------------------------------------------------------------- launchers
 def _tables(qmap: torch.Tensor, dtype: np.ndarray) -> tuple:
     t = lookup(qmap)
-    return (t.qmap.astype(dtype.dtype), t.mids, t.table, np.int64(t.key_min), np.int64(t.span))
+    return (t.qmap.astype(dtype.dtype), t.thr, t.table, np.int32(t.key_min), np.int32(t.span))
 
 
 def _bits(qmap: torch.Tensor) -> int:
@@ -242,8 +248,11 @@ def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
     dt = like(params[0]).dtype.type
     step_size = np.array([-lr / (1 - beta1**s) for s in steps], dtype=np.float64)
     bc2s = np.array([(1 - beta2**s) ** 0.5 for s in steps], dtype=np.float64)
-    hp = (dt(1 - lr * weight_decay), dt(weight_decay), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
-          dt(-1.0 if maximize else 1.0), bool(decoupled_weight_decay))
+    decoupled = bool(decoupled_weight_decay) and weight_decay != 0
+    c1 = dt(1 - beta1)
+    hp = (dt(1 - lr * weight_decay) if decoupled else dt(1.0), dt(0.0 if decoupled_weight_decay else weight_decay),
+          bool(c1 < 0.5), c1 if c1 < 0.5 else c1 - dt(1.0), dt(beta2), dt(1 - beta2), dt(eps),
+          dt(-1.0 if maximize else 1.0))
     b = like(params[0])
     plan = bucket_plan(params)
     bits = _bits(exp_avg_qmap[0])

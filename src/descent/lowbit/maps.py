@@ -27,10 +27,9 @@ import torch
 
 __all__ = ["dynamic_map", "linear_map", "code_map", "Lookup", "lookup", "SHIFT"]
 
-#: Right shift applied to a float32's order-preserving bit pattern to index the lookup
-#: table (7 mantissa bits kept: at most :data:`_FIXUPS` midpoints fall in one bucket).
-SHIFT = 16
-_FIXUPS = 2
+#: Right shift applied to the bits of a float32 magnitude to index the lookup table
+#: (8 mantissa bits kept, so at most one midpoint falls in a bucket).
+SHIFT = 15
 
 
 def dynamic_map(signed: bool = True, bits: int = 8) -> torch.Tensor:
@@ -104,9 +103,10 @@ class Lookup(NamedTuple):
 
     Attributes:
         qmap: the code map (float32).
-        mids: midpoints between entries, with ``+inf`` appended (float32, ``K`` entries).
-        table: uint8 first guess of the code, ``2 * span`` entries: positive values
-            first, then negative ones, each indexed by the magnitude's bits.
+        mids: midpoints between entries (float32, ``K - 1`` entries).
+        table: uint8 code of the lowest value of each bucket, ``2 * span`` entries:
+            positive values first, then negative ones, each indexed by the magnitude's bits.
+        thr: float32 midpoint inside each bucket (``+inf`` where there is none).
         key_min: magnitude key (``bits(|x|) >> SHIFT``) of ``table[0]``.
         span: keys per sign.
     """
@@ -114,6 +114,7 @@ class Lookup(NamedTuple):
     qmap: np.ndarray
     mids: np.ndarray
     table: np.ndarray
+    thr: np.ndarray
     key_min: int
     span: int
 
@@ -130,9 +131,10 @@ def lookup(qmap: torch.Tensor) -> Lookup:
     """The O(1) quantization tables of a map, cached by its values.
 
     A normalized float32 value ``x`` has the key ``k = clamp(bits(|x|) >> SHIFT)``;
-    ``table[k - key_min + span * (x < 0)]`` is the code of the lowest value with that
-    key and sign, and at most two comparisons ``x > mids[c]`` finish the search. The
-    result equals ``torch.bucketize(x, mids)`` (checked when the table is built).
+    with ``j = k - key_min + span * (x < 0)`` the code is ``table[j] + (x > thr[j])``:
+    the code of the lowest value with that key and sign, plus one past the bucket's
+    midpoint, if it has one. Two independent loads, no search; the result equals
+    ``torch.bucketize(x, mids)`` (checked when the table is built).
     """
     return _lookup(tuple(float(v) for v in qmap.detach().cpu().float().tolist()))
 
@@ -146,12 +148,15 @@ def _lookup(values: tuple[float, ...]) -> Lookup:
     lo = (keys << SHIFT).astype(np.int32).view(np.float32).astype(np.float64)
     hi = ((keys + 1) << SHIFT).astype(np.int32).view(np.float32).astype(np.float64)
     lo[0], hi[-1] = 0.0, np.inf  # the clamped end buckets
-    count = lambda x: np.searchsorted(mids.astype(np.float64), x, side="left")  # noqa: E731
+    mids64 = mids.astype(np.float64)
+    count = lambda x: np.searchsorted(mids64, x, side="left")  # noqa: E731
     pos_first, pos_last = count(lo), count(np.nextafter(hi, 0))
     neg_first, neg_last = count(-hi), count(-lo)
-    neg_first[-1] = count(-np.finfo(np.float32).max)
-    spread = max(int((pos_last - pos_first).max()), int((neg_last - neg_first).max()))
-    if spread > _FIXUPS or count(-0.0) != count(0.0):
+    neg_first[-1] = 0
+    if max(int((pos_last - pos_first).max()), int((neg_last - neg_first).max())) > 1 or count(-0.0) != count(0.0):
         raise ValueError("code map too dense for the lookup table")  # pragma: no cover
-    table = np.concatenate([pos_first, neg_first]).astype(np.uint8)
-    return Lookup(qmap, np.append(mids, np.float32(np.inf)).astype(np.float32), table, key_min, len(keys))
+    first = np.concatenate([pos_first, neg_first])
+    last = np.concatenate([pos_last, neg_last])
+    padded = np.append(mids, np.float32(np.inf)).astype(np.float32)
+    thr = np.where(last > first, padded[np.minimum(first, len(mids))], np.float32(np.inf)).astype(np.float32)
+    return Lookup(qmap, mids, first.astype(np.uint8), thr, key_min, len(keys))

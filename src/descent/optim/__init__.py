@@ -2,7 +2,7 @@
 
 from ._base import Optimizer
 from .adagrad import Adagrad
-from .adam import Adam, AdamW
+from .adam import Adam, AdamW, AdamW8bit
 from .rmsprop import RMSprop
 from .sgd import SGD
 from .kfac import KFAC
@@ -11,7 +11,7 @@ from .muon import Muon
 from .shampoo import Shampoo
 from .adafactor import Adafactor
 from .lamb import LAMB
-from .lion import Lion
+from .lion import Lion, Lion8bit
 from .sophia import SophiaG
 from .adopt import ADOPT  # optimizers of 2024 (issue 15)
 from .ademamix import AdEMAMix
@@ -52,3 +52,4 @@ def _discover() -> list[str]:
 
 
 __all__ += _discover()
+__all__ += ["AdamW8bit", "Lion8bit"]

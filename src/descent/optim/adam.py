@@ -13,9 +13,10 @@ from ._validate import check_betas, check_nonneg
 from ._backend import floating, torch_fused
 from ._base import Optimizer, reject_unsupported
 from ._spec import Declaration, Kernel, Meta, zeros
+from ..lowbit.optim import LowBitMixin
 
 
-class Adam(Optimizer):
+class Adam(LowBitMixin, Optimizer):
     r"""Adam with bias correction, optional AMSGrad and optional decoupled weight decay.
 
     .. math::
@@ -37,6 +38,10 @@ class Adam(Optimizer):
         amsgrad: use the running maximum of :math:`v_t`.
         maximize, foreach, fused, backend, skip_nonfinite: see :class:`descent.SGD`.
         decoupled_weight_decay: decay the weights directly (AdamW).
+        state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
+            elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit AdamW state:
+            2.05 bytes/param (``benchmarks/state_memory.py``).
+        stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
 
     References:
         Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization";
@@ -84,13 +89,16 @@ class Adam(Optimizer):
         decoupled_weight_decay: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        state_bits: int = 32,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_unsupported(type(self).__name__, capturable=capturable, differentiable=differentiable)
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend,
-                        decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite)
+                        decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite,
+                        state_bits=state_bits, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -141,7 +149,24 @@ class AdamW(Adam):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        state_bits: int = 32,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend, skip_nonfinite=skip_nonfinite)
+                         decoupled_weight_decay=True, backend=backend, skip_nonfinite=skip_nonfinite,
+                         state_bits=state_bits, stochastic_rounding=stochastic_rounding)
+
+
+class AdamW8bit(AdamW):
+    """``AdamW(..., state_bits=8)`` under bitsandbytes' name (same arguments as :class:`AdamW`).
+
+    Example:
+        >>> import torch, descent
+        >>> opt = descent.AdamW8bit(torch.nn.Linear(64, 64).parameters(), lr=1e-3)
+        >>> opt.defaults["state_bits"]
+        8
+    """
+
+    def __init__(self, params: Any, *args: Any, state_bits: int = 8, **kwargs: Any) -> None:
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)

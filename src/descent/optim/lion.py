@@ -11,9 +11,10 @@ from ._backend import floating
 from ._validate import check_betas, check_nonneg
 from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta, zeros
+from ..lowbit.optim import LowBitMixin
 
 
-class Lion(Optimizer):
+class Lion(LowBitMixin, Optimizer):
     r"""Lion: the sign of an interpolated momentum, with decoupled weight decay.
 
     .. math::
@@ -39,6 +40,10 @@ class Lion(Optimizer):
         maximize: ascend instead of descend.
         backend: ``"fused"`` (Numba, CPU), ``"loop"`` or ``None`` (choose).
         skip_nonfinite: skip the step on NaN/Inf gradients (see :class:`descent.SGD`).
+        state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
+            elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit Lion state:
+            1.03 bytes/param (``benchmarks/state_memory.py``).
+        stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
 
     References:
         Chen et al. (2023), "Symbolic Discovery of Optimization Algorithms", Algorithm 2.
@@ -78,12 +83,28 @@ class Lion(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        state_bits: int = 32,
+        stochastic_rounding: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
-                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite, state_bits=state_bits,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         check_nonneg("lr", group["lr"])
         check_betas(group["betas"])
         check_nonneg("weight_decay", group["weight_decay"])
+
+
+class Lion8bit(Lion):
+    """``Lion(..., state_bits=8)`` under bitsandbytes' name (same arguments as :class:`Lion`).
+
+    Example:
+        >>> import torch, descent
+        >>> descent.Lion8bit(torch.nn.Linear(64, 64).parameters(), lr=1e-4).defaults["state_bits"]
+        8
+    """
+
+    def __init__(self, params: Any, *args: Any, state_bits: int = 8, **kwargs: Any) -> None:
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)

@@ -12,9 +12,10 @@ from ._validate import check_nonneg
 from ._backend import floating, torch_fused_sgd
 from ._base import Optimizer, reject_unsupported
 from ._spec import Declaration, Kernel, Meta
+from ..lowbit.optim import LowBitMixin
 
 
-class SGD(Optimizer):
+class SGD(LowBitMixin, Optimizer):
     r"""Stochastic gradient descent with momentum, Nesterov and coupled weight decay.
 
     .. math::
@@ -38,6 +39,10 @@ class SGD(Optimizer):
         foreach, fused, backend: how the step runs (see :mod:`descent.optim._backend`).
         skip_nonfinite: skip the whole step when any gradient is NaN/Inf and count it
             in ``param_groups[i]["skipped_steps"]``.
+        state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
+            elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit momentum state:
+            1.03 bytes/param (``benchmarks/state_memory.py``).
+        stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
 
     References:
         Robbins & Monro (1951); Polyak (1964); Sutskever et al. (2013), "On the
@@ -79,11 +84,14 @@ class SGD(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        state_bits: int = 32,
+        stochastic_rounding: bool = False,
     ) -> None:
         reject_unsupported("SGD", differentiable=differentiable)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite)
+                        backend=backend, skip_nonfinite=skip_nonfinite, state_bits=state_bits,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:

@@ -1,0 +1,320 @@
+"""Low-bit states and stochastic rounding as options of descent's elementwise optimizers.
+
+:class:`LowBitMixin` goes before :class:`descent.optim.Optimizer` in a class's bases and
+adds two group options:
+
+* ``state_bits`` (32, 8 or 4): the states of parameters with at least
+  :data:`descent.lowbit.MIN_NUMEL` elements are stored quantized. A quantized state
+  keeps torch's key for its codes and adds two plain tensors beside it, e.g. AdamW's
+  ``exp_avg`` (uint8 codes), ``exp_avg_absmax`` (float32, one per block) and
+  ``exp_avg_qmap`` (the code map, one tensor shared by all parameters); see
+  :class:`descent.lowbit.QuantState`. Smaller parameters keep full-precision state.
+  Changing ``state_bits`` mid-run applies to state created afterwards.
+* ``stochastic_rounding``: bfloat16 parameters are stepped in float32 and rounded
+  stochastically back to bfloat16 (:func:`stochastic_round_`), so updates smaller
+  than half a bf16 ulp (weight decay, small lr) survive in expectation.
+
+On CPU float32/float64 the quantized step is one Numba kernel call per bucket
+(:mod:`descent.kernels.lowbit`); elsewhere (GPU, bf16, strided tensors) the reference
+path dequantizes, runs :mod:`descent.functional` in float32 and quantizes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from . import MIN_NUMEL
+from .maps import code_map
+from .state import QuantState
+
+__all__ = ["LowBitMixin", "stochastic_round_", "STATE_BITS"]
+
+#: Accepted values of ``state_bits``.
+STATE_BITS = (32, 8, 4)
+
+
+def stochastic_round_(dst: Tensor, src: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Round float32 ``src`` to bfloat16 stochastically into ``dst`` (in place).
+
+    Each value rounds up in magnitude with probability equal to the dropped fraction of
+    a bf16 ulp (random low 16 bits added before truncation), so ``E[dst] = src``.
+    Uses torch's global generator unless ``generator`` is given.
+
+    Example:
+        >>> x = torch.full((100_000,), 1.0 + 2**-10)  # 1/8 of a bf16 ulp above 1
+        >>> y = stochastic_round_(torch.empty(100_000, dtype=torch.bfloat16), x)
+        >>> abs(float(y.float().mean()) - (1 + 2**-10)) < 1e-4
+        True
+    """
+    if dst.dtype != torch.bfloat16 or src.dtype != torch.float32:
+        raise ValueError(f"Invalid dtypes: stochastic rounding is float32 -> bfloat16, got {src.dtype} -> {dst.dtype}")
+    bits = src.contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, device=bits.device, generator=generator)
+    rounded = torch.where(torch.isfinite(src), bits + noise, bits)
+    dst.copy_(torch.bitwise_right_shift(rounded, 16).to(torch.int16).view(torch.bfloat16).view(dst.shape))
+    return dst
+
+
+# --------------------------------------------------------------------------------- algorithms
+@dataclass(frozen=True)
+class _Algo:
+    """How one functional's states are quantized and stepped."""
+
+    keys: Mapping[str, bool]  # state key -> signed map
+    launcher: str
+    step: Callable[..., Any]  # reference: (param, grad, values, hp, step) -> new lazy value or None
+    lazy: bool = False  # the state appears on the first step (SGD's momentum_buffer)
+
+
+def _adam(p: Tensor, g: Tensor, vals: list[Tensor | None], hp: dict[str, Any], step: int | None) -> None:
+    F.adam(p, g, vals[0], vals[1], None, step=step, **hp)
+
+
+def _lion(p: Tensor, g: Tensor, vals: list[Tensor | None], hp: dict[str, Any], step: int | None) -> None:
+    F.lion(p, g, vals[0], **hp)
+
+
+def _sgd(p: Tensor, g: Tensor, vals: list[Tensor | None], hp: dict[str, Any], step: int | None) -> Tensor | None:
+    return F.sgd(p, g, vals[0], **hp)
+
+
+_ALGOS = {
+    F.adam: _Algo({"exp_avg": True, "exp_avg_sq": False}, "adam_lowbit", _adam),
+    F.lion: _Algo({"exp_avg": True}, "lion_lowbit", _lion),
+    F.sgd: _Algo({"momentum_buffer": True}, "sgd_lowbit", _sgd, lazy=True),
+}
+
+
+def _eligible(p: Tensor) -> bool:
+    return p.dtype.is_floating_point and p.numel() >= MIN_NUMEL
+
+
+def _quantized(state: Mapping[str, Any], key: str) -> bool:
+    return key + "_absmax" in state
+
+
+def _kernel_ok(p: Tensor, g: Tensor) -> bool:
+    from .. import kernels as K
+
+    return (K.AVAILABLE and p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+            and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous())
+
+
+def _write_param(p: Tensor, value: Tensor, stochastic: bool) -> None:
+    if value.data_ptr() == p.data_ptr() and value.dtype == p.dtype:
+        return
+    if stochastic and p.dtype == torch.bfloat16:
+        stochastic_round_(p, value.view(p.shape))
+    else:
+        p.copy_(value.view(p.shape))
+
+
+def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dict[str, Any], step: int | None,
+               bits: int, stochastic: bool) -> None:
+    """Dequantize, run the functional in float32 (float64 for float64 params), quantize."""
+    dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+    work = p.detach().reshape(-1).to(dtype)
+    present = [k for k in algo.keys if _quantized(state, k)]
+    vals = [QuantState.from_entries(state, k, p.numel()).dequantize(dtype) if k in present else None
+            for k in algo.keys]
+    out = algo.step(work, g.reshape(-1).to(dtype), vals, hp, step)
+    if algo.lazy and out is not None:
+        vals = [out]
+    _write_param(p, work, stochastic)
+    for (key, signed), value in zip(algo.keys.items(), vals):
+        if value is None:
+            continue
+        new = QuantState.quantize(value, signed, bits)
+        if key in present:
+            state[key].copy_(new.codes)
+            state[key + "_absmax"].copy_(new.absmax)
+        else:
+            state.update(new.entries(key))
+
+
+def _launch(algo: _Algo, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+            hp: dict[str, Any], steps: list[int] | None, first: bool) -> None:
+    from ..kernels import lowbit as KL
+
+    cols = {}
+    for key in algo.keys:
+        for suffix in ("", "_absmax", "_qmap"):
+            cols[key + suffix] = [s[key + suffix] for s in states]
+    extra: dict[str, Any] = {"steps": steps} if steps is not None else {}
+    if algo.lazy:
+        extra["first"] = first
+    getattr(KL, algo.launcher)(params, grads, **cols, **extra, **hp)
+
+
+def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Any]], hp: dict[str, Any], with_steps: bool) -> list[int]:
+    """Step the parameters whose state is (or becomes) quantized; return the other positions."""
+    bits_wanted = int(group.get("state_bits", 32))
+    key0 = next(iter(algo.keys))
+    mine: dict[tuple[int, bool, bool], list[int]] = {}
+    rest = []
+    for i, (p, s) in enumerate(zip(params, states)):
+        if _quantized(s, key0):
+            bits = 8 if s[key0 + "_qmap"].numel() == 256 else 4
+            first = False
+        elif algo.lazy and key0 not in s and bits_wanted < 32 and _eligible(p) and hp.get("momentum", 0) != 0:
+            bits, first = bits_wanted, True
+        else:
+            rest.append(i)
+            continue
+        mine.setdefault((bits, first, _kernel_ok(p, grads[i])), []).append(i)
+    stochastic = bool(group.get("stochastic_rounding"))
+    for (bits, first, fast), idx in mine.items():
+        steps = None
+        if with_steps:
+            step_tensors = [states[i]["step"] for i in idx]
+            torch._foreach_add_(step_tensors, 1.0)
+            steps = [int(v) for v in torch.stack(step_tensors).tolist()]
+        if fast:
+            if first:
+                for i in idx:
+                    states[i].update(QuantState.zeros(params[i].numel(), True, bits, params[i].device).entries(key0))
+            _launch(algo, [params[i] for i in idx], [grads[i] for i in idx], [states[i] for i in idx], hp, steps,
+                    first)
+        else:
+            for j, i in enumerate(idx):
+                _reference(algo, params[i], grads[i], states[i], hp, None if steps is None else steps[j], bits,
+                           stochastic)
+    return rest
+
+
+def init_quantized(algo: _Algo, p: Tensor, bits: int, with_steps: bool) -> dict[str, Any]:
+    """The zero state of a quantized parameter (nothing for a lazy state)."""
+    state: dict[str, Any] = {"step": torch.zeros((), dtype=torch.float32, device=p.device)} if with_steps else {}
+    if not algo.lazy:
+        for key, signed in algo.keys.items():
+            state.update(QuantState.zeros(p.numel(), signed, bits, p.device).entries(key))
+    return state
+
+
+def _in_float32(update: Callable[..., None], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]]) -> None:
+    """Run ``update`` on float32 copies of bf16 params/grads/states; params come back stochastically rounded."""
+    p32 = [p.detach().float() for p in params]
+    g32 = [g.float() for g in grads]
+    s32 = [{k: v.float() if isinstance(v, Tensor) and v.is_floating_point() and k != "step" else v
+            for k, v in s.items()} for s in states]
+    update(p32, g32, s32)
+    for p, w, s, t in zip(params, p32, states, s32):
+        stochastic_round_(p, w)
+        for k, v in t.items():
+            if k == "step" or not isinstance(v, Tensor):
+                s[k] = v
+            elif k in s and isinstance(s[k], Tensor) and s[k] is not v:
+                s[k].copy_(v)
+            else:
+                s[k] = v.to(p.dtype)
+
+
+class LowBitMixin:
+    """Adds ``state_bits`` and ``stochastic_rounding`` to an elementwise optimizer (see the module docstring).
+
+    Example:
+        >>> import torch, descent
+        >>> model = torch.nn.Linear(128, 64)
+        >>> opt = descent.AdamW(model.parameters(), lr=1e-3, state_bits=8)
+        >>> model(torch.randn(4, 128)).sum().backward(); _ = opt.step()
+        >>> opt.state[model.weight]["exp_avg"].dtype, opt.state[model.bias]["exp_avg"].dtype
+        (torch.uint8, torch.float32)
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        defaults.setdefault("state_bits", 32)
+        defaults.setdefault("stochastic_rounding", False)
+        super().__init__(params, defaults)  # type: ignore[call-arg]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        group = self.param_groups[-1]  # type: ignore[attr-defined]
+        try:
+            _check(type(self).__name__, group)
+        except ValueError:
+            self.param_groups.pop()  # type: ignore[attr-defined]
+            raise
+
+    def _algo(self) -> _Algo | None:
+        return _ALGOS.get(self.declaration.functional)  # type: ignore[attr-defined]
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        algo, bits = self._algo(), int(group.get("state_bits", 32))
+        if algo is not None and bits < 32 and _eligible(p):
+            return init_quantized(algo, p, bits, self.declaration.steps)  # type: ignore[attr-defined]
+        return super()._init_state(p, group)  # type: ignore[misc]
+
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]], overrides: Mapping[str, Any] | None = None) -> None:
+        algo = self._algo()
+        rest = list(range(len(params)))
+        if algo is not None:
+            hp = self.declaration.hyper(group)  # type: ignore[attr-defined]
+            if overrides:
+                hp.update((k, v) for k, v in overrides.items() if v is not None)
+            rest = step_quantized(algo, group, params, grads, states, hp, self.declaration.steps)  # type: ignore
+        if not rest:
+            return
+        ps, gs, ss = [params[i] for i in rest], [grads[i] for i in rest], [states[i] for i in rest]
+        base = super()._update  # type: ignore[misc]
+        if group.get("stochastic_rounding") and ps[0].dtype == torch.bfloat16:
+            b32 = self._backend_for(group, ps[0].device)
+            _in_float32(lambda p, g, s: base(b32, group, p, g, s, overrides), ps, gs, ss)
+        else:
+            base(backend, group, ps, gs, ss, overrides)
+
+    def _backend_for(self, group: dict[str, Any], device: torch.device) -> str:
+        from ..optim._backend import resolve_request, select_backend
+
+        requested = resolve_request(group.get("backend"), group.get("foreach"), group.get("fused"))
+        excluded = ("foreach",) if group.get("foreach") is False else ()
+        return select_backend(requested, self._supported, device, torch.float32,  # type: ignore[attr-defined]
+                              owner=type(self).__name__, excluded=excluded)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, except that quantized entries keep their dtypes.
+
+        torch casts every floating state tensor to its parameter's dtype (and would turn
+        uint8 codes into floats); the codes, absmax and maps are set aside, the rest is
+        loaded by torch, and they are put back, moved to the parameter's device.
+        """
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]  # type: ignore[attr-defined]
+        by_id = dict(zip(saved_ids, params))
+        kept: dict[Any, dict[str, Tensor]] = {}
+        plain: dict[Any, Any] = {}
+        for pid, st in state_dict["state"].items():
+            keys = [k for k in st if isinstance(st, dict) and k + "_absmax" in st]
+            quant = {k + sfx: st[k + sfx] for k in keys for sfx in ("", "_absmax", "_qmap") if k + sfx in st}
+            if quant:
+                kept[pid] = quant
+            plain[pid] = {k: v for k, v in st.items() if k not in quant} if quant else st
+        super().load_state_dict({**state_dict, "state": plain})  # type: ignore[misc]
+        for pid, quant in kept.items():
+            p = by_id[pid]
+            for k, v in quant.items():
+                if k.endswith("_qmap"):
+                    shared = code_map(bool(v.min() < 0), 8 if v.numel() == 256 else 4, p.device)
+                    v = shared if torch.equal(v.to(shared.device), shared) else v.to(p.device)
+                else:
+                    v = v.to(p.device, copy=True)
+                self.state[p][k] = v  # type: ignore[attr-defined]
+
+
+def _check(owner: str, group: Mapping[str, Any]) -> None:
+    bits = group.get("state_bits", 32)
+    if bits not in STATE_BITS:
+        raise ValueError(f"Invalid state_bits: {bits!r} (must be one of {STATE_BITS})")
+    if bits < 32 and group.get("amsgrad"):
+        raise ValueError(f"Invalid amsgrad=True with state_bits={bits}: {owner} keeps AMSGrad's maximum only in 32 bits")
+    sr = group.get("stochastic_rounding", False)
+    if not isinstance(sr, bool):
+        raise ValueError(f"Invalid stochastic_rounding: {sr!r} (must be True or False)")

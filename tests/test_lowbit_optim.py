@@ -1,0 +1,210 @@
+"""state_bits and stochastic_rounding as options of AdamW/Adam/Lion/SGD: kernel vs reference path,
+exact resume through torch.save/weights_only and torch.distributed.checkpoint, memory, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import descent
+import descent.lowbit.optim as LO
+
+pytest.importorskip("numba")
+
+
+def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.Tanh(), torch.nn.Linear(96, 10)).to(dtype)
+
+
+def _run(model, opt, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(32, 64, generator=gen).to(next(model.parameters()).dtype)
+        y = torch.randint(0, 10, (32,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+        opt.step()
+
+
+CASES = {
+    "adamw8": lambda ps: descent.AdamW(ps, lr=1e-2, weight_decay=0.1, state_bits=8),
+    "adamw4": lambda ps: descent.AdamW(ps, lr=1e-2, weight_decay=0.1, state_bits=4),
+    "adam8": lambda ps: descent.Adam(ps, lr=1e-2, state_bits=8),
+    "lion8": lambda ps: descent.Lion8bit(ps, lr=1e-3, weight_decay=0.1),
+    "sgd8": lambda ps: descent.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, state_bits=8),
+    "adamw8bit": lambda ps: descent.AdamW8bit(ps, lr=1e-2),
+}
+
+
+def test_quantized_only_large_tensors():
+    model = _model()
+    opt = CASES["adamw8"](model.parameters())
+    _run(model, opt, 1)
+    w, b = model[0].weight, model[0].bias  # 6144 and 96 elements
+    assert opt.state[w]["exp_avg"].dtype == torch.uint8 and opt.state[w]["exp_avg_absmax"].numel() == 24
+    assert opt.state[b]["exp_avg"].dtype == torch.float32 and "exp_avg_absmax" not in opt.state[b]
+    assert opt.state[w]["exp_avg_qmap"] is opt.state[model[2].weight]["exp_avg_qmap"] if model[2].weight.numel() >= 4096 \
+        else True
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_kernel_path_equals_reference_path(name, monkeypatch):
+    """The Numba path and the dequantize/functional/quantize path give the same states and
+    parameters equal to a few ulps (the kernels' sqrt/division may differ in the last bit)."""
+    m1, m2 = _model(), _model()
+    o1, o2 = CASES[name](m1.parameters()), CASES[name](m2.parameters())
+    _run(m1, o1, 5)
+    monkeypatch.setattr(LO, "_kernel_ok", lambda p, g: False)
+    _run(m2, o2, 5)
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+        s1, s2 = o1.state[p1], o2.state[p2]
+        assert s1.keys() == s2.keys()
+        for k in s1:
+            if s1[k].dtype == torch.uint8:
+                same = (s1[k] == s2[k]).float().mean().item()
+                assert same > 0.99, (k, same)
+
+
+def test_small_tensors_match_fp32_optimizer_exactly():
+    """With the same gradients, a tensor below 4096 elements steps exactly as with state_bits=32."""
+    gen = torch.Generator().manual_seed(0)
+    p1 = [torch.nn.Parameter(torch.randn(n, generator=gen)) for n in (100, 8192)]
+    p2 = [torch.nn.Parameter(p.detach().clone()) for p in p1]
+    o1 = descent.AdamW(p1, lr=1e-2, state_bits=8)
+    o2 = descent.AdamW(p2, lr=1e-2)
+    for _ in range(3):
+        for a, b in zip(p1, p2):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        o1.step()
+        o2.step()
+    assert torch.equal(p1[0], p2[0]) and not torch.equal(p1[1], p2[1])
+
+
+@pytest.mark.parametrize("name", ["adamw8", "adamw4", "lion8", "sgd8"])
+def test_exact_resume_through_weights_only_load(name, tmp_path):
+    ref_model = _model()
+    ref = CASES[name](ref_model.parameters())
+    _run(ref_model, ref, 3)
+    torch.save({"model": ref_model.state_dict(), "opt": ref.state_dict()}, tmp_path / "ckpt.pt")
+    _run(ref_model, ref, 3, seed=2)
+
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model = _model(seed=5)
+    model.load_state_dict(ckpt["model"])
+    opt = CASES[name](model.parameters())
+    opt.load_state_dict(ckpt["opt"])
+    codes = [v for s in opt.state.values() for k, v in s.items() if k + "_absmax" in s]
+    assert codes and all(c.dtype == torch.uint8 for c in codes), "torch's load must not cast the codes"
+    _run(model, opt, 3, seed=2)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        for k in opt.state[p]:
+            assert torch.equal(opt.state[p][k], ref.state[q][k]), k
+
+
+def test_resume_into_bf16_keeps_absmax_float32():
+    model = _model(dtype=torch.bfloat16)
+    opt = descent.AdamW(model.parameters(), lr=1e-2, state_bits=8)
+    _run(model, opt, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    opt2 = descent.AdamW(model.parameters(), lr=1e-2, state_bits=8)
+    opt2.load_state_dict(sd)
+    s = opt2.state[model[0].weight]
+    assert s["exp_avg_absmax"].dtype == torch.float32 and torch.equal(s["exp_avg_absmax"], sd["state"][0]["exp_avg_absmax"])
+
+
+def test_distributed_checkpoint_roundtrip(tmp_path):
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    ref_model = _model()
+    ref = CASES["adamw8"](ref_model.parameters())
+    _run(ref_model, ref, 2)
+    dcp.save({"opt": ref.state_dict()}, checkpoint_id=str(tmp_path / "dcp"))
+    saved_model = copy.deepcopy(ref_model.state_dict())
+    _run(ref_model, ref, 2, seed=2)
+
+    model = _model(seed=7)
+    opt = CASES["adamw8"](model.parameters())
+    _run(model, opt, 1, seed=9)  # state of the right shapes to load into
+    target = {"opt": opt.state_dict()}
+    dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
+    model.load_state_dict(saved_model)
+    opt.load_state_dict(target["opt"])
+    _run(model, opt, 2, seed=2)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def _state_bytes(opt) -> float:
+    seen, total = set(), 0
+    for s in opt.state.values():
+        for v in s.values():
+            if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() not in seen:
+                seen.add(v.untyped_storage().data_ptr())
+                total += v.untyped_storage().nbytes()
+    return total
+
+
+@pytest.mark.parametrize("make,limit", [(lambda ps: descent.AdamW(ps, state_bits=8), 2.1),
+                                        (lambda ps: descent.AdamW(ps, state_bits=4), 1.1),
+                                        (lambda ps: descent.Lion(ps, state_bits=8), 1.05),
+                                        (lambda ps: descent.SGD(ps, lr=0.1, momentum=0.9, state_bits=8), 1.05)])
+def test_state_bytes_per_param(make, limit):
+    p = torch.nn.Parameter(torch.zeros(1 << 20))
+    opt = make([p])
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert _state_bytes(opt) / p.numel() <= limit
+
+
+def test_invalid_options():
+    ps = _model().parameters()
+    with pytest.raises(ValueError, match="Invalid state_bits: 16"):
+        descent.AdamW(ps, state_bits=16)
+    with pytest.raises(ValueError, match="amsgrad"):
+        descent.Adam(_model().parameters(), amsgrad=True, state_bits=8)
+    with pytest.raises(ValueError, match="stochastic_rounding"):
+        descent.Lion(_model().parameters(), stochastic_rounding="yes")
+
+
+def test_deepcopy_keeps_options():
+    opt = descent.AdamW8bit(_model().parameters())
+    assert copy.deepcopy(opt).param_groups[0]["state_bits"] == 8
+
+
+# ------------------------------------------------------------------------- stochastic rounding
+def test_stochastic_round_is_unbiased():
+    x = torch.full((200_000,), 1.0 + 3 * 2**-10)  # 3/8 of a bf16 ulp above 1
+    y = LO.stochastic_round_(torch.empty_like(x, dtype=torch.bfloat16), x).float()
+    assert set(y.unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert abs(float(y.mean()) - float(x[0])) < 2e-4
+    with pytest.raises(ValueError, match="bfloat16"):
+        LO.stochastic_round_(torch.empty(2), torch.ones(2))
+
+
+@pytest.mark.parametrize("make", [lambda ps, sr: descent.AdamW(ps, lr=1e-3, weight_decay=1.0, stochastic_rounding=sr),
+                                  lambda ps, sr: descent.Lion(ps, lr=1e-3, weight_decay=1.0, stochastic_rounding=sr),
+                                  lambda ps, sr: descent.SGD(ps, lr=1e-3, weight_decay=1.0,
+                                                             stochastic_rounding=sr),
+                                  lambda ps, sr: descent.AdamW(ps, lr=1e-3, weight_decay=1.0, state_bits=8,
+                                                               stochastic_rounding=sr)])
+def test_weight_decay_survives_on_bf16_with_stochastic_rounding(make):
+    """Decay by (1 - 1e-3) per step is below half a bf16 ulp of 1: round-to-nearest never moves the
+    weights; stochastic rounding decays them as float32 would (0.999**300 = 0.741)."""
+    torch.manual_seed(0)
+    results = {}
+    for sr in (False, True):
+        p = torch.nn.Parameter(torch.ones(8192, dtype=torch.bfloat16))
+        opt = make([p], sr)
+        for _ in range(300):
+            p.grad = torch.zeros_like(p)
+            opt.step()
+        results[sr] = float(p.detach().float().mean())
+    expected = 0.999**300
+    assert results[False] == 1.0
+    assert abs(results[True] - expected) < 0.01
