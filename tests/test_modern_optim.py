@@ -310,3 +310,31 @@ def test_soap_bases_are_the_statistics_eigenvectors_and_large_sides_are_not_rota
     # Q_L diagonalizes the statistics it was taken from (at the first step) and is orthogonal
     q = st["q_left"]
     torch.testing.assert_close(q.T @ q, torch.eye(6, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+# ------------------------------------------------------------------ fair comparison (--tune)
+def test_tuning_gives_every_optimizer_the_same_unit_cube_points():
+    from descent.tasks.tuning import sample_space
+
+    a, b = sample_space("adamw", "classification", 4), sample_space("lion", "classification", 4)
+    assert [p["warmup"] for p in a] == [p["warmup"] for p in b]
+    ratios = {round(math.log(pa["lr"] / pb["lr"]), 9) for pa, pb in zip(a, b)}
+    assert len(ratios) == 1  # the same relative position in each one's lr range
+    assert all(0 <= p["warmup"] <= 0.1 and p["weight_decay"] > 0 for p in a + b)
+
+
+def test_compare_tune_reports_the_search_and_the_reruns(tmp_path, capsys):
+    import json
+
+    from descent.cli.main import main
+
+    rc = main(["compare", "--task", "rosenbrock", "--optimizers", "adamw,sgd", "--steps", "10", "--tune", "2",
+               "--seeds", "2", "--out", str(tmp_path / "cmp")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "search (2 trials each" in text and "| adamw |" in text and "| sgd |" in text
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    runs = saved["result"]["optimizers"]
+    assert len(runs["adamw"]["search"]) == 2 and len(runs["sgd"]["runs"]) == 2
+    assert main(["compare", "--task", "rosenbrock", "--optimizers", "adamw", "--tune", "2", "--lrs", "adamw=0.1",
+                 "--out", str(tmp_path / "cmp2")]) == 2

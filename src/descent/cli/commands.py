@@ -128,6 +128,8 @@ def compare(args: argparse.Namespace) -> int:
     if not optimizers:
         raise UsageError(f"Invalid --optimizers: {args.optimizers!r} (give comma-separated names)")
     lrs = parse_lrs(args.lrs, optimizers)
+    if getattr(args, "tune", 0):
+        return compare_tuned(args, optimizers)
     out = outdir(args)
     task, results, rows, keys = run_compare(args, args.task, optimizers, args.steps, args.seeds, lrs)
     plots, note = plots_or_note(lambda: compare_plots(out, task, results)
@@ -141,6 +143,35 @@ def compare(args: argparse.Namespace) -> int:
             + (f"\nplots: {', '.join(str(p) for p in plots)}" if plots else f"\nnote: {note}"))
     payload["reference"] = task.reference
     emit(args, payload, text)
+    return 0
+
+
+def compare_tuned(args: argparse.Namespace, optimizers: list[str]) -> int:
+    """``descent compare --tune N``: equal tuning budget, best point on fresh seeds (descent.tasks.tuning)."""
+    from descent.tasks import tuning
+    from descent.tasks.training import OPTIMIZERS
+
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad:
+        raise UsageError(f"Invalid --optimizers: {', '.join(bad)} (valid: {', '.join(OPTIMIZERS)})")
+    if args.lrs:
+        raise UsageError("Invalid --lrs with --tune: the search chooses every lr")
+    out = outdir(args)
+    every = max(1, args.steps // 10)
+    with _progress.bar(args, len(optimizers) * (args.tune + args.seeds), f"tuned compare on {args.task}") as pbar:
+        result = tuning.compare_tuned(args.task, optimizers, args.steps, args.tune, args.seeds, every,
+                                      log=lambda _line: pbar.update(1))
+    target = "adamw" if "adamw" in optimizers else optimizers[0]
+    rows = tuning.summarize(result, target_from=target)
+    (out / "compare.json").write_text(json.dumps({"rows": rows, "result": result}, indent=1, default=str))
+    search = ["", f"search ({args.tune} trials each, seed 0, validation loss):"]
+    for name, o in result["optimizers"].items():
+        trials = ", ".join(f"lr {t['hp']['lr']:.2g}/wd {t['hp']['weight_decay']:.1g} -> {t['val_loss']:.4f}"
+                           for t in o["search"])
+        search.append(f"  {name}: {trials}")
+    text = (f"{args.task}: {args.steps} steps; best of {args.tune} trials rerun on {args.seeds} fresh seed(s); "
+            f"target: {target}'s median final validation loss\n" + tuning.table(args.task, rows) + "\n".join(search))
+    emit(args, {"task": args.task, "steps": args.steps, "seeds": args.seeds, "tune": args.tune, "rows": rows}, text)
     return 0
 
 

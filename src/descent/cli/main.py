@@ -64,6 +64,9 @@ def _add_train_like(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lrs", default="", help="per-optimizer lrs, e.g. sgd=0.05,adamw=1e-3")
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--seeds", type=positive_int, default=1)
+    p.add_argument("--tune", type=nonneg_int, default=0,
+                   help="tune every optimizer with N quasi-random trials (lr, weight decay, warm-up) on seed 0, "
+                        "then rerun each one's best on --seeds fresh seeds (0: no tuning)")
     _common(p, "descent-out/compare")
     p.set_defaults(func=commands.compare)
 
