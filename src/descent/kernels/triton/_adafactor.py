@@ -30,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import (LAUNCH, TL, address_rows, cached_ints, exact, pointers_key, positions, round_to,
-                      sign_of)
+                      sign_of, to_device)
 
 __all__ = ["ROWS", "COLS", "VBLOCK", "adafactor"]
 
@@ -267,7 +267,7 @@ def _step_table(steps: Sequence[int] | Sequence[Tensor], lr: float | None, relat
     if not relative_step and lr is None:
         raise ValueError("Invalid lr: None (an explicit lr is needed when relative_step=False)")
     if steps and isinstance(steps[0], Tensor):
-        t = torch.stack([s.to(device=device, dtype=torch.float64).reshape(()) for s in steps])
+        t = torch.stack([s.reshape(()) for s in steps]).to(device=device, dtype=torch.float64)  # one kernel, no sync
         b2 = 1.0 - t ** decay_rate
         if relative_step:
             cap = 1e-6 * t if warmup_init else torch.full_like(t, 1e-2)
@@ -283,7 +283,7 @@ def _step_table(steps: Sequence[int] | Sequence[Tensor], lr: float | None, relat
         else:
             rho = float(lr)
         rows.append((b2, 1.0 - b2, rho))
-    return torch.tensor(rows, dtype=torch.float64).to(device)
+    return to_device(torch.tensor(rows, dtype=torch.float64), device)
 
 
 def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequence[Tensor | None],

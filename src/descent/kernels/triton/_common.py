@@ -19,7 +19,7 @@ from torch import Tensor
 from . import DTYPES
 
 __all__ = ["TL", "LAUNCH", "round_to", "exact", "store", "positions", "cached_ints", "pointers_key", "sign_of",
-           "address_rows", "block_table"]
+           "address_rows", "block_table", "to_device"]
 
 #: torch dtype -> Triton dtype of the stored values.
 TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -72,6 +72,14 @@ def store(ptr, x, mask, DT: tl.constexpr):
         tl.store(ptr, (up >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
     else:
         tl.store(ptr, x.to(DT), mask=mask)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor on ``device`` without stalling the host: through pinned memory on CUDA
+    (a pageable copy would wait for the stream), plainly elsewhere (the interpreter's CPU tensors)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def sign_of(maximize: bool) -> float:

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import (LAUNCH, TL, address_rows, block_table, cached_ints, exact, pointers_key, positions,
-                      round_to, sign_of)
+                      round_to, sign_of, to_device)
 from ._elementwise import _block, _ptr
 
 __all__ = ["BLOCK", "lamb", "bias_corrections"]
@@ -106,10 +106,10 @@ def bias_corrections(steps: Sequence[int] | Sequence[Tensor], beta1: float, beta
     if not enabled:
         return torch.ones((len(steps), 2), dtype=torch.float32, device=device)
     if steps and isinstance(steps[0], Tensor):
-        t = torch.stack([s.to(device=device, dtype=torch.float64).reshape(()) for s in steps])
+        t = torch.stack([s.reshape(()) for s in steps]).to(device=device, dtype=torch.float64)  # one kernel, no sync
         return torch.stack([1 - torch.pow(beta1, t), 1 - torch.pow(beta2, t)], dim=1).float()  # no host copy
     t = torch.tensor([float(s) for s in steps], dtype=torch.float64)
-    return (1 - torch.tensor([beta1, beta2], dtype=torch.float64) ** t[:, None]).float().to(device)
+    return to_device((1 - torch.tensor([beta1, beta2], dtype=torch.float64) ** t[:, None]).float(), device)
 
 
 def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Tensor], exp_avg_sq: Sequence[Tensor],
