@@ -35,13 +35,16 @@ if INTERPRETED:
     from descent.kernels.triton import _lamb as KL  # noqa: E402
 
 
-def test_interpreter_suite():
-    """Every kernel through Triton's interpreter: this file's ``interp`` tests in a child process."""
+def test_interpreter_suite(request):
+    """Every kernel through Triton's interpreter: this file's ``interp`` tests in a child process
+    (with this run's ``-m`` selection, e.g. ``-m "not slow"``)."""
     if INTERPRETED:
         pytest.skip("this is the child")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
+    marks = request.config.getoption("markexpr")
+    marks = f"({marks}) and not gpu" if marks else "not gpu"
     out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", "-m", "not gpu"], capture_output=True, text=True, timeout=600, env=env)
+                          "-p", "no:xdist", "-m", marks], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in out.stdout, out.stdout[-2000:]
 

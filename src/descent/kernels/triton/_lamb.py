@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ._common import (LAUNCH, TL, address_rows, block_table, cached_ints, exact, pointers_key, positions,
                       round_to, sign_of, to_device)
-from ._elementwise import _block, _ptr
+from ._elementwise import _block
 
 __all__ = ["BLOCK", "lamb", "bias_corrections"]
 
@@ -37,6 +37,17 @@ __all__ = ["BLOCK", "lamb", "bias_corrections"]
 BLOCK = 2048
 #: Partial sums a ratio program adds per iteration.
 _RBLOCK = 256
+
+
+@triton.jit
+def _pointers(addr, t, T, offs, DT: tl.constexpr):
+    """The four typed pointers (param, grad, exp_avg, exp_avg_sq) of tensor ``t`` at ``offs``
+    (one helper call: each nested call costs the interpreter a re-patch of triton.language)."""
+    p = tl.load(addr + t).to(tl.pointer_type(DT)) + offs
+    g = tl.load(addr + T + t).to(tl.pointer_type(DT)) + offs
+    m = tl.load(addr + 2 * T + t).to(tl.pointer_type(DT)) + offs
+    v = tl.load(addr + 3 * T + t).to(tl.pointer_type(DT)) + offs
+    return p, g, m, v
 
 
 @triton.jit
@@ -51,9 +62,9 @@ def _direction(p, m, v, bc1, bc2, eps, wd, DECAY: tl.constexpr):
 def _lamb_moments(addr, sizes, blocks, bcs, partial, T, b1, c1, b2, c2, eps, wd, sign, DT: tl.constexpr,
                   BLOCK: tl.constexpr, DECAY: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
-    mp, vp = _ptr(addr, 2, t, T, DT) + offs, _ptr(addr, 3, t, T, DT) + offs
-    p = tl.load(_ptr(addr, 0, t, T, DT) + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(_ptr(addr, 1, t, T, DT) + offs, mask=mask, other=0.0).to(tl.float32) * sign
+    pp, gp, mp, vp = _pointers(addr, t, T, offs, DT)
+    p = tl.load(pp, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(gp, mask=mask, other=0.0).to(tl.float32) * sign
     m = round_to(tl.load(mp, mask=mask).to(tl.float32) * b1 + g * c1, DT)
     v = round_to(tl.load(vp, mask=mask).to(tl.float32) * b2 + g * g * c2, DT)
     tl.store(mp, exact(m, DT), mask=mask)
@@ -88,10 +99,10 @@ def _lamb_ratios(partial, first, ratio, coef, lr, clamp, CLAMP: tl.constexpr, RB
 def _lamb_apply(addr, sizes, blocks, bcs, coef, T, eps, wd, DT: tl.constexpr, BLOCK: tl.constexpr,
                 DECAY: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
-    pp = _ptr(addr, 0, t, T, DT) + offs
+    pp, _, mp, vp = _pointers(addr, t, T, offs, DT)
     p = tl.load(pp, mask=mask).to(tl.float32)
-    m = tl.load(_ptr(addr, 2, t, T, DT) + offs, mask=mask).to(tl.float32)
-    v = tl.load(_ptr(addr, 3, t, T, DT) + offs, mask=mask).to(tl.float32)
+    m = tl.load(mp, mask=mask).to(tl.float32)
+    v = tl.load(vp, mask=mask).to(tl.float32)
     u = _direction(p, m, v, tl.load(bcs + 2 * t), tl.load(bcs + 2 * t + 1), eps, wd, DECAY)
     tl.store(pp, exact(round_to(p - u * tl.load(coef + t), DT), DT), mask=mask)
 
