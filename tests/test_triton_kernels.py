@@ -313,7 +313,7 @@ def test_bad_buckets_are_refused():
     p = torch.zeros(4, 4)
     with pytest.raises(ValueError, match=r"params\[0\]: not contiguous"):
         KE.lion([p.t()], [p], [p.clone()], lr=0.1, beta1=0.9, beta2=0.99)
-    with pytest.raises(ValueError, match=r"state0\[0\]: not contiguous"):
+    with pytest.raises(ValueError, match=r"grads\[0\]: not contiguous"):
         KE.lion([p], [p.t()], [p.clone()], lr=0.1, beta1=0.9, beta2=0.99)
     with pytest.raises(ValueError, match="float64"):
         KE.lion([p.double()], [p.double()], [p.double()], lr=0.1, beta1=0.9, beta2=0.99)

@@ -346,13 +346,13 @@ def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequen
     colpart, means = torch.empty(max(n_cp, 1), **f32), torch.empty(max(n_means, 1), **f32)
     usum, psum, scal = torch.zeros(nb, **f32), torch.empty(nb, **f32), torch.empty((count, 3), **f32)
     shapes = dict(ROWS=ROWS, COLS=COLS)
-    _af_stats[(nb,)](addr, meta, table, hp, colpart, usum, psum, count, eps1, DT=dt, VBLOCK=VBLOCK, **shapes,
+    _af_stats[(nb,)](addr, meta, table, hp, colpart, usum, psum, count, float(eps1), DT=dt, VBLOCK=VBLOCK, **shapes,
                      **LAUNCH)
     if nj:
         _af_factors[(nj,)](addr, meta, table, jobs, hp, colpart, means, count, DT=dt, RBLOCK=_RBLOCK, **shapes,
                            **LAUNCH)
         _af_usum[(nb,)](addr, meta, table, means, usum, count, DT=dt, **shapes, **LAUNCH)
-    _af_scalars[(count,)](first, sizes, hp, usum, psum, scal, clip_threshold, eps2, weight_decay,
+    _af_scalars[(count,)](first, sizes, hp, usum, psum, scal, float(clip_threshold), float(eps2), float(weight_decay),
                           SCALE=bool(scale_parameter), DECAY=weight_decay != 0, RBLOCK=_RBLOCK, **LAUNCH)
     b1 = 0.0 if beta1 is None else float(beta1)
     _af_apply[(nb,)](addr, meta, table, means, scal, count, b1, 1.0 - b1, sign_of(maximize), DT=dt, VBLOCK=VBLOCK,

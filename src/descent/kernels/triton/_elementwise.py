@@ -100,19 +100,20 @@ def _rmsprop_kernel(addr, sizes, blocks, T, lr, alpha, c, eps, wd, mom, sign, DT
         store(pp, p + tl.div_rn(-lr * g, avg), mask, DT)  # addcdiv_(g, avg, value=-lr)
 
 
-def _launch(kernel, columns: list[Sequence[Tensor | None] | None], scalars: tuple[float, ...], **flags: bool) -> None:
-    """One launch of an elementwise kernel over the non-empty tensors (columns[0] are the parameters)."""
-    params = columns[0]
-    names = {f"state{r}": c for r, c in enumerate(columns[1:])}
-    keep = positions(params, names, same_shape=tuple(names))
+def _launch(kernel, params: Sequence[Tensor], named: dict[str, Sequence[Tensor | None] | None],
+            scalars: tuple[float, ...], **flags: bool) -> None:
+    """One launch of an elementwise kernel over the non-empty tensors; ``named`` are the other
+    roles (grads, states) in the kernel's address-table order."""
+    keep = positions(params, named, same_shape=tuple(named))
     if not keep:
         return
-    cols = [None if c is None else [c[i] for i in keep] for c in columns]
+    cols = [None if c is None else [c[i] for i in keep] for c in (params, *named.values())]
     sizes = [params[i].numel() for i in keep]
     addr, size_t, blocks = cached_ints(("elementwise", BLOCK, pointers_key(*cols)), params[0].device,
                                        lambda: [address_rows(cols, len(keep)), sizes, block_table(sizes, BLOCK)])
-    kernel[(blocks.numel() // 2,)](addr, size_t, blocks, len(keep), *scalars, DT=TL[params[0].dtype], BLOCK=BLOCK,
-                                   **flags, **LAUNCH)
+    # floats, so Triton types every scalar float32 (an int would be typed int32, or specialized if 1)
+    kernel[(blocks.numel() // 2,)](addr, size_t, blocks, len(keep), *map(float, scalars), DT=TL[params[0].dtype],
+                                   BLOCK=BLOCK, **flags, **LAUNCH)
 
 
 def lion(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Tensor], *, lr: float, beta1: float,
@@ -125,7 +126,7 @@ def lion(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Te
         >>> lion(p, [torch.ones(3, device="cuda")], [torch.zeros(3, device="cuda")], lr=0.1, beta1=0.9, beta2=0.99)
     """
     decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
-    _launch(_lion_kernel, [params, grads, exp_avg],
+    _launch(_lion_kernel, params, {"grads": grads, "exp_avg": exp_avg},
             (decay, lr, beta1, 1 - beta1, beta2, 1 - beta2, sign_of(maximize)))
 
 
@@ -140,7 +141,7 @@ def sophia(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[
         >>> sophia(z(), z(), z(), z(), lr=0.1, beta1=0.9, rho=0.04, bs=480)
     """
     decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
-    _launch(_sophia_kernel, [params, grads, exp_avg, hessian],
+    _launch(_sophia_kernel, params, {"grads": grads, "exp_avg": exp_avg, "hessian": hessian},
             (decay, lr, beta1, 1 - beta1, rho * bs, eps, sign_of(maximize)))
 
 
@@ -161,7 +162,8 @@ def rmsprop(params: Sequence[Tensor], grads: Sequence[Tensor], square_avg: Seque
     for name, col, needed in (("grad_avg", grad_avg, centered), ("momentum_buffer", momentum_buffer, momentum > 0)):
         if needed and (col is None or any(t is None for t in col)):
             raise ValueError(f"Invalid {name}: None (needed with centered={centered}, momentum={momentum})")
-    _launch(_rmsprop_kernel, [params, grads, square_avg, grad_avg if centered else None,
-                              momentum_buffer if momentum > 0 else None],
+    _launch(_rmsprop_kernel, params, {"grads": grads, "square_avg": square_avg,
+                                      "grad_avg": grad_avg if centered else None,
+                                      "momentum_buffer": momentum_buffer if momentum > 0 else None},
             (lr, alpha, 1 - alpha, eps, weight_decay, momentum, sign_of(maximize)),
             DECAY=weight_decay != 0, CENTERED=centered, MOMENTUM=momentum > 0)

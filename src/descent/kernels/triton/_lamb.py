@@ -169,10 +169,10 @@ def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Te
     ratio = torch.empty(count, dtype=torch.float32, device=device)
     coef = torch.empty(count, dtype=torch.float32, device=device)
     decay = weight_decay != 0
-    _lamb_moments[(nb,)](addr, size_t, blocks, bcs, partial, count, beta1, 1 - beta1, beta2, 1 - beta2, eps,
-                         weight_decay, sign_of(maximize), DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
-    _lamb_ratios[(count,)](partial, first, ratio, coef, lr, 0.0 if clamp_value is None else clamp_value,
+    b1, b2, eps, wd = float(beta1), float(beta2), float(eps), float(weight_decay)
+    _lamb_moments[(nb,)](addr, size_t, blocks, bcs, partial, count, b1, 1 - b1, b2, 1 - b2, eps, wd,
+                         sign_of(maximize), DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
+    _lamb_ratios[(count,)](partial, first, ratio, coef, float(lr), 0.0 if clamp_value is None else float(clamp_value),
                            CLAMP=clamp_value is not None, RBLOCK=_RBLOCK, **LAUNCH)
-    _lamb_apply[(nb,)](addr, size_t, blocks, bcs, coef, count, eps, weight_decay, DT=dt, BLOCK=BLOCK, DECAY=decay,
-                       **LAUNCH)
+    _lamb_apply[(nb,)](addr, size_t, blocks, bcs, coef, count, eps, wd, DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
     return ratio
