@@ -66,7 +66,10 @@ def adam(
     if amsgrad:
         if max_exp_avg_sq is None:
             raise ValueError("adam: amsgrad=True needs max_exp_avg_sq")
-        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        if torch.is_grad_enabled():  # differentiable=True: out= does not support autograd
+            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))  # maximum saves its inputs
+        else:
+            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     else:
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)

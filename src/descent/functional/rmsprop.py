@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -50,14 +51,16 @@ def rmsprop(
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    tracked = torch.is_grad_enabled()  # differentiable=True: sqrt's output is saved, no in-place on it
     if centered:
         if grad_avg is None:
             raise ValueError("rmsprop: centered=True needs grad_avg")
         grad_avg.lerp_(grad, 1 - alpha)
-        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1)
+        avg = avg.sqrt() if tracked else avg.sqrt_()
     else:
         avg = square_avg.sqrt()
-    avg = avg.add_(eps)
+    avg = avg + eps if tracked else avg.add_(eps)
     if momentum > 0:
         if momentum_buffer is None:
             raise ValueError("rmsprop: momentum > 0 needs momentum_buffer")

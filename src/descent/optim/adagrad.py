@@ -14,6 +14,12 @@ from ._base import Optimizer, reject_unsupported
 from ._spec import Declaration, Kernel, Meta
 
 
+def _initial_sum(p: Tensor, group: dict[str, Any]) -> Tensor:
+    """:math:`G_0`; a complex parameter's starts at ``v + vj``, as torch's (each real view component is ``v``)."""
+    v = group["initial_accumulator_value"]
+    return torch.full_like(p, complex(v, v) if p.is_complex() else v, memory_format=torch.preserve_format)
+
+
 class Adagrad(Optimizer):
     r"""Adagrad: per-coordinate steps scaled by the root of the summed squared gradients.
 
@@ -52,8 +58,7 @@ class Adagrad(Optimizer):
         hyper=lambda g: dict(lr=float(g["lr"]), lr_decay=g["lr_decay"], weight_decay=g["weight_decay"],
                              eps=g["eps"], maximize=g["maximize"]),
         columns=("sum",),
-        state={"sum": lambda p, g: torch.full_like(p, g["initial_accumulator_value"],
-                                                   memory_format=torch.preserve_format)},
+        state={"sum": _initial_sum},
         steps=True,
         kernels={"fused": Kernel("descent.kernels.launch:adagrad_fused", torch_fused, steps="tensor", amp=True),
                  "foreach": Kernel("descent.kernels.launch:adagrad_foreach", floating, steps="tensor")},
