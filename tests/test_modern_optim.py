@@ -338,3 +338,24 @@ def test_compare_tune_reports_the_search_and_the_reruns(tmp_path, capsys):
     assert len(runs["adamw"]["search"]) == 2 and len(runs["sgd"]["runs"]) == 2
     assert main(["compare", "--task", "rosenbrock", "--optimizers", "adamw", "--tune", "2", "--lrs", "adamw=0.1",
                  "--out", str(tmp_path / "cmp2")]) == 2
+
+
+@pytest.mark.parametrize("name", ["schedulefree-adamw", "adamw"])
+def test_train_evaluates_schedule_free_at_the_average(name):
+    """descent's train()/compare evaluate a schedule-free run at x and keep training at y."""
+    from descent.tasks import get_task
+    from descent.tasks.training import train
+
+    task = get_task("linear")
+    seen = []
+    inner = task.evaluate_fn
+
+    def spy(t, model):
+        seen.append([p.detach().clone() for p in model.parameters()])
+        return inner(t, model)
+
+    task.evaluate_fn = spy
+    res = train(task, name, lr=0.05, steps=15, schedule=False)
+    final_weights = [p.detach() for p in res.model.parameters()]
+    same = all(torch.equal(a, b) for a, b in zip(seen[-1], final_weights))
+    assert same == (name == "adamw")

@@ -111,6 +111,18 @@ def _step(task: Task, model: nn.Module, opt: torch.optim.Optimizer, batch: Any, 
     return float(loss.detach()), clip, norm
 
 
+
+def _evaluate(task: Task, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, float]:
+    """The task's metrics at the weights to evaluate: a schedule-free optimizer's average x."""
+    schedule_free = "train_mode" in opt.param_groups[0] and callable(getattr(opt, "eval", None))
+    if schedule_free and opt.param_groups[0]["train_mode"]:
+        opt.eval()
+        try:
+            return task.evaluate(model)
+        finally:
+            opt.train()
+    return task.evaluate(model)
+
 def _check_int(name: str, value: Any, low: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -179,7 +191,7 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
         loss, clip_res, norm = _step(task, model, opt, task.train.at(step), clip)
         rec = _record(step, loss, opt, clip_res, norm)
         if (eval_every and (step + 1) % eval_every == 0) or step == steps - 1:
-            rec.update(task.evaluate(model))
+            rec.update(_evaluate(task, model, opt))
         if monitor is not None:
             monitor.log(step, loss=loss, model=model, optimizer=opt, clip=clip_res,
                         **{k: v for k, v in rec.items() if k.startswith("val_")})
@@ -194,7 +206,7 @@ def train(task: Task, optimizer: str = "adamw", lr: float | None = None, steps: 
                                     monitor=mon, keep=keep_checkpoints,
                                     extra={"history": res.history, "lr": res.lr, "task": task.name})
     res.seconds = time.perf_counter() - t0
-    res.final = task.evaluate(model)
+    res.final = _evaluate(task, model, opt)
     res.final["train_loss"] = _tail_mean(res.column("loss"))
     return res
 
