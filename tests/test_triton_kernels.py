@@ -352,6 +352,20 @@ def test_tables_are_built_once_per_bucket():
     assert len(KC._CACHE) == before
 
 
+def test_launchers_fit_the_optimizers_declarations():
+    """Each launcher can be bound as a kernel of its optimizer's declaration (same columns and hyperparameters)."""
+    import descent
+    from descent.kernels import triton as KT
+    from descent.optim._spec import Kernel
+
+    for cls, name, steps in ((descent.Lion, "lion", None), (descent.SophiaG, "sophia", None),
+                             (descent.RMSprop, "rmsprop", None), (descent.LAMB, "lamb", "int"),
+                             (descent.Adafactor, "adafactor", "int")):
+        opt = cls([torch.nn.Parameter(torch.zeros(3, 2))])
+        hyper = cls.declaration.hyper(opt.param_groups[0])
+        Kernel(f"descent.kernels.triton:{name}", KT.supports, steps=steps).check(cls.declaration, hyper)
+
+
 # ------------------------------------------------------------------ real GPU (compiled kernels)
 _GPU_SCRIPT = textwrap.dedent("""
     import torch
