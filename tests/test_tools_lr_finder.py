@@ -142,3 +142,88 @@ def test_bad_input():
     nan = descent.find_lr(model, o, data, lambda out, t: out.sum() * float("nan"), num_iter=10)
     assert nan.suggestion is None and nan.lrs == [] and "no finite loss" in nan.notes[0]
     assert suggest_lr([1e-3, 1e-2, 1e-1, 1.0], [1.0, 1.1, 1.2, 1.3], skip_start=0) is None
+
+
+# ----------------------------------------------------------------- suggestion for a run (total_steps)
+def _linear_problem():
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = x @ torch.linspace(-2, 2, 8)[:, None] + 0.1 * torch.randn(512, 1)
+    model = nn.Linear(8, 1)
+    return model, [(x[i:i + 32], y[i:i + 32]) for i in range(0, 512, 32)]
+
+
+def test_total_steps_probes_restore_and_range():
+    model, data = _linear_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sched = descent.schedules.WarmupCosine(120, warmup=0.1, min_ratio=0.1)
+    res = descent.find_lr(model, opt, data, nn.functional.mse_loss, num_iter=60, total_steps=120, schedule=sched)
+    assert res.method == "probe" and res.total_steps == 120 and res.reason is None
+    assert res.low <= res.suggestion <= res.high and len(res.probes) >= 7
+    assert res.suggestion < res.lrs[int(np.argmin(res.smoothed))]  # below the range test's edge
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert opt.param_groups[0]["lr"] == 0.1 and len(opt.state) == 0
+    # the probe's lr is good for the run: a full run at it is within 25 % of the best of a grid
+    def final(lr):
+        m, d = _linear_problem()
+        o = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
+        for s in range(120):
+            for g in o.param_groups:
+                g["lr"] = lr * sched(s)
+            o.zero_grad(); nn.functional.mse_loss(m(d[s % len(d)][0]), d[s % len(d)][1]).backward(); o.step()
+        with torch.no_grad():
+            return float(sum(nn.functional.mse_loss(m(a), b) for a, b in d)) / len(d)
+    grid = [final(lr) for lr in np.geomspace(1e-3, 0.3, 11)]
+    best = min(v for v in grid if np.isfinite(v))
+    assert final(res.suggestion) <= 1.25 * best + 1e-3, (res.suggestion, grid)
+
+
+def test_probes_follow_the_compressed_schedule():
+    model, data = _linear_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen, orig = [], opt.step
+
+    def step(*a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return orig(*a, **k)
+
+    opt.step = step
+    sched = descent.schedules.Linear(1.0, 0.0, 400)  # decays to 0 over the run
+    res = descent.find_lr(model, opt, data, nn.functional.mse_loss, num_iter=30, total_steps=400, schedule=sched,
+                          probe_steps=40)
+    lrs = np.array(seen[len(res.lrs):])
+    starts = [0] + [i for i in range(1, len(lrs)) if lrs[i] > lrs[i - 1]]  # the schedule decays within a probe
+    full = [lrs[a:a + 40] for a, b in zip(starts, starts[1:] + [len(lrs)]) if b - a == 40]
+    assert len(full) >= 3
+    for probe in full:  # step s of a 40-step probe is step 10 s of the 400-step run
+        assert np.allclose(probe / probe[0], [sched(s * 10) for s in range(40)])
+
+
+@pytest.mark.parametrize("case, expect", [("flat", "no descent"), ("nan", "diverged at once"),
+                                          ("high", "diverged at once"), ("noise", "noisy")])
+def test_unusable_curves_say_why(case, expect):
+    model, data = _linear_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    losses = {"flat": lambda out, t: (out * 0).sum() + 1.0,
+              "nan": lambda out, t: out.sum() * float("nan"),
+              "noise": lambda out, t: 0.005 * nn.functional.mse_loss(out, t) + torch.rand((), generator=gen),
+              "high": nn.functional.mse_loss}[case]
+    start = 50.0 if case == "high" else 1e-7
+    res = descent.find_lr(model, opt, data, losses, start_lr=start, end_lr=start * 1e8, num_iter=60, total_steps=50)
+    assert res.reason is not None and res.reason.startswith(expect), res.reason
+    assert (res.suggestion is None) == (case != "noise")  # a noisy curve still gets its probes
+
+
+def test_total_steps_bad_input():
+    model, data = _linear_problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        descent.find_lr(model, opt, data, nn.functional.mse_loss, total_steps=1)
+    with pytest.raises(ValueError, match="schedule"):
+        descent.find_lr(model, opt, data, nn.functional.mse_loss, total_steps=10, schedule=0.5)
+    with pytest.raises(ValueError, match="one-shot"):
+        descent.find_lr(model, opt, iter(data), nn.functional.mse_loss, total_steps=10)
+    with pytest.raises(ValueError, match="probe_steps"):
+        descent.find_lr(model, opt, data, nn.functional.mse_loss, total_steps=10, probe_steps=0)

@@ -23,18 +23,22 @@ def _say(args: argparse.Namespace, msg: str) -> None:
         print(msg, flush=True)
 
 
-def _find_lr(args: argparse.Namespace, task: Any, out: Path, iters: int) -> tuple[float, str, list[Path]]:
+def _find_lr(args: argparse.Namespace, task: Any, out: Path, steps: int) -> tuple[float, str, list[Path]]:
     if getattr(descent, "find_lr", None) is None:
         return task.lr_for("adamw"), "descent.find_lr not available: task default lr used", []
     from descent.reporting.plotting import lr_finder_plot
+    from descent.tools._lr_probe import probe_length
+    from descent.tools.task_lr import END_LR, NUM_ITER, START_LR
 
-    with _progress.bar(args, iters, "LR range test") as pbar:
-        res = lr_range_test(task, "adamw", 1e-6, 1.0, iters, args.seed, pbar)
+    # the same call and defaults as `descent find-lr --optimizer adamw --steps <steps>`
+    with _progress.bar(args, NUM_ITER + 10 * probe_length(steps), "LR range test") as pbar:
+        res = lr_range_test(task, "adamw", START_LR, END_LR, NUM_ITER, args.seed, pbar, total_steps=steps)
     plots, note = plots_or_note(lambda: [lr_finder_plot(res, out / "lr_finder.png", title="LR range test (AdamW)")])
     extra = f"; {note}" if note else ""
     if res.suggestion is None:
         return task.lr_for("adamw"), f"no suggestion ({'; '.join(res.notes)}): task default lr used{extra}", plots
-    return float(res.suggestion), f"suggested {res.suggestion:.3g} by {res.method}{extra}", plots
+    return float(res.suggestion), (f"suggested {res.suggestion:.3g} by {res.method} for a run of {steps} steps "
+                                   f"(range {res.low:.3g}-{res.high:.3g}){extra}"), plots
 
 
 def _monitored(args: argparse.Namespace, task: Any, out: Path, lr: float, steps: int) -> tuple[Any, Any, list[Path]]:
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     steps = min(30, args.steps) if args.quick else args.steps
     _say(args, f"descent demo on {task.name}: {task.description}")
     _say(args, "[1/3] LR range test (AdamW)")
-    lr, lr_note, lr_plots = _find_lr(args, task, out, 20 if args.quick else 100)
+    lr, lr_note, lr_plots = _find_lr(args, task, out, steps)
     _say(args, f"      {lr_note}")
     _say(args, f"[2/3] monitored run: recipe '{task.recipe}', lr {lr:.3g}, clip 1.0, {steps} steps")
     res, found, run_plots = _monitored(args, task, out, lr, steps)

@@ -24,6 +24,11 @@ def _common(p: argparse.ArgumentParser, out: str | None = None, seed: int | None
         p.add_argument("--out", default=out, help=f"directory for artifacts (default {out})")
 
 
+def _lr_or_auto(text: str) -> Any:
+    """``--lr``: a number > 0, or ``auto`` (the suggestion of ``descent find-lr`` for the run)."""
+    return "auto" if text.strip().lower() == "auto" else positive_float(text)
+
+
 def _sub(sub: argparse._SubParsersAction, name: str, help_: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_, description=help_, epilog="examples:\n" + examples,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +42,8 @@ def _add_train_like(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="a built-in task (descent tasks lists them; default digits-mlp)")
     p.add_argument("--recipe", help="a descent.recipe scenario (quick, cnn, llm, convex, ...)")
     p.add_argument("--optimizer", help="optimizer when no recipe is given (default adamw)")
-    p.add_argument("--lr", type=positive_float, help="learning rate (default: the task's or the recipe's)")
+    p.add_argument("--lr", type=_lr_or_auto, help="learning rate, or 'auto': descent find-lr's suggestion for this "
+                   "run (--optimizer, --steps) (default: the task's or the recipe's)")
     p.add_argument("--steps", type=positive_int, help="total steps (default 300)")
     p.add_argument("--clip", type=positive_float, help="clip the global grad norm to this")
     p.add_argument("--eval-every", type=nonneg_int, default=50, help="steps between evaluations (0: at the end)")
@@ -74,9 +80,11 @@ def _add_train_like(sub: argparse._SubParsersAction) -> None:
              "  descent find-lr --task digits-mlp\n  descent find-lr --task charlm --optimizer adamw --num-iter 60")
     p.add_argument("--task", default="digits-mlp")
     p.add_argument("--optimizer", default="adamw")
-    p.add_argument("--start-lr", type=positive_float, default=1e-6)
+    p.add_argument("--start-lr", type=positive_float, default=1e-7)
     p.add_argument("--end-lr", type=positive_float, default=10.0)
     p.add_argument("--num-iter", type=int_at_least(2), default=100)
+    p.add_argument("--steps", type=nonneg_int, default=300,
+                   help="the run the suggestion is for, as in 'descent train --steps' (0: the range test alone)")
     _common(p, "descent-out/find-lr")
     p.set_defaults(func=tools.find_lr)
 

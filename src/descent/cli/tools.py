@@ -21,45 +21,61 @@ def check_lr_range(start_lr: float, end_lr: float) -> None:
 
 
 def lr_range_test(task: Any, optimizer: str, start_lr: float, end_lr: float, num_iter: int, seed: int = 0,
-                  pbar: Any = None) -> Any:
-    """:func:`descent.find_lr` on a fresh model of ``task`` (its batches, its loss); ``pbar`` advances per step."""
-    from descent.tasks.training import make_optimizer
+                  pbar: Any = None, total_steps: int | None = None) -> Any:
+    """:func:`descent.tools.task_lr.find_task_lr` (the one call every command uses) on a fresh model of ``task``.
 
-    fn = getattr(descent, "find_lr", None)
-    if fn is None:
-        raise Failure("descent.find_lr is not available in this build of descent")
-    model = task.make_model(seed)
-    try:
-        opt = make_optimizer(optimizer, model, start_lr)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    batches = [task.train.at(i) for i in range(min(num_iter, 4 * len(task.train)))]
+    ``total_steps`` is the run the suggestion is for (``None``: the range test's own reading);
+    ``pbar`` advances per training step.
+    """
+    from descent.tools.task_lr import find_task_lr
+
     forward = task.loss if pbar is None else _progress.counting(task.loss, pbar)
     try:
-        return fn(model, opt, batches, forward=forward, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)
+        return find_task_lr(task, optimizer, total_steps, seed=seed, start_lr=start_lr, end_lr=end_lr,
+                            num_iter=num_iter, forward=forward)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def auto_lr(task: Any, optimizer: str, steps: int, seed: int = 0) -> tuple[float, str]:
+    """``--lr auto``: the suggestion for a run of ``steps`` steps, with the defaults of ``descent find-lr``."""
+    from descent.tools.task_lr import END_LR, NUM_ITER, START_LR
+
+    res = lr_range_test(task, optimizer, START_LR, END_LR, NUM_ITER, seed, total_steps=steps)
+    if res.suggestion is None:
+        raise Failure(f"--lr auto: no suggestion for {optimizer} on {task.name} "
+                      f"({res.reason or '; '.join(res.notes)}); pass --lr")
+    return float(res.suggestion), (f"lr {res.suggestion:.3g} from descent find-lr --steps {steps} "
+                                   f"(range {res.low:.3g}-{res.high:.3g})")
 
 
 def find_lr(args: argparse.Namespace) -> int:
     from descent.reporting.plotting import lr_finder_plot
+    from descent.tools._lr_probe import probe_length
 
     check_lr_range(args.start_lr, args.end_lr)
     out = outdir(args)
     task = get_task(args.task, args.seed)
-    with _progress.bar(args, args.num_iter, f"LR range test on {args.task}") as pbar:
+    steps = args.steps or None
+    with _progress.bar(args, args.num_iter + (10 * probe_length(steps) if steps else 0),
+                       f"LR range test on {args.task}") as pbar:
         res = lr_range_test(task, args.optimizer.lower(), args.start_lr, args.end_lr, args.num_iter, args.seed,
-                            pbar)
+                            pbar, total_steps=steps)
     plots, note = plots_or_note(lambda: [lr_finder_plot(res, out / "lr_finder.png")])
     plot = plots[0] if plots else None
     payload = {"task": args.task, "optimizer": args.optimizer, "suggestion": res.suggestion, "method": res.method,
                "suggestions": res.suggestions, "stopped_early": res.stopped_early, "notes": res.notes,
-               "plot": plot, "lrs": res.lrs, "losses": res.losses}
+               "plot": plot, "lrs": res.lrs, "losses": res.losses, "low": res.low, "high": res.high,
+               "reason": res.reason, "total_steps": res.total_steps,
+               "probes": [[lr, v if v != float("inf") else None] for lr, v in res.probes.items()]}
     sugg = fmt(res.suggestion)
     lines = [f"LR range test on {args.task} with {args.optimizer}: {len(res.lrs)} steps "
              f"from {args.start_lr:g} to {max(res.lrs) if res.lrs else args.end_lr:.3g}"
              + (f" (stopped: {res.stopped_early})" if res.stopped_early else ""),
-             f"suggested lr: {sugg} (method: {res.method})",
+             f"suggested lr: {sugg} (method: {res.method}"
+             + (f", for a run of {steps} steps" if steps else "") + ")"
+             + (f", range {fmt(res.low)}-{fmt(res.high)}" if res.low is not None else ""),
+             *([f"curve unusable: {res.reason}"] if res.reason else []),
              "all methods: " + ", ".join(f"{k}={fmt(v)}" for k, v in res.suggestions.items()),
              *[f"note: {n}" for n in res.notes], f"plot: {plot}" if plot else f"note: {note}"]
     emit(args, payload, "\n".join(lines))

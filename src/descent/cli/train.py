@@ -167,8 +167,19 @@ def train(args: argparse.Namespace) -> int:
     from descent.tasks.training import train as run
 
     out = writable_dir(args.out)
+    auto = args.lr == "auto"
+    if auto:
+        args.lr = None  # a resumed run keeps the lr it was started with
     cfg = resolve(args, out)
     task = get_task(args.task, args.seed)
+    if auto and not args.resume:
+        if args.recipe:
+            raise UsageError("--lr auto with --recipe: pass --optimizer instead, or a number for --lr")
+        from .tools import auto_lr
+
+        args.lr, note = auto_lr(task, args.optimizer, args.steps, args.seed)
+        if _progress.says(args):
+            print(f"--lr auto: {note}", flush=True)
     try:
         planned = prepare(task, args.optimizer, args.lr, args.steps, seed=args.seed, clip=args.clip,
                           recipe=args.recipe)

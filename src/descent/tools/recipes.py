@@ -136,8 +136,24 @@ def _scale(lr: float, row: dict[str, Any], batch_size: int | None, base_batch_si
     return new
 
 
+def _auto_lr(opt: torch.optim.Optimizer, model: nn.Module, batches: Any, loss_fn: Any, forward: Any,
+             total_steps: int, schedule: Any, why: list[tuple[str, str, str]]) -> float:
+    """``lr="auto"``: the finder's suggestion for this run, written into every group (ratios kept)."""
+    from .lr_finder import find_lr
+
+    res = find_lr(model, opt, batches, loss_fn, forward=forward, total_steps=total_steps, schedule=schedule)
+    if res.suggestion is None or res.group_lrs is None:
+        raise ValueError(f"Invalid lr: 'auto' found no lr for this model and data ({res.reason or res.notes})")
+    for g, glr in zip(opt.param_groups, res.group_lrs):
+        g["lr"] = glr
+    why.append(("lr", f"{res.suggestion:.3g} (range {res.low:.3g}-{res.high:.3g}) from descent.find_lr for a run of "
+                f"{total_steps} steps with this schedule", "descent.find_lr(total_steps=...): probe runs"))
+    return float(res.suggestion)
+
+
 def recipe(scenario: str, model: nn.Module, total_steps: int, batch_size: int | None = None,
-           base_batch_size: int | None = None, *, lr: float | None = None, weight_decay: float | None = None) -> Recipe:
+           base_batch_size: int | None = None, *, lr: float | str | None = None, weight_decay: float | None = None,
+           batches: Any = None, loss_fn: Any = None, forward: Any = None) -> Recipe:
     """Build the optimizer, schedule, clipping norm and precision the source documents recommend.
 
     Scenarios (:data:`SCENARIOS`): ``llm`` (AdamW 3e-4, betas (0.9, 0.95), wd 0.1, 2 % warmup + cosine,
@@ -156,8 +172,12 @@ def recipe(scenario: str, model: nn.Module, total_steps: int, batch_size: int | 
         total_steps: optimizer steps of the whole run (sizes warmup and decay).
         batch_size: the batch size you will train with.
         base_batch_size: the batch size the recipe's lr refers to (defaults per scenario where known).
-        lr: override the base lr (before scaling).
+        lr: override the base lr (before scaling), or ``"auto"``: :func:`descent.find_lr` with its
+            defaults, ``total_steps`` and this recipe's schedule picks it (the same call as
+            ``descent find-lr`` and ``descent train --lr auto``); needs ``batches`` and ``loss_fn``
+            or ``forward`` (as for :func:`descent.find_lr`). No batch-size scaling on top.
         weight_decay: override the weight decay.
+        batches, loss_fn, forward: the training batches and loss for ``lr="auto"``.
 
     Returns:
         A :class:`Recipe`.
@@ -179,13 +199,20 @@ def recipe(scenario: str, model: nn.Module, total_steps: int, batch_size: int | 
     row = _TABLE[scenario]
     why: list[tuple[str, str, str]] = [("scenario", f"{scenario}: {row['opt']} lr {row['lr']:g}, schedule "
                                         f"{row['sched']}, clip {row['clip']}, {row['precision']}", row["src"])]
-    base_lr = float(lr if lr is not None else row["lr"])
-    peak = _scale(base_lr, row, batch_size, base_batch_size, why)
+    auto = isinstance(lr, str)
+    if auto and (lr != "auto" or batches is None or (loss_fn is None and forward is None)):
+        raise ValueError(f"Invalid lr: {lr!r} (a number, None, or 'auto' with batches and loss_fn or forward)")
+    base_lr = float(row["lr"] if lr is None or auto else lr)
+    peak = base_lr if auto else _scale(base_lr, row, batch_size, base_batch_size, why)
     wd = float(weight_decay if weight_decay is not None else row["wd"])
     groups = descent.param_groups(model, weight_decay=wd)
     why.append(("weight decay", f"{wd:g} on weight matrices only (biases, norms and embeddings excluded)",
                 _S002 + " ('no decay on LayerNorm/bias')"))
     opt = _optimizer(row["opt"], groups, row, peak, why)
+    if auto:
+        peak = _auto_lr(opt, model, batches, loss_fn, forward, int(total_steps),
+                        None if row["sched"] == "plateau" else _schedule(row["sched"], int(total_steps), row["warmup"]),
+                        why)
     if row["sched"] == "plateau":
         sched: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=3, min_lr=1e-6)
         why.append(("schedule", "ReduceLROnPlateau(factor 0.5, patience 3, min_lr 1e-6): call "
