@@ -14,7 +14,8 @@ over ranks (FSDP2's all-gather/reduce-scatter of the forward and backward are no
 of an optimizer step and are not counted); "x matrices" divides it by the bytes of the
 Muon matrices (float32). For Muon, "owner" (each matrix orthogonalized by one rank) runs
 beside "gather" (every rank gathers and orthogonalizes every matrix); "NS share" is the
-largest fraction of the Newton-Schulz cost that one rank carries (1/N is perfect).
+largest fraction of the Newton-Schulz cost that one rank carries (1/N is perfect) and
+"NS ms" the Newton-Schulz time measured on the busiest rank (sharded runs only).
 
 Every process gets ``OMP_NUM_THREADS=1`` and ``NUMBA_NUM_THREADS=1``: on a 2-core
 machine 4 processes oversubscribe it, so times for 4 processes measure contention too.
@@ -84,6 +85,7 @@ def _worker(args: argparse.Namespace) -> None:
         opt.step()  # state, kernels compiled
         times = []
         D.reset_traffic()
+        _owner.ns_seconds[0] = 0.0
         for _ in range(args.iters):
             if world > 1:
                 dist.barrier()
@@ -94,8 +96,10 @@ def _worker(args: argparse.Namespace) -> None:
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             times.append(float(elapsed))
         sent = torch.tensor([float(D.traffic["reduce"] + D.traffic["exchange"]) / args.iters])
+        ns_ms = torch.tensor([1e3 * _owner.ns_seconds[0] / args.iters])
         if world > 1:
             dist.all_reduce(sent)
+            dist.all_reduce(ns_ms, op=dist.ReduceOp.MAX)
         share = None
         if name.startswith("Muon"):
             costs = [_owner.ns_cost(p) for p in mats]
@@ -104,7 +108,8 @@ def _worker(args: argparse.Namespace) -> None:
                 load[o] += c
             share = (max(load) if "gather" not in name else sum(costs)) / sum(costs)
         rows.append(dict(optimizer=name, nprocs=world, ms=1e3 * statistics.median(times), sent_mb=float(sent) / 1e6,
-                         x_matrices=float(sent) / matrix_bytes, ns_share=share))
+                         x_matrices=float(sent) / matrix_bytes, ns_share=share,
+                         ns_ms=float(ns_ms) if name.startswith("Muon") and world > 1 else None))
         del opt
     if rank == 0:
         with open(args.out, "w") as f:
@@ -163,12 +168,14 @@ def main() -> None:
     head = runs[0]
     print(f"{head['params'] / 1e6:.1f}M parameters in {head['tensors']} tensors; Muon matrices "
           f"{head['matrix_mb']:.1f} MB (float32); CPU/gloo, 1 thread per process")
-    print(f"{'optimizer':16} {'procs':>5} {'ms/step':>9} {'sent/step MB':>13} {'x matrices':>10} {'NS share':>9}")
+    print(f"{'optimizer':16} {'procs':>5} {'ms/step':>9} {'sent/step MB':>13} {'x matrices':>10} {'NS share':>9} "
+          f"{'NS ms, busiest rank':>20}")
     for run in runs:
         for r in run["rows"]:
             share = "" if r["ns_share"] is None else f"{r['ns_share']:.2f}"
+            ns_ms = "" if r.get("ns_ms") is None else f"{r['ns_ms']:.0f}"
             print(f"{r['optimizer']:16} {r['nprocs']:>5} {r['ms']:>9.1f} {r['sent_mb']:>13.2f} "
-                  f"{r['x_matrices']:>10.2f} {share:>9}")
+                  f"{r['x_matrices']:>10.2f} {share:>9} {ns_ms:>20}")
 
 
 if __name__ == "__main__":

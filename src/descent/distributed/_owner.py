@@ -13,6 +13,7 @@ bit for bit (the same iteration on the same matrix).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = ["muon_step", "ns_cost", "routes_to_matrix", "SCHEMES"]
 #: "owner": one rank per matrix (default); "gather": every rank orthogonalizes every matrix (for comparison).
 SCHEMES = ("owner", "gather")
 _scheme = "owner"
+#: Seconds this process spent in Newton–Schulz for sharded matrices (read by benchmarks/distributed_step.py).
+ns_seconds = [0.0]
 
 
 def _shard_shape(p: Tensor, rank: int) -> torch.Size:
@@ -45,9 +48,12 @@ def ns_cost(p: Tensor) -> float:
 
 
 def _ns(u: Tensor, param: Tensor, hp: dict[str, Any]) -> Tensor:
+    start = time.perf_counter()
     matrix = u.reshape(u.size(0), -1)
     dtype = muon_ns_dtype(hp["ns_dtype"], param)
-    return newton_schulz(matrix, hp["ns_steps"], hp["ns_coefficients"], hp["eps"], dtype, hp["ns_method"])
+    out = newton_schulz(matrix, hp["ns_steps"], hp["ns_coefficients"], hp["eps"], dtype, hp["ns_method"])
+    ns_seconds[0] += time.perf_counter() - start
+    return out
 
 
 def _apply(p: Tensor, full_shape: torch.Size, ortho: Tensor, hp: dict[str, Any]) -> None:

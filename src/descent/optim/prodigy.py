@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import distributed as D
 from .. import functional as F
 from ._validate import check_betas, check_nonneg, check_positive, check_unit_interval
 from ._base import Optimizer
@@ -63,6 +64,11 @@ class Prodigy(Optimizer):
         Mishchenko & Defazio (2024), "Prodigy: An Expeditiously Adaptive Parameter-Free
         Learner", ICML 2024, Algorithm 4.
 
+    Note:
+        Not compile-friendly (``compile_friendly = False``): the shared distance estimate ``d`` is a host scalar
+        updated every step (``.item()``), so ``torch.compile(opt.step)`` breaks the graph and recompiles every
+        step; run it uncompiled.
+
     Example:
         >>> import torch, descent
         >>> model = torch.nn.Linear(4, 2)
@@ -73,6 +79,8 @@ class Prodigy(Optimizer):
         >>> opt.param_groups[0]["d"] > 1e-6  # d grows from d0 once the weights have moved
         True
     """
+
+    compile_friendly = False
 
     declaration = Declaration(  # the state and the metadata; step() is Prodigy's own (d is shared)
         functional=F.prodigy_apply,
@@ -135,7 +143,7 @@ class Prodigy(Optimizer):
         d, k = float(first["d"]), int(first["k"])
         bias = math.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1)) if first["use_bias_correction"] else 1.0
         numerator, denominator = float(first["d_numerator"]) * beta3, 0.0
-        prepared = []
+        prepared, sums, meshed = [], [0.0, 0.0], []  # this rank's terms of r and ||s||_1 (FSDP2: its shards)
         for gi, (group, params, grads, _) in enumerate(work):
             if any(p.is_complex() for p in params):
                 raise ValueError(f"Invalid parameter for Prodigy: param_groups[{gi}] holds a complex tensor "
@@ -146,12 +154,19 @@ class Prodigy(Optimizer):
             prepared.append((group, params, gs, states, dlr))
             if dlr == 0.0:
                 continue
+            meshed += [p for p in params if D.is_dtensor(p)]
             for p, g, s in zip(params, gs, states):
                 delta, s_sum = F.prodigy_accumulate(
-                    p, g, s["p0"], s["s"], s.get("exp_avg"), s["exp_avg_sq"], d=d, d0=float(group["d0"]), dlr=dlr,
-                    beta1=b1, beta2=b2, beta3=beta3, safeguard_warmup=group["safeguard_warmup"])
-                numerator += delta
-                denominator += s_sum
+                    *(D.local(t) for t in (p, g, s["p0"], s["s"], s.get("exp_avg"), s["exp_avg_sq"])), d=d,
+                    d0=float(group["d0"]), dlr=dlr, beta1=b1, beta2=b2, beta3=beta3,
+                    safeguard_warmup=group["safeguard_warmup"])
+                sums[0] += delta
+                sums[1] += s_sum
+        if meshed:  # sharded parameters: the two sums over every rank's shards, one all_reduce
+            sums = [float(x) for x in D.sum_across([torch.tensor(sums, dtype=torch.float64)],
+                                                    D.shard_group(meshed[0]))[0]]
+        numerator += sums[0]
+        denominator += sums[1]
         if denominator == 0:
             return loss
         d_max = float(first["d_max"])
@@ -162,6 +177,7 @@ class Prodigy(Optimizer):
         for group, params, gs, states, dlr in prepared:
             for p, g, s in zip(params, gs, states):
                 s["step"] += 1
-                F.prodigy_apply(p, g, s.get("exp_avg"), s["exp_avg_sq"], d=d, dlr=dlr, eps=group["eps"], beta1=b1,
-                                weight_decay=group["weight_decay"], decouple=group["decouple"])
+                F.prodigy_apply(*(D.local(t) for t in (p, g, s.get("exp_avg"), s["exp_avg_sq"])), d=d, dlr=dlr,
+                                eps=group["eps"], beta1=b1, weight_decay=group["weight_decay"],
+                                decouple=group["decouple"])
         return loss
