@@ -146,3 +146,33 @@ def test_four_ranks(two_ranks) -> None:
             _check(res["fsdp"][label], f"fsdp 4 ranks rank {rank} {label}", _tolerance("fsdp", name, tol))
         for name, _ in CHECKPOINTED:
             _check(res["load"][name], f"2 -> 4 ranks rank {rank} {name}", RESHARD_TOL[name])
+
+
+def test_cli_refuses_what_data_parallel_runs_cannot_do() -> None:
+    import argparse
+
+    from descent.cli._args import UsageError
+    from descent.cli.distributed import run, wants_distributed
+
+    base = dict(task="digits-mlp", optimizer="adamw", lr=None, steps=3, seed=0, clip=None, out=None, resume=False,
+                recipe=None, nproc=2, quiet=True, json=False, checkpoint_every=0)
+    assert wants_distributed(argparse.Namespace(**base))
+    assert not wants_distributed(argparse.Namespace(**{**base, "nproc": 1})) or os.environ.get("WORLD_SIZE")
+    for change, word in (({"resume": True}, "--resume"), ({"optimizer": "kfac"}, "kfac"), ({"lr": "auto"}, "auto")):
+        with pytest.raises(UsageError, match=word):  # before any process group is started
+            run(argparse.Namespace(**{**base, **change}))
+
+
+@pytest.mark.slow
+def test_cli_nproc_trains_with_fsdp2(tmp_path) -> None:
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "descent", "train", "--nproc", "2", "--task", "digits-mlp",
+                           "--optimizer", "muon", "--steps", "3", "--out", str(out), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "on 2 processes (FSDP2)" in proc.stdout  # printed once, by rank 0
+    assert proc.stdout.count("FSDP2") == 1
+    assert len((out / "train.jsonl").read_text().splitlines()) == 3
+    assert (out / "checkpoints" / "step-3").is_dir()
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
