@@ -1,8 +1,7 @@
 """One optimizer bucket of DTensor parameters: elementwise on local shards, else the right collective.
 
 :func:`step_bucket` is what :class:`descent.optim.Optimizer`'s bucket loop calls when a
-bucket holds DTensors (FSDP2's ``fully_shard``). It picks how by the optimizer's
-``_distributed`` declaration (see :func:`mode_of`):
+bucket holds DTensors (FSDP2's ``fully_shard``). It picks how with :func:`mode_of`:
 
 * ``"elementwise"``: the optimizer's own ``_update`` on ``to_local()`` tensors and the
   local shards of its state: kernels see dense local storage; the numbers are exactly the
@@ -34,7 +33,7 @@ MODE_BY_NAME = {
     **dict.fromkeys(("sgd", "sgd-plain", "momentum", "adam", "adamw", "adagrad", "rmsprop", "lion", "sophiag",
                      "adopt", "ademamix", "schedulefree-sgd", "schedulefree-adamw"), "elementwise"),
     "lamb": "lamb", "adafactor": "adafactor", "muon": "matrix",
-    **dict.fromkeys(("shampoo", "soap", "mars", "prodigy"), "gather"),
+    **dict.fromkeys(("shampoo", "soap", "mars"), "gather"),  # Prodigy steps its local shards in its own step()
     **dict.fromkeys(("kfac", "lbfgs"), "unsupported"),
 }
 
