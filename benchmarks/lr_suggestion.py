@@ -148,6 +148,26 @@ def calibrate(optimizers: list[str], seeds: list[int], names: list[str]) -> None
                       + " | ".join(cells), flush=True)
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as a README table (one line per task x optimizer, seeds side by side) and the totals."""
+    out = ["| task | optimizer | steps | seed: grid best lr / loss -> suggested lr / loss (ratio) |", "|---|---|---|---|"]
+    keys = sorted({(r["task"], r["optimizer"]) for r in rows}, key=lambda k: (TASKS.index(k[0]) if k[0] in TASKS
+                                                                           else 99, list(OPTIMIZERS).index(k[1])))
+    for task, opt in keys:
+        cells = []
+        for r in (r for r in rows if (r["task"], r["optimizer"]) == (task, opt)):
+            mark = " **>25 %**" if not r["within25"] else ("" if r["within10"] else " **>10 %**")
+            star = "" if r["suggestion"] else "*"
+            cells.append(f"{r['seed']}: {r['best_lr']:.3g} / {r['best_loss']:.4f} -> {r['used_lr']:.3g}{star} / "
+                         f"{r['loss']:.4f} ({r['ratio']:.2f}){mark}")
+        steps = next(r["steps"] for r in rows if r["task"] == task)
+        out.append(f"| {task} | {opt} | {steps} | {'<br>'.join(cells)} |")
+    n10, n25 = sum(r["within10"] for r in rows), sum(r["within25"] for r in rows)
+    out.append(f"\nWithin 10 % (+0.02) of the grid's best: {n10}/{len(rows)} rows ({n10 / max(len(rows), 1):.0%}); "
+               f"within 25 %: {n25}/{len(rows)}.")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(TASKS))
@@ -158,7 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", action="store_true", help="variants of the constants on the synthetic problems, "
                    "seeds 1000,1001 (or --tasks/--seeds, never seeds 0-2)")
     p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--markdown", nargs="+", metavar="JSON", help="print the rows of these --json files as a table")
     args = p.parse_args(argv)
+    if args.markdown:
+        rows: list[dict[str, Any]] = []
+        for path in args.markdown:
+            with open(path) as f:
+                rows += json.load(f)
+        print(markdown(rows))
+        return 0
     torch.set_num_threads(1)
     opts = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     bad = [o for o in opts if o not in OPTIMIZERS]

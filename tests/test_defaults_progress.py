@@ -108,3 +108,28 @@ def test_defaults_make_progress(name, problem, bound):
     ratio = _progress(name, problem)
     assert math.isfinite(ratio) and ratio <= bound, f"{name} on {problem}: final/start {ratio:.3g} > {bound}"
     assert bound < 0.98 or ratio < 0.98
+
+
+def _kfac_run(kind, steps=60):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if kind == "classification":
+        x = torch.randn(512, 10, generator=g)
+        y = (x @ torch.randn(10, 3, generator=g)).argmax(1)
+        net, loss = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3)), nn.functional.cross_entropy
+    else:  # ill-conditioned least squares with a large loss (targets ~100x the inputs)
+        x = torch.randn(512, 10, generator=g) * torch.logspace(0, -3, 10)
+        y = x @ torch.randn(10, 1, generator=g) * 100
+        net, loss = nn.Linear(10, 1), nn.functional.mse_loss
+    return _run(descent.KFAC(net), lambda: loss(net(x), y), steps)
+
+
+def test_kfac_defaults_classification():
+    assert _kfac_run("classification") < 0.2  # the defaults (lr 1e-3, kl_clip 1e-3) make progress here
+
+
+@pytest.mark.xfail(strict=True, reason="NOT FIXED (issue 17): with the empirical Fisher the natural step of a "
+                   "squared loss scales as 1/loss, and kl_clip=1e-3 caps the step further; measured 0.995 of the "
+                   "start after 60 steps at lr 0.1 and 1 (0.862 at lr 1 even without the clip)")
+def test_kfac_defaults_large_loss_regression():
+    assert _kfac_run("regression") < 0.5
