@@ -323,6 +323,10 @@ def test_bad_buckets_are_refused():
         KL.lamb([p], [p], [p], [p], steps=[], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-6)
     with pytest.raises(ValueError, match="momentum_buffer: None"):
         KE.rmsprop([p], [p], [p], None, None, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"Invalid row_var/col_var of params\[0\]"):
+        KA.adafactor([p], [p], [torch.zeros(3, 1)], [torch.zeros(1, 4)], [None], [None], steps=[1], lr=None,
+                     relative_step=True, warmup_init=False, decay_rate=-0.8, eps1=1e-30, eps2=1e-3, clip_threshold=1.0,
+                     beta1=None)
     with pytest.raises(ValueError, match="needs row_var and col_var"):
         KA.adafactor([p], [p], [None], [None], [None], [None], steps=[1], lr=None, relative_step=True,
                      warmup_init=False, decay_rate=-0.8, eps1=1e-30, eps2=1e-3, clip_threshold=1.0, beta1=None)

@@ -327,6 +327,11 @@ def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequen
     for i, fac in zip(keep, factored):
         if not fac and variance[i] is None:
             raise ValueError(f"Invalid state of params[{i}]: needs row_var and col_var (factored) or variance")
+        if fac:  # the kernels index the factors by row and column: their sizes must fit
+            n, m = params[i].shape[-2], params[i].shape[-1]
+            if row_var[i].numel() != params[i].numel() // m or col_var[i].numel() != params[i].numel() // n:
+                raise ValueError(f"Invalid row_var/col_var of params[{i}]: {tuple(row_var[i].shape)} and "
+                                 f"{tuple(col_var[i].shape)} for a parameter of shape {tuple(params[i].shape)}")
         if use_m and exp_avg[i] is None:
             raise ValueError(f"Invalid exp_avg[{i}]: None while beta1={beta1} is set")
     if not keep:
