@@ -359,3 +359,24 @@ def test_train_evaluates_schedule_free_at_the_average(name):
     final_weights = [p.detach() for p in res.model.parameters()]
     same = all(torch.equal(a, b) for a, b in zip(seen[-1], final_weights))
     assert same == (name == "adamw")
+
+
+def test_sklearn_estimator_predicts_at_the_schedule_free_average():
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("sklearn")
+    from descent.sklearn import SGDRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=64)
+    est = SGDRegressor(optimizer="schedulefreesgd", lr=0.05, max_iter=5, average=False, random_state=0).fit(X, y)
+    opt = est._optim
+    assert not opt.training  # fitted weights are the average x
+    w = next(p for p in opt.param_groups[0]["params"] if p.numel() == 3)
+    x_w = w.detach().clone().reshape(-1).numpy()
+    assert np.allclose(est.coef_.reshape(-1), x_w)  # the estimator's coefficients are x
+    opt.train()
+    assert not np.allclose(w.detach().reshape(-1).numpy(), x_w)  # y differs
+    opt.eval()
+    est.partial_fit(X, y)  # continues from y, ends at x again
+    assert not opt.training

@@ -96,7 +96,8 @@ def _prefer_loop(cls: type, kwargs: dict[str, Any], params: list[torch.Tensor]) 
     """
     if any(k in kwargs for k in ("backend", "fused", "foreach")):
         return False
-    if "loop" not in getattr(cls, "_supported", {}):
+    decl = getattr(cls, "declaration", None)  # descent's classes declare their backends
+    if "loop" not in (decl.supported() if decl is not None else {}):
         return False
     if "backend" not in inspect.signature(cls.__init__).parameters:
         return False
@@ -235,6 +236,9 @@ class DescentTrainer:
         order = self._rng.permutation(n) if self.shuffle else np.arange(n)
         summed = self._per_sample_steps and self._per_sample_schedule()
         total = 0.0
+        schedule_free = "train_mode" in self._optim.param_groups[0] and callable(getattr(self._optim, "train", None))
+        if schedule_free:  # schedule-free: gradients at y; between epochs (predict) the weights hold x
+            self._optim.train()
         for start in range(0, n, bs):
             idx = torch.as_tensor(order[start:start + bs])
             xb, yb, sb = Xt[idx], Yt[idx], st[idx]
@@ -256,6 +260,8 @@ class DescentTrainer:
                 self._after_step(lr * scale)
                 self._update_average()
             total += float(loss.detach()) * len(idx)
+        if schedule_free:
+            self._optim.eval()
         self.t_ += n
         return total / n + self._extra_penalty()
 
