@@ -74,6 +74,7 @@ def main() -> None:
     for config in args.only or CONFIGS:
         losses = [run(args.task, config, seed, args.steps) for seed in range(args.seeds)]
         rows[config] = losses
+        print(f"{config}: {losses}", flush=True)
     print(f"{args.task}, {args.steps} steps, seeds 0..{args.seeds - 1}, min_numel "
           f"{lowbit_optim.MIN_NUMEL}: final val loss (mean, per seed) and difference to fp32")
     for config, losses in rows.items():

@@ -145,7 +145,8 @@ def _check(params, ref_params, states, ref_states, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("variant", [dict(decoupled_weight_decay=True, weight_decay=0.1),
-                                     dict(decoupled_weight_decay=False, weight_decay=0.05, maximize=True)])
+                                     pytest.param(dict(decoupled_weight_decay=False, weight_decay=0.05, maximize=True),
+                                                  marks=pytest.mark.slow)])
 def test_adam_kernel_matches_functional(dtype, bits, variant):
     gen = torch.Generator().manual_seed(3)
     params = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]

@@ -191,20 +191,21 @@ def test_stochastic_round_is_unbiased():
                                   lambda ps, sr: descent.Lion(ps, lr=1e-3, weight_decay=1.0, stochastic_rounding=sr),
                                   lambda ps, sr: descent.SGD(ps, lr=1e-3, weight_decay=1.0,
                                                              stochastic_rounding=sr),
-                                  lambda ps, sr: descent.AdamW(ps, lr=1e-3, weight_decay=1.0, state_bits=8,
-                                                               stochastic_rounding=sr)])
+                                  pytest.param(lambda ps, sr: descent.AdamW(ps, lr=1e-3, weight_decay=1.0, state_bits=8,
+                                                                            stochastic_rounding=sr),
+                                               marks=pytest.mark.slow)])  # the reference path, 100 steps
 def test_weight_decay_survives_on_bf16_with_stochastic_rounding(make):
     """Decay by (1 - 1e-3) per step is below half a bf16 ulp of 1: round-to-nearest never moves the
-    weights; stochastic rounding decays them as float32 would (0.999**300 = 0.741)."""
+    weights; stochastic rounding decays them as float32 would (0.999**100 = 0.905)."""
     torch.manual_seed(0)
     results = {}
     for sr in (False, True):
         p = torch.nn.Parameter(torch.ones(8192, dtype=torch.bfloat16))
         opt = make([p], sr)
-        for _ in range(300):
+        for _ in range(100):
             p.grad = torch.zeros_like(p)
             opt.step()
         results[sr] = float(p.detach().float().mean())
-    expected = 0.999**300
+    expected = 0.999**100
     assert results[False] == 1.0
     assert abs(results[True] - expected) < 0.01

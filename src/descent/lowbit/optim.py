@@ -103,7 +103,8 @@ def _kernel_ok(p: Tensor, g: Tensor) -> bool:
     from .. import kernels as K
 
     return (K.AVAILABLE and p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
-            and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous())
+            and g.dtype == p.dtype and p.is_contiguous() and g.is_contiguous()
+            and type(p.data) is torch.Tensor and type(g) is torch.Tensor)  # a DTensor's data_ptr() is not its data
 
 
 def _write_param(p: Tensor, value: Tensor, stochastic: bool) -> None:
