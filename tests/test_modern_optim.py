@@ -129,7 +129,8 @@ def test_schedule_free_step_in_eval_mode_raises_and_modes_move_weights():
 
 def _bn_net(seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 3))
 
 
 def _data(seed=0, n=256):

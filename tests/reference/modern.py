@@ -260,6 +260,8 @@ def soap_rule(x: np.ndarray, g: np.ndarray, st: dict, hp: dict) -> None:
         m = st["exp_avg"].reshape(gm.shape)
         st["exp_avg_sq"] = b2 * st["exp_avg_sq"] + (1 - b2) * rot(gm, False) ** 2
         d = rot(rot(m, False) / (np.sqrt(st["exp_avg_sq"]) + hp["eps"]), True)
+        if hp.get("cautious"):
+            d = cautious_np(d, gm)
         size = hp["lr"] * math.sqrt(1 - b2**s) / (1 - b1**s) if hp["correct_bias"] else hp["lr"]
         x -= size * d.reshape(shape)
         x *= 1 - hp["lr"] * hp["weight_decay"]

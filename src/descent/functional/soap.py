@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .cautious import cautious as _cautious
+
 __all__ = ["soap", "soap_matrix_view", "soap_eigenbasis"]
 
 
@@ -56,6 +58,7 @@ def soap(
     weight_decay: float = 0.0,
     precondition_frequency: int = 10,
     correct_bias: bool = True,
+    cautious: bool = False,
     maximize: bool = False,
 ) -> None:
     r"""One SOAP step on ``param``, in place.
@@ -93,6 +96,7 @@ def soap(
         shampoo_beta: :math:`\beta_s` of the statistics.
         precondition_frequency: refresh the bases every this many updates.
         correct_bias: Adam's bias correction of the step size.
+        cautious: mask the direction (original coordinates) with :func:`descent.functional.cautious`.
         maximize: ascend instead of descend.
 
     References:
@@ -124,6 +128,8 @@ def soap(
         gr = _rotate(gm, q_left, q_right, False).to(v.dtype)
         v.mul_(beta2).addcmul_(gr, gr, value=1 - beta2)
         direction = _rotate(_rotate(m, q_left, q_right, False) / v.to(cd).sqrt().add_(eps), q_left, q_right, True)
+        if cautious:
+            direction = _cautious(direction, gm)
         size = lr * math.sqrt(1 - beta2**s) / (1 - beta1**s) if correct_bias else lr
         param.add_(direction.reshape(param.shape).to(param.dtype), alpha=-size)
         if weight_decay != 0:

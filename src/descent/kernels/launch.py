@@ -139,8 +139,18 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
 # ------------------------------------------------------------------ torch's kernels
 def _adam(fused: bool, params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
           max_exp_avg_sq: Maybe, steps: Tensors, **hp) -> None:
-    _torch_adam.adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq if hp["amsgrad"] else [], steps,
-                     foreach=not fused, fused=fused, **hp)
+    if fused or not torch.compiler.is_compiling():
+        _torch_adam.adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq if hp["amsgrad"] else [], steps,
+                         foreach=not fused, fused=fused, **hp)
+        return
+    # inside torch.compile: torch's capturable formulas (bias corrections as tensor ops) trace on any
+    # device; they take beta ** step in the step's dtype, so the steps go in as float64 (1 - 0.999 ** 1
+    # in float32 is off by 6e-5) and come back as float32 (torch's layout)
+    wide = torch.float32 if params[0].device.type == "mps" else torch.float64
+    steps64 = [s.to(wide) for s in steps]
+    _torch_adam.adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq if hp["amsgrad"] else [], steps64,
+                     foreach=True, capturable=True, **hp)
+    torch._foreach_copy_(steps, steps64)
 
 
 def _scale_args(grad_scale: Tensor | None, found_inf: Tensor | None, device: torch.device) -> dict[str, Tensor | None]:
@@ -193,7 +203,7 @@ def rmsprop_foreach(params: Tensors, grads: Tensors, square_avg: Tensors, grad_a
     _torch_rmsprop.rmsprop(params, grads, square_avg, grad_avg if centered else [],
                            momentum_buffer if momentum > 0 else [], steps, foreach=True, lr=lr, alpha=alpha,
                            eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
-                           maximize=maximize)
+                           maximize=maximize, capturable=torch.compiler.is_compiling())
 
 
 def sgd_foreach(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: float, momentum: float,

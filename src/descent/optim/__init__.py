@@ -32,7 +32,8 @@ __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 __all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
 __all__ += ["Lion", "LAMB", "Adafactor", "SophiaG"]
 __all__ += ["create_optimizer", "list_optimizers"]
-__all__ += ["ADOPT", "AdEMAMix", "MARS", "Prodigy", "ScheduleFreeSGD", "ScheduleFreeAdamW", "recalibrate_batchnorm", "SOAP"]
+__all__ += ["ADOPT", "AdEMAMix", "MARS", "Prodigy", "SOAP", "ScheduleFreeSGD", "ScheduleFreeAdamW",
+            "recalibrate_batchnorm"]
 
 
 def _discover() -> list[str]:

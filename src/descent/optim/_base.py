@@ -15,6 +15,15 @@ functional for the rest", and the optional NaN-safe step (``skip_nonfinite``). M
 optimizers that need more than one tensor at a time override :meth:`Optimizer._update`
 (Shampoo, Muon) or transform the gradients first (:meth:`Optimizer._precondition`, K-FAC)
 and still run through this loop.
+
+Inside ``torch.compile`` (:func:`torch.compiler.is_compiling`) the step takes its compile
+path: each bucket runs a backend dynamo traces (:func:`compile_backend`: foreach, else the
+functional; never the Numba kernels nor torch's compiler-disabled fused kernels), and what
+must not be traced (lazy state, launcher imports, step numbers as ints) happens in one
+``torch.compiler.disable``d call at the start of the step (:func:`_prepare_compile`).
+Hyperparameters stay Python floats in the groups: dynamo recompiles once when a schedule
+first changes one and then treats it as a symbolic value, so the step compiles at most
+twice or three times for a whole model, however many parameters and steps.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from torch import Tensor
 from .. import kernels as K
 from ..stability.nonfinite import find_nonfinite, param_label, record_skip
 from ._backend import Support, floating, resolve_request, select_backend
+from ._compile import _COMPILE_READY, _NEXT_STEP, _prepare_compile, _wants_step_ints, compile_backend
 from ._spec import Declaration
 from ..distributed._layout import any_dtensor
 from ..distributed._step import step_bucket
@@ -56,6 +66,9 @@ class Optimizer(torch.optim.Optimizer):
 
     #: The optimizer's declaration (see :mod:`descent.optim._spec`).
     declaration: ClassVar[Declaration | None] = None
+    #: ``torch.compile(opt.step)`` compiles once (a recompile when a hyperparameter first
+    #: changes) and traces the whole step; False where the class's docstring says why not.
+    compile_friendly: ClassVar[bool] = True
     #: Keys of every group that the base adds on top of the subclass's defaults.
     _base_defaults: ClassVar[dict[str, Any]] = {
         "backend": None,
@@ -211,11 +224,19 @@ class Optimizer(torch.optim.Optimizer):
         if found is not None and bool(found):  # it found Inf/NaN: no update; it lowers the scale
             return loss
         work = self._collect()
+        compiling = torch.compiler.is_compiling()
+        if compiling and (not _COMPILE_READY or _wants_step_ints(self)
+                          or any(not self.state.get(p) for w in work for p in w[1])):
+            _prepare_compile(self, work)  # state, imports, step numbers: outside the graph
         if self._skip_nonfinite(work):
             return loss
         for group, params, grads, _ in self._precondition(work):
             if params:
                 self._step_group(group, params, grads, overrides, scale)
+        if compiling:
+            for w in work:
+                for p in w[1]:
+                    self.state[p].pop(_NEXT_STEP, None)
         return loss
 
     @property
@@ -246,8 +267,12 @@ class Optimizer(torch.optim.Optimizer):
             if dtype.is_complex:
                 self._step_complex(requested, excluded, group, ps, gs, states, overrides)
                 continue
-            backend = select_backend(requested, self._supported, device, dtype,
-                                     owner=type(self).__name__, excluded=excluded)
+            if torch.compiler.is_compiling():
+                backend = compile_backend(self.declaration, requested, device, dtype)
+                direct = direct and backend != "loop"
+            else:
+                backend = select_backend(requested, self._supported, device, dtype,
+                                         owner=type(self).__name__, excluded=excluded)
             if direct:
                 run_declaration(self.declaration, backend, group, ps, gs, states, overrides, grad_scale)
                 continue
@@ -262,8 +287,11 @@ class Optimizer(torch.optim.Optimizer):
         views = [{k: torch.view_as_real(v) if isinstance(v, Tensor) and v.is_complex() else v
                   for k, v in s.items()} for s in states]
         before = [dict(v) for v in views]
-        backend = select_backend(requested, self._supported, params[0].device, real_p[0].dtype,
-                                 owner=type(self).__name__, excluded=excluded)
+        if torch.compiler.is_compiling():
+            backend = compile_backend(self.declaration, requested, params[0].device, real_p[0].dtype)
+        else:
+            backend = select_backend(requested, self._supported, params[0].device, real_p[0].dtype,
+                                     owner=type(self).__name__, excluded=excluded)
         self._update(backend, group, real_p, real_g, views, overrides)
         for p, s, v, b in zip(params, states, views, before):
             for k, val in v.items():
@@ -343,7 +371,7 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
             if kernel.steps == "tensor":
                 kw["steps"] = step_tensors
             elif kernel.steps == "int":
-                kw["steps"] = advance_steps(step_tensors) if step_tensors is not None else None
+                kw["steps"] = _advanced_ints(states, fast) if step_tensors is not None else None
             elif step_tensors is not None:
                 torch._foreach_add_(step_tensors, 1.0)
             if kernel.amp:
@@ -363,7 +391,7 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
     if grad_scale is not None:
         grads = _unscaled(grads, rest, grad_scale)
     if decl.steps:
-        ints = advance_steps([states[i]["step"] for i in rest]) if decl.step_arg else None
+        ints = _advanced_ints(states, rest) if decl.step_arg else None
         if not decl.step_arg:
             torch._foreach_add_([states[i]["step"] for i in rest], 1.0)
     for k, i in enumerate(rest):
@@ -371,6 +399,20 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
         out = decl.functional(params[i], grads[i], *(c[i] for c in cols), **extra, **hp)
         if decl.loop_returns is not None and out is not None:
             states[i][decl.loop_returns] = out
+
+
+def _advanced_ints(states: list[dict[str, Any]], positions: list[int]) -> list[int]:
+    """Add 1 to the step counters at ``positions`` and return their new values as ints.
+
+    Inside ``torch.compile`` the values come from :func:`_prepare_compile` (read from the
+    state as Python ints, which dynamo turns into symbolic ints after their first change)
+    instead of a ``.tolist()`` that would break the graph.
+    """
+    steps = [states[i]["step"] for i in positions]
+    if torch.compiler.is_compiling() and all(_NEXT_STEP in states[i] for i in positions):
+        torch._foreach_add_(steps, 1.0)
+        return [states[i][_NEXT_STEP] for i in positions]
+    return advance_steps(steps)
 
 
 def _unscaled(grads: list[Tensor], positions: list[int], grad_scale: Tensor) -> list[Tensor]:
@@ -386,6 +428,8 @@ _CHECKED: dict[tuple, Callable[..., None]] = {}
 
 def _launch(decl: Declaration, kernel: Any, hp: Mapping[str, Any]) -> Callable[..., None]:
     """The kernel's launcher, its signature checked against the declaration on first use."""
+    if torch.compiler.is_compiling():  # dynamo cannot hash the key; the eager path checks it
+        return kernel.resolve()
     key = (kernel, decl.columns, frozenset(hp))
     fn = _CHECKED.get(key)
     if fn is None:

@@ -46,6 +46,10 @@ __all__ = ["Kernel", "Meta", "Declaration", "zeros", "TASK_KINDS"]
 TASK_KINDS = ("classification", "language", "convex", "function")
 
 
+#: Launchers already imported, by their ``"module:function"`` path.
+_RESOLVED: dict[str, Callable[..., None]] = {}
+
+
 def zeros(p: Tensor, group: Mapping[str, Any]) -> Tensor:  # noqa: ARG001 - state factory signature
     """A state tensor of zeros shaped and laid out like ``p``."""
     return torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -74,8 +78,11 @@ class Kernel:
     amp: bool = False
 
     def resolve(self) -> Callable[..., None]:
-        module, _, name = self.launcher.partition(":")
-        return getattr(importlib.import_module(module), name)
+        fn = _RESOLVED.get(self.launcher)  # a plain dict read: torch.compile traces it without a break
+        if fn is None:
+            module, _, name = self.launcher.partition(":")
+            fn = _RESOLVED[self.launcher] = getattr(importlib.import_module(module), name)
+        return fn
 
     def check(self, declaration: Declaration, hyper: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` if the launcher's keywords differ from the declaration's."""

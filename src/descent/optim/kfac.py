@@ -83,6 +83,11 @@ class KFAC(Optimizer):
         Fisher matrix for convolution layers"; defaults and the eigenbasis form follow the
         widely used reference code alecwangcq/KFAC-Pytorch.
 
+    Note:
+        Not compile-friendly (``compile_friendly = False``): its forward/backward hooks and the factor
+        inversions every ``T_inv`` steps (chosen from the step number on the host) do not trace:
+        ``torch.compile(opt.step)`` fails; run the step uncompiled.
+
     Example:
         >>> import torch, descent
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -92,6 +97,8 @@ class KFAC(Optimizer):
         ...     opt.zero_grad(); torch.nn.functional.mse_loss(model(x), y).backward(); _ = opt.step()
         >>> opt.remove_hooks()
     """
+
+    compile_friendly = False
 
     declaration = Declaration(
         functional=sgd,

@@ -35,6 +35,10 @@ class LBFGS(torch.optim.LBFGS):
         Liu & Nocedal (1989), "On the limited memory BFGS method for large scale optimization";
         Nocedal & Wright (2006), "Numerical Optimization", ch. 7.
 
+    Note:
+        Not compile-friendly (``compile_friendly = False``): the closure-driven line search tests convergence on
+        the host every iteration; run the step uncompiled.
+
     Example:
         >>> import torch, descent
         >>> x = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
@@ -45,6 +49,8 @@ class LBFGS(torch.optim.LBFGS):
         >>> bool(x.abs().max() < 1e-6)
         True
     """
+
+    compile_friendly = False
 
     meta = Meta("lbfgs", adaptive=False, state_bytes=2.0 * 100, paper="Nocedal (1980); Liu & Nocedal (1989)",
                 lr={"convex": 1.0, "function": 1.0}, kind="quasi-newton")

@@ -41,12 +41,18 @@ class MARS(Optimizer):
         Yuan, Liu, Wu, Zhou & Gu (2024), "MARS: Unleashing the Power of Variance
         Reduction for Training Large Models", Algorithm 2.
 
+    Note:
+        Not compile-friendly (``compile_friendly = False``): the step reads host scalars with ``.item()``, so
+        ``torch.compile(opt.step)`` breaks the graph and recompiles every step; run it uncompiled.
+
     Example:
         >>> import torch, descent
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = descent.MARS(model.parameters(), lr=3e-3)
         >>> model(torch.randn(8, 4)).pow(2).mean().backward(); _ = opt.step()
     """
+
+    compile_friendly = False
 
     declaration = Declaration(
         functional=F.mars,

@@ -66,6 +66,11 @@ class Shampoo(Optimizer):
         Shi et al. (2023), "A Distributed Data-Parallel PyTorch Implementation of the
         Distributed Shampoo Optimizer" (reference code: facebookresearch/optimizers).
 
+    Note:
+        Not compile-friendly (``compile_friendly = False``): the preconditioner refresh reads the step number
+        with ``.item()``, so ``torch.compile(opt.step)`` breaks the graph and recompiles as the step grows; run
+        it uncompiled.
+
     Example:
         >>> import torch, descent
         >>> model = torch.nn.Linear(8, 4)
@@ -74,6 +79,8 @@ class Shampoo(Optimizer):
         >>> opt.state[model.weight]["preconditioner_0"].shape, opt.state[model.weight]["inv_root_1"].shape
         (torch.Size([4, 4]), torch.Size([8, 8]))
     """
+
+    compile_friendly = False
 
     declaration = Declaration(
         functional=shampoo,

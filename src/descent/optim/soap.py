@@ -48,6 +48,7 @@ class SOAP(Optimizer):
         precondition_frequency: refresh the bases every this many steps (default 10).
         max_precond_dim: sides longer than this get no rotation (default 10000).
         correct_bias: Adam's bias correction (default True).
+        cautious: cautious masking of the direction (Liang et al., 2024; default False).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
 
     References:
@@ -68,7 +69,8 @@ class SOAP(Optimizer):
                              shampoo_beta=g["betas"][1] if g["shampoo_beta"] is None else g["shampoo_beta"],
                              eps=g["eps"], weight_decay=g["weight_decay"],
                              precondition_frequency=int(g["precondition_frequency"]),
-                             correct_bias=bool(g["correct_bias"]), maximize=bool(g["maximize"])),
+                             correct_bias=bool(g["correct_bias"]), cautious=bool(g["cautious"]),
+                             maximize=bool(g["maximize"])),
         columns=("exp_avg", "exp_avg_sq", "gg_left", "gg_right", "q_left", "q_right"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros},
         steps=True,
@@ -79,12 +81,12 @@ class SOAP(Optimizer):
     def __init__(self, params: Any, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
                  shampoo_beta: float | None = None, eps: float = 1e-8, weight_decay: float = 0.01, *,
                  precondition_frequency: int = 10, max_precond_dim: int = 10000, correct_bias: bool = True,
-                 maximize: bool = False, foreach: bool | None = None, fused: bool | None = None,
-                 backend: str | None = None, skip_nonfinite: bool = False) -> None:
+                 cautious: bool = False, maximize: bool = False, foreach: bool | None = None,
+                 fused: bool | None = None, backend: str | None = None, skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
                         precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
-                        correct_bias=correct_bias, maximize=maximize, foreach=foreach, fused=fused, backend=backend,
-                        skip_nonfinite=skip_nonfinite)
+                        correct_bias=correct_bias, cautious=cautious, maximize=maximize, foreach=foreach,
+                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -191,6 +191,9 @@ def table(task_name: str, rows: list[dict[str, Any]]) -> str:
         for k in metric_keys:
             cells.append("—" if r.get(k) is None else f"{r[k][0]:.4f} ± {r[k][1]:.4f}")
         s = r.get("steps_to_target")
-        cells.append("—" if s is None else (f"{s[0]:.0f} ({s[1]}/{s[2]})" if s[0] is not None else f"never (0/{s[2]})"))
+        if s is None:
+            cells.append("—")
+        else:
+            cells.append(f"{s[0]:.0f} ({s[1]}/{s[2]})" if s[0] is not None else f"never (0/{s[2]})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
