@@ -88,8 +88,6 @@ _GENERIC_ERRORS = [e.optimizer_error_input.desc for e in error_inputs(INFOS[0])[
 _GENERIC_XFAIL = {
     "a param group cannot have duplicate parameters":
         "torch warns (UserWarning) and keeps the group; descent's add_param_group raises ValueError",
-    "Tensor lr must be 1-element":
-        "Optimizer.__init__ must check a Tensor lr (numel == 1) before reading params (torch passes params=None)",
 }
 #: (optimizer, generic input) pairs failing in a class of their own, with the fix needed.
 _CLASS_XFAIL = {
@@ -165,13 +163,7 @@ def test_errors_of_matching_torch_optimizer(info: DescentOptimInfo):
         _check_error(info, _with_params(err), "")
 
 
-_BEFORE_PARAMS_XFAIL = pytest.mark.xfail(
-    strict=True, reason=LEAD_BASE + ": Optimizer.__init__ must validate the defaults (self._check_group(defaults)) "
-    "before reading params; torch passes params=None")
-
-
-@pytest.mark.parametrize("info", [pytest.param(i, marks=[] if i.name in ("LBFGS", "Muon") else [_BEFORE_PARAMS_XFAIL],
-                                               id=i.name) for i in _OWN_ERRORS])
+@pytest.mark.parametrize("info", [pytest.param(i, id=i.name) for i in _OWN_ERRORS])
 def test_hyperparameters_checked_before_params(info: DescentOptimInfo):
     """torch's error inputs pass ``params=None``: the bad hyperparameter must be reported first."""
     errs = [e for e in error_inputs(info)[6:] if e.optimizer_error_input.desc not in _TORCH_ONLY_ERRORS
@@ -881,8 +873,7 @@ def test_second_order_optims_return_consistent_types(info: DescentOptimInfo):
 
 # ------------------------------------------------------------------------- torch state layout
 @pytest.mark.parametrize("kwargs", [
-    pytest.param(dict(lr=0.1), marks=pytest.mark.xfail(strict=True, reason=LEAD_BASE + ": _state_of stores an empty "
-                 "state entry per parameter (state_dict {0: {}}); torch 2.13's SGD without momentum keeps none ({})")),
+    dict(lr=0.1),
     dict(lr=0.1, momentum=0.9), dict(lr=0.1, momentum=0.9, nesterov=True)])
 @pytest.mark.parametrize("backend", ["loop", "foreach", "fused"])
 def test_sgd_state_dict_lines_up_with_torch(kwargs, backend):
@@ -935,9 +926,6 @@ _DIFF_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=LEAD_BASE + ": step() runs under torch.no_grad() and picks a kernel; "
-                   "with group['differentiable'] it must run the functional (loop) with grad enabled, as torch's "
-                   "_use_grad_for_differentiable; then the five classes drop differentiable from reject_unsupported")
 @pytest.mark.parametrize("name", TORCH_DIFFERENTIABLE)
 def test_differentiable_matches_torch(name):
     """``differentiable=True`` (torch's TestDifferentiableOptimizer): gradients through one step

@@ -92,14 +92,22 @@ class Optimizer(torch.optim.Optimizer):
         return self.declaration.supported() if self.declaration is not None else {"loop": floating}
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        lr = defaults.get("lr")
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        for key, value in self._base_defaults.items():
+            defaults.setdefault(key, value)
+        if defaults["differentiable"] and defaults["fused"]:
+            raise RuntimeError("`fused` does not support `differentiable` (as in torch: the functional runs under "
+                               "autograd)")
+        self.param_groups: list[dict[str, Any]] = []
+        self._check_group({**defaults, "params": []})  # bad hyperparameters are named before params are read
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
                             f"but got {torch.typename(params)}")
         params = list(params)
         if len(params) == 0:
             raise ValueError(f"Invalid params: {type(self).__name__} got an empty parameter list")
-        for key, value in self._base_defaults.items():
-            defaults.setdefault(key, value)
         resolve_request(defaults["backend"], defaults["foreach"], defaults["fused"])
         super().__init__(params, defaults)
 
@@ -201,9 +209,12 @@ class Optimizer(torch.optim.Optimizer):
         """Turn the gradients into the directions the update uses (identity; K-FAC overrides)."""
         return work
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step.
+
+        Without ``differentiable=True`` the step runs under ``torch.no_grad()``; with it, as in
+        torch, autograd records the update (the functional on every tensor, see
+        :func:`descent.optim._backend.select_backend`).
 
         Args:
             closure: re-evaluates the model and returns the loss (optional).
@@ -211,7 +222,8 @@ class Optimizer(torch.optim.Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        return self._step(closure)
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            return self._step(closure)
 
     def _step(self, closure: Callable[[], Any] | None, overrides: Mapping[str, Any] | None = None) -> Any:
         """The step, with per-step hyperparameter ``overrides`` handed to the declaration's mapping."""
@@ -249,6 +261,8 @@ class Optimizer(torch.optim.Optimizer):
         for i, p in enumerate(params):
             buckets.setdefault((p.device, p.dtype), []).append(i)
         requested = resolve_request(group.get("backend"), group.get("foreach"), group.get("fused"))
+        if group.get("differentiable"):
+            requested = "loop"  # autograd records the functional's ops (torch's differentiable=True)
         excluded = ("foreach",) if group.get("foreach") is False else ()
         for (device, dtype), idx in buckets.items():
             ps = [params[i] for i in idx]
@@ -277,6 +291,10 @@ class Optimizer(torch.optim.Optimizer):
                 run_declaration(self.declaration, backend, group, ps, gs, states, overrides, grad_scale)
                 continue
             self._update(backend, group, ps, gs, states, overrides)
+            if self.declaration is not None and self.declaration.loop_returns and not torch.compiler.is_compiling():
+                for p, s in zip(ps, states):  # lazy state not needed (SGD without momentum): none, as torch
+                    if not s:
+                        del self.state[p]
 
     def _step_complex(self, requested: str | None, excluded: tuple[str, ...], group: dict[str, Any],
                       params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],

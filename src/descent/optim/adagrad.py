@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused
-from ._base import Optimizer, reject_unsupported
+from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta
 
 
@@ -82,8 +82,7 @@ class Adagrad(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
-        reject_unsupported("Adagrad", differentiable=differentiable)
-        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, differentiable=differentiable,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)

@@ -92,11 +92,11 @@ class Adam(LowBitMixin, Optimizer):
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
-        reject_unsupported(type(self).__name__, capturable=capturable, differentiable=differentiable)
+        reject_unsupported(type(self).__name__, capturable=capturable)
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, fused=fused, backend=backend,
+                        maximize=maximize, foreach=foreach, fused=fused, backend=backend, differentiable=differentiable,
                         decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite,
                         state_bits=state_bits, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)

@@ -205,6 +205,8 @@ class Muon(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
         aux_hp = dict(lr=adamw_lr, eps=adamw_eps, weight_decay=adamw_weight_decay)
         for name, value in aux_hp.items():
             check_nonneg(f"adamw_{name}", value)

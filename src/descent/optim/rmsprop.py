@@ -84,9 +84,10 @@ class RMSprop(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
-        reject_unsupported("RMSprop", capturable=capturable, differentiable=differentiable)
+        reject_unsupported("RMSprop", capturable=capturable)
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, foreach=foreach, maximize=maximize, backend=backend,
+                        differentiable=differentiable,
                         skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 

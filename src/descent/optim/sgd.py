@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused_sgd
-from ._base import Optimizer, reject_unsupported
+from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta
 from ..lowbit.optim import LowBitMixin
 
@@ -87,9 +87,9 @@ class SGD(LowBitMixin, Optimizer):
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
-        reject_unsupported("SGD", differentiable=differentiable)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused,
+                        differentiable=differentiable,
                         backend=backend, skip_nonfinite=skip_nonfinite, state_bits=state_bits,
                         stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
