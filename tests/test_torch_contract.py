@@ -90,14 +90,7 @@ _GENERIC_XFAIL = {
         "torch warns (UserWarning) and keeps the group; descent's add_param_group raises ValueError",
 }
 #: (optimizer, generic input) pairs failing in a class of their own, with the fix needed.
-_CLASS_XFAIL = {
-    ("Muon", "invalid param type"):
-        "muon.py: a bare Tensor must raise TypeError (torch: 'params argument given to the optimizer should be "
-        "an iterable of Tensors or dicts'); Muon parses params itself and accepts it",
-    ("Muon", "all optimizer params should be with/without names"):
-        "muon.py: a list mixing (name, tensor) pairs and tensors must raise torch's ValueError "
-        "'all optimizer params should be with/without names' (today 'Invalid params: expected a module, ...')",
-}
+_CLASS_XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _check_error(info: DescentOptimInfo, err, regex: str) -> None:

@@ -64,7 +64,13 @@ def _groups(params: Any, head_names: Sequence[str] | None, aux_hp: dict[str, Any
     if isinstance(params, nn.Module):
         muon, aux = _route_module(params, head_names)
     else:
-        items = [params] if isinstance(params, Tensor) else list(params)
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            f"but got {torch.typename(params)}")
+        items = list(params)
+        named = [isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items]
+        if any(named) and not all(named):
+            raise ValueError("all optimizer params should be with/without names. Some param names are missing")
         if items and all(isinstance(x, dict) for x in items):
             return [dict(g) for g in items]  # explicit groups: "use_muon" decides; without it, per parameter
         if items and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
