@@ -11,14 +11,14 @@ from .adagrad import adagrad
 from .adam import adam
 from .rmsprop import rmsprop
 from .sgd import sgd
-from .muon import gram_newton_schulz, muon, muon_batched, newton_schulz  # matrix optimizers (issue 3)
+from .muon import gram_newton_schulz, muon, muon_batched, newton_schulz
 from .shampoo import matrix_inverse_root, shampoo
 from . import kfac
-from .adafactor import adafactor, adafactor_lr  # elementwise optimizers (issue 3)
+from .adafactor import adafactor, adafactor_lr
 from .lamb import lamb, lamb_direction, trust_ratio
 from .lion import lion
 from .sophia import sophia, sophia_hessian_ema
-from .cautious import cautious  # optimizers of 2024 (issue 15)
+from .cautious import cautious
 from .adopt import adopt
 from .ademamix import ademamix, ademamix_schedule
 from .mars import mars

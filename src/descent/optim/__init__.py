@@ -13,7 +13,7 @@ from .adafactor import Adafactor
 from .lamb import LAMB
 from .lion import Lion, Lion8bit
 from .sophia import SophiaG
-from .adopt import ADOPT  # optimizers of 2024 (issue 15)
+from .adopt import ADOPT
 from .ademamix import AdEMAMix
 from .mars import MARS
 from .prodigy import Prodigy
