@@ -22,8 +22,9 @@ functional; never the Numba kernels nor torch's compiler-disabled fused kernels)
 must not be traced (lazy state, launcher imports, step numbers as ints) happens in one
 ``torch.compiler.disable``d call at the start of the step (:func:`_prepare_compile`).
 Hyperparameters stay Python floats in the groups: dynamo recompiles once when a schedule
-first changes one and then treats it as a symbolic value, so the step compiles at most
-twice or three times for a whole model, however many parameters and steps.
+first changes one and then treats it as a symbolic value, so the step compiles a small
+constant number of graphs (2 to 4 measured, see the README) for a whole model, however
+many parameters and steps.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class Optimizer(torch.optim.Optimizer):
 
     #: The optimizer's declaration (see :mod:`descent.optim._spec`).
     declaration: ClassVar[Declaration | None] = None
-    #: ``torch.compile(opt.step)`` compiles once (a recompile when a hyperparameter first
-    #: changes) and traces the whole step; False where the class's docstring says why not.
+    #: ``torch.compile(opt.step)`` compiles a few graphs (again when a hyperparameter first
+    #: changes, never after) and traces the whole step; False where the docstring says why not.
     compile_friendly: ClassVar[bool] = True
     #: Keys of every group that the base adds on top of the subclass's defaults.
     _base_defaults: ClassVar[dict[str, Any]] = {
