@@ -121,3 +121,26 @@ def test_grad_scaler_inf_skips_the_step():
 def test_a_tensor_is_not_an_iterable_of_params():
     with pytest.raises(TypeError, match="iterable of Tensors or dicts"):
         descent.SGD(torch.randn(3, requires_grad=True), lr=1e-3)
+
+
+def test_grad_scaler_scale_reaches_the_fused_kernel(monkeypatch):
+    """AdamW's default bucket gets GradScaler's scale inside torch's fused kernel: no separate unscale."""
+    from descent.kernels import launch
+
+    seen = []
+    real = launch.adam_fused
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("grad_scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "adam_fused", spy)
+    from descent.optim import _base, _spec
+
+    monkeypatch.setattr(_base, "_CHECKED", {})  # launchers are resolved once and cached
+    monkeypatch.setattr(_spec, "_RESOLVED", {})
+    m = torch.nn.Linear(4, 2)
+    opt, scaler = descent.AdamW(m.parameters()), torch.amp.GradScaler("cpu", init_scale=16.0)
+    scaler.scale(m(torch.randn(3, 4)).sum()).backward()
+    scaler.step(opt)
+    assert seen and all(s is not None and float(s) == 16.0 for s in seen)

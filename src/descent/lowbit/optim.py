@@ -247,6 +247,11 @@ class LowBitMixin:
     def _algo(self) -> _Algo | None:
         return _ALGOS.get(self.declaration.functional)  # type: ignore[attr-defined]
 
+    def _takes_grad_scale(self, group: dict[str, Any]) -> bool:
+        """32-bit state without stochastic rounding is the plain declaration path (GradScaler's
+        scale goes into torch's fused kernel)."""
+        return int(group.get("state_bits", 32)) == 32 and not group.get("stochastic_rounding")
+
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         algo, bits = self._algo(), int(group.get("state_bits", 32))
         if algo is not None and bits < 32 and _eligible(p):

@@ -165,6 +165,11 @@ class Optimizer(torch.optim.Optimizer):
         return state
 
     # ------------------------------------------------------------------- step
+    def _takes_grad_scale(self, group: dict[str, Any]) -> bool:  # noqa: ARG002 - overridden (low-bit states)
+        """Whether a bucket of this group may run :func:`run_declaration` with GradScaler's scale
+        (its kernels unscale inside; the functional gets unscaled copies) instead of :meth:`_update`."""
+        return type(self)._update is Optimizer._update
+
     def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Any]], overrides: Mapping[str, Any] | None = None) -> None:
         """Step one device/dtype bucket with the class's declaration."""
@@ -269,7 +274,7 @@ class Optimizer(torch.optim.Optimizer):
             ps = [params[i] for i in idx]
             gs = [grads[i] for i in idx]
             # GradScaler's scale goes into the kernels that take it; every other path gets unscaled grads
-            direct = (grad_scale is not None and type(self)._update is Optimizer._update and not dtype.is_complex
+            direct = (grad_scale is not None and self._takes_grad_scale(group) and not dtype.is_complex
                       and not any_dtensor(ps))
             if grad_scale is not None and not direct:
                 gs = torch._foreach_div(gs, grad_scale.to(gs[0].device))
@@ -284,7 +289,6 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             if torch.compiler.is_compiling():
                 backend = compile_backend(self.declaration, requested, device, dtype)
-                direct = direct and backend != "loop"
             else:
                 backend = select_backend(requested, self._supported, device, dtype,
                                          owner=type(self).__name__, excluded=excluded)
