@@ -144,3 +144,37 @@ def test_grad_scaler_scale_reaches_the_fused_kernel(monkeypatch):
     scaler.scale(m(torch.randn(3, 4)).sum()).backward()
     scaler.step(opt)
     assert seen and all(s is not None and float(s) == 16.0 for s in seen)
+
+
+def _cautious_ref(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    mask = (u * g > 0).to(u.dtype)
+    return u * mask * (mask.numel() / (mask.sum() + 1))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lion"])
+def test_cautious_is_an_option_of_the_momentum_optimizers(name):
+    """cautious=True equals a float64 reference of the paper's rule; the kernels are bypassed."""
+    torch.manual_seed(3)
+    p0, grads = torch.randn(7, 5, dtype=torch.float64), [torch.randn(7, 5, dtype=torch.float64) for _ in range(4)]
+    p = torch.nn.Parameter(p0.clone())
+    kw = dict(lr=0.05, cautious=True)
+    opt = {"sgd": lambda: descent.SGD([p], momentum=0.9, **kw), "adamw": lambda: descent.AdamW([p], **kw),
+           "lion": lambda: descent.Lion([p], **kw)}[name]()
+    ref, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+    for t, g in enumerate(grads, 1):
+        p.grad = g.clone()
+        opt.step()
+        if name == "sgd":
+            m = g.clone() if t == 1 else 0.9 * m + g
+            ref -= 0.05 * _cautious_ref(m, g)
+        elif name == "adamw":
+            ref *= 1 - 0.05 * 0.01
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            u = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+            ref -= 0.05 * _cautious_ref(u, g)
+        else:
+            ref -= 0.05 * _cautious_ref((0.9 * m + 0.1 * g).sign(), g)
+            m = 0.99 * m + 0.01 * g
+    torch.testing.assert_close(p.detach(), ref, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="cautious=True with state_bits=8"):
+        descent.AdamW([torch.nn.Parameter(torch.zeros(64, 64))], cautious=True, state_bits=8)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .cautious import cautious as _cautious
+
 
 def adam(
     param: Tensor,
@@ -22,6 +24,7 @@ def adam(
     amsgrad: bool = False,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    cautious: bool = False,
 ) -> None:
     r"""One Adam/AdamW step on ``param``, in place.
 
@@ -44,6 +47,8 @@ def adam(
         step: the step number :math:`t` *after* incrementing (1 on the first step).
         lr, beta1, beta2, eps, weight_decay: as in the formula.
         amsgrad, maximize, decoupled_weight_decay: variants.
+        cautious: zero the update's coordinates that disagree with the gradient
+            (:func:`descent.functional.cautious`, Liang et al. 2024).
 
     Example:
         >>> p, g = torch.ones(2), torch.ones(2)
@@ -73,4 +78,7 @@ def adam(
         denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     else:
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+    if cautious:
+        param.add_(_cautious(exp_avg / denom, grad), alpha=-lr / bias_correction1)
+    else:
+        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)

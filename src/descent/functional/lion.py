@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .cautious import cautious as _cautious
+
 
 def lion(
     param: Tensor,
@@ -15,6 +17,7 @@ def lion(
     beta2: float,
     weight_decay: float = 0.0,
     maximize: bool = False,
+    cautious: bool = False,
 ) -> None:
     r"""One Lion step on ``param``, in place.
 
@@ -32,6 +35,8 @@ def lion(
         exp_avg: the momentum :math:`m`, updated in place.
         lr, beta1, beta2, weight_decay: as in the formula.
         maximize: ascend instead of descend.
+        cautious: zero the coordinates whose sign disagrees with the gradient
+            (:func:`descent.functional.cautious`, Liang et al. 2024).
 
     Example:
         >>> import torch
@@ -45,5 +50,6 @@ def lion(
     if weight_decay != 0:
         param.mul_(1 - lr * weight_decay)
     c = exp_avg * beta1 + grad * (1 - beta1)
-    param.sub_(c.sign_() * lr)
+    u = _cautious(c.sign_(), grad) if cautious else c.sign_()
+    param.sub_(u * lr)
     exp_avg.mul_(beta2).add_(grad * (1 - beta2))

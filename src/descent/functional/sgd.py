@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .cautious import cautious as _cautious
+
 
 def sgd(
     param: Tensor,
@@ -17,6 +19,7 @@ def sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     maximize: bool = False,
+    cautious: bool = False,
 ) -> Tensor | None:
     r"""One SGD step on ``param``, in place.
 
@@ -54,5 +57,7 @@ def sgd(
         else:
             momentum_buffer.mul_(momentum).add_(d_p, alpha=1 - dampening)
         d_p = d_p.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+        if cautious:  # the momentum direction, masked where it disagrees with the gradient
+            d_p = _cautious(d_p, -grad if maximize else grad)
     param.add_(d_p, alpha=-lr)
     return momentum_buffer if momentum != 0 else None

@@ -319,6 +319,8 @@ def _check(owner: str, group: Mapping[str, Any]) -> None:
     bits = group.get("state_bits", 32)
     if bits not in STATE_BITS:
         raise ValueError(f"Invalid state_bits: {bits!r} (must be one of {STATE_BITS})")
+    if bits < 32 and group.get("cautious"):
+        raise ValueError(f"Invalid cautious=True with state_bits={bits}: {owner}'s low-bit kernels do not mask")
     if bits < 32 and group.get("amsgrad"):
         raise ValueError(f"Invalid amsgrad=True with state_bits={bits}: {owner} keeps AMSGrad's maximum only in 32 bits")
     sr = group.get("stochastic_rounding", False)

@@ -381,7 +381,10 @@ def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], para
     if overrides:
         hp.update((k, v) for k, v in overrides.items() if v is not None)
     cols = [[s.get(k) for s in states] for k in decl.columns]
-    kernel = decl.kernel_for(backend, params[0].device, params[0].dtype) if params else None
+    # no kernel implements cautious masking: such a group runs the functional
+    kernel = None
+    if params and not group.get("cautious"):
+        kernel = decl.kernel_for(backend, params[0].device, params[0].dtype)
     ints: list[int] | None = None
     if kernel is not None:
         if kernel.dense_only:

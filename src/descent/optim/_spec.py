@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ._backend import Support, floating
 
-__all__ = ["Kernel", "Meta", "Declaration", "zeros", "TASK_KINDS"]
+__all__ = ["Kernel", "Meta", "Declaration", "zeros", "cautious_flag", "TASK_KINDS"]
 
 #: Kinds of task a default learning rate is declared for.
 TASK_KINDS = ("classification", "language", "convex", "function")
@@ -53,6 +53,12 @@ _RESOLVED: dict[str, Callable[..., None]] = {}
 def zeros(p: Tensor, group: Mapping[str, Any]) -> Tensor:  # noqa: ARG001 - state factory signature
     """A state tensor of zeros shaped and laid out like ``p``."""
     return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def cautious_flag(group: Mapping[str, Any]) -> dict[str, bool]:
+    """``{"cautious": True}`` for a group with cautious masking on, else nothing: the functional's
+    ``cautious`` argument, passed only when set (no kernel takes it; such a group runs the functional)."""
+    return {"cautious": True} if group.get("cautious") else {}
 
 
 @dataclass(frozen=True)

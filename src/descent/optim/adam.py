@@ -12,7 +12,7 @@ from .. import functional as F
 from ._validate import check_betas, check_nonneg
 from ._backend import floating, torch_fused
 from ._base import Optimizer, reject_unsupported
-from ._spec import Declaration, Kernel, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, zeros, cautious_flag
 from ..lowbit.optim import LowBitMixin
 
 
@@ -36,7 +36,7 @@ class Adam(LowBitMixin, Optimizer):
         eps: :math:`\epsilon` (default 1e-8).
         weight_decay: :math:`\lambda` (default 0).
         amsgrad: use the running maximum of :math:`v_t`.
-        maximize, foreach, fused, backend, skip_nonfinite: see :class:`descent.SGD`.
+        maximize, foreach, fused, backend, skip_nonfinite, cautious: see :class:`descent.SGD`.
         decoupled_weight_decay: decay the weights directly (AdamW).
         state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit AdamW state:
@@ -60,7 +60,7 @@ class Adam(LowBitMixin, Optimizer):
         functional=F.adam,
         hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
                              weight_decay=g["weight_decay"], amsgrad=g["amsgrad"], maximize=g["maximize"],
-                             decoupled_weight_decay=bool(g["decoupled_weight_decay"])),
+                             decoupled_weight_decay=bool(g["decoupled_weight_decay"]), **cautious_flag(g)),
         columns=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": zeros},
         optional={"max_exp_avg_sq": lambda g: bool(g["amsgrad"])},
@@ -89,6 +89,7 @@ class Adam(LowBitMixin, Optimizer):
         decoupled_weight_decay: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
@@ -97,7 +98,7 @@ class Adam(LowBitMixin, Optimizer):
             decoupled_weight_decay = self._decoupled
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend, differentiable=differentiable,
-                        decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite,
+                        decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite, cautious=cautious,
                         state_bits=state_bits, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
@@ -149,12 +150,13 @@ class AdamW(Adam):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend, skip_nonfinite=skip_nonfinite,
+                         decoupled_weight_decay=True, backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious,
                          state_bits=state_bits, stochastic_rounding=stochastic_rounding)
 
 

@@ -10,7 +10,7 @@ from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_betas, check_nonneg
 from ._base import Optimizer
-from ._spec import Declaration, Kernel, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, zeros, cautious_flag
 from ..lowbit.optim import LowBitMixin
 
 
@@ -40,6 +40,7 @@ class Lion(LowBitMixin, Optimizer):
         maximize: ascend instead of descend.
         backend: ``"fused"`` (Numba, CPU), ``"loop"`` or ``None`` (choose).
         skip_nonfinite: skip the step on NaN/Inf gradients (see :class:`descent.SGD`).
+        cautious: mask the update where it disagrees with the gradient (see :class:`descent.SGD`).
         state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit Lion state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
@@ -60,7 +61,7 @@ class Lion(LowBitMixin, Optimizer):
     declaration = Declaration(
         functional=F.lion,
         hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1],
-                             weight_decay=float(g["weight_decay"]), maximize=bool(g["maximize"])),
+                             weight_decay=float(g["weight_decay"]), maximize=bool(g["maximize"]), **cautious_flag(g)),
         columns=("exp_avg",),
         state={"exp_avg": zeros},
         kernels={"fused": (Kernel("descent.kernels.launch:lion", K.numba_cpu, steps=None),
@@ -83,12 +84,13 @@ class Lion(LowBitMixin, Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
-                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite, state_bits=state_bits,
-                        stochastic_rounding=stochastic_rounding)
+                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious,
+                        state_bits=state_bits, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

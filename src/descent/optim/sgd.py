@@ -11,7 +11,7 @@ from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused_sgd
 from ._base import Optimizer
-from ._spec import Declaration, Kernel, Meta
+from ._spec import Declaration, Kernel, Meta, cautious_flag
 from ..lowbit.optim import LowBitMixin
 
 
@@ -39,6 +39,9 @@ class SGD(LowBitMixin, Optimizer):
         foreach, fused, backend: how the step runs (see :mod:`descent.optim._backend`).
         skip_nonfinite: skip the whole step when any gradient is NaN/Inf and count it
             in ``param_groups[i]["skipped_steps"]``.
+        cautious: cautious masking (Liang et al. 2024, :func:`descent.functional.cautious`):
+            zero the update's coordinates whose sign disagrees with the gradient and rescale
+            the rest; a cautious group runs the functional (no kernel masks).
         state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit momentum state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
@@ -60,7 +63,8 @@ class SGD(LowBitMixin, Optimizer):
     declaration = Declaration(
         functional=F.sgd,
         hyper=lambda g: dict(lr=float(g["lr"]), momentum=g["momentum"], dampening=g["dampening"],
-                             weight_decay=g["weight_decay"], nesterov=g["nesterov"], maximize=g["maximize"]),
+                             weight_decay=g["weight_decay"], nesterov=g["nesterov"], maximize=g["maximize"],
+                             **cautious_flag(g)),
         columns=("momentum_buffer",),  # created on the first step, as torch does
         loop_returns="momentum_buffer",
         kernels={"fused": Kernel("descent.kernels.launch:sgd_fused", torch_fused_sgd, steps=None, amp=True),
@@ -84,13 +88,14 @@ class SGD(LowBitMixin, Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused,
                         differentiable=differentiable,
-                        backend=backend, skip_nonfinite=skip_nonfinite, state_bits=state_bits,
+                        backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious, state_bits=state_bits,
                         stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
