@@ -178,3 +178,18 @@ def test_cautious_is_an_option_of_the_momentum_optimizers(name):
     torch.testing.assert_close(p.detach(), ref, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="cautious=True with state_bits=8"):
         descent.AdamW([torch.nn.Parameter(torch.zeros(64, 64))], cautious=True, state_bits=8)
+
+
+def test_mixed_precision_records_a_skip_under_the_group_that_caused_it():
+    """The non-finite parameter is named in its own group (it was always recorded under group 0)."""
+    from descent.stability.amp import MixedPrecision
+
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD([{"params": a.parameters()}, {"params": b.parameters()}], lr=0.1)
+    mp = MixedPrecision(opt, "fp16", device_type="cpu", max_norm=1.0)
+    mp.backward(b(a(torch.randn(4, 3))).sum())
+    b.weight.grad[0, 0] = float("inf")
+    report = mp.step()
+    assert not report.stepped
+    assert opt.param_groups[0]["nonfinite_params"] == []
+    assert opt.param_groups[1]["nonfinite_params"] == ["param_groups[1]['params'][0]"]

@@ -48,23 +48,21 @@ _NEEDS_MODULE = {"kfac"}
 
 
 def optimizer_table() -> dict[str, type]:
-    """Lower-case name -> optimizer class, for every optimizer exported by :mod:`descent`.
+    """Lower-case class name -> class, for every optimizer in descent's registry.
 
-    Wrappers (no ``lr`` argument) and optimizers that need the module (KFAC) are left out.
+    Optimizers that need the module (KFAC) are left out.
 
     Example:
         >>> "adamw" in optimizer_table()
         True
     """
-    import descent
+    from ..optim.registry import list_optimizers, optimizer_info
 
     table = {}
-    for name in getattr(descent, "__all__", []):
-        obj = getattr(descent, name, None)
-        if (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
-                and obj is not descent.Optimizer and name.lower() not in _NEEDS_MODULE
-                and "lr" in inspect.signature(obj.__init__).parameters):
-            table[name.lower()] = obj
+    for name in list_optimizers():
+        cls = optimizer_info(name).cls
+        if cls.__name__.lower() not in _NEEDS_MODULE and "lr" in inspect.signature(cls.__init__).parameters:
+            table[cls.__name__.lower()] = cls
     return table
 
 
