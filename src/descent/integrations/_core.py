@@ -18,7 +18,7 @@ from descent.tools._findings import Findings
 from descent.tools.doctor import diagnose
 from descent.tools.monitor import Monitor, json_line
 
-__all__ = ["RunDoctor", "run_lr_finder"]
+__all__ = ["DoctorViews", "RunDoctor", "run_lr_finder"]
 
 log = logging.getLogger("descent.integrations")
 
@@ -152,3 +152,24 @@ def run_lr_finder(model: nn.Module, optimizer: torch.optim.Optimizer, batches: I
         if getattr(scheduler, "hyperparam", None) == "lr" and hasattr(scheduler, "base_values"):
             scheduler.base_values = [None if b is None else b * factor for b in scheduler.base_values]
     return result
+
+
+class DoctorViews:
+    """What both trainer callbacks show of their :class:`RunDoctor` (``None`` before training)."""
+
+    doctor: RunDoctor | None
+
+    @property
+    def monitor(self) -> Any:
+        """The :class:`descent.Monitor` of the current run."""
+        return None if self.doctor is None else self.doctor.monitor
+
+    @property
+    def findings(self) -> Any:
+        """The doctor's findings at the end of training."""
+        return None if self.doctor is None else self.doctor.findings
+
+    @property
+    def nonfinite_findings(self) -> Any:
+        """The doctor's findings at the first non-finite loss or gradient (``None`` if none)."""
+        return None if self.doctor is None else self.doctor.nonfinite_findings

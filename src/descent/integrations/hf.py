@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ._core import RunDoctor, run_lr_finder
+from ._core import DoctorViews, RunDoctor, run_lr_finder
 
 __all__ = ["DescentTrainerCallback"]
 
@@ -20,7 +20,7 @@ def _hf_forward(model: Any, batch: Any) -> Any:
     return out["loss"] if isinstance(out, dict) else out[0] if isinstance(out, (tuple, list)) else out.loss
 
 
-class DescentTrainerCallback(TrainerCallback):
+class DescentTrainerCallback(DoctorViews, TrainerCallback):
     """Monitor every optimizer step of a ``transformers.Trainer`` and run the doctor on the run.
 
     Per optimizer step (``on_optimizer_step``, gradients still present) a :class:`descent.Monitor`
@@ -68,21 +68,6 @@ class DescentTrainerCallback(TrainerCallback):
         self.monitor_kwargs = monitor_kwargs
         self.doctor: RunDoctor | None = None
         self.lr_result: Any = None
-
-    @property
-    def monitor(self) -> Any:
-        """The :class:`descent.Monitor` of the current run (``None`` before training)."""
-        return None if self.doctor is None else self.doctor.monitor
-
-    @property
-    def findings(self) -> Any:
-        """The doctor's findings at the end of training (``None`` before)."""
-        return None if self.doctor is None else self.doctor.findings
-
-    @property
-    def nonfinite_findings(self) -> Any:
-        """The doctor's findings at the first non-finite loss or gradient (``None`` if none)."""
-        return None if self.doctor is None else self.doctor.nonfinite_findings
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         path = None if self._jsonl is False else (self._jsonl or os.path.join(args.output_dir, "descent_monitor.jsonl"))

@@ -13,7 +13,7 @@ import torch
 
 from descent.schedules import Schedule, Scheduler
 
-from ._core import RunDoctor, run_lr_finder
+from ._core import DoctorViews, RunDoctor, run_lr_finder
 
 __all__ = ["DescentLightningCallback"]
 
@@ -39,7 +39,7 @@ def _has_plateau(scheduler: Any) -> bool:
         getattr(leaf, "stateful", False) for s in scheduler.schedules if isinstance(s, Schedule) for leaf in s.leaves())
 
 
-class DescentLightningCallback(pl.Callback):
+class DescentLightningCallback(DoctorViews, pl.Callback):
     """Monitor every optimizer step of a Lightning ``fit``, feed descent's plateau schedules, run the doctor.
 
     Per optimizer step (``on_train_batch_end``, gradients still present) a :class:`descent.Monitor`
@@ -88,21 +88,6 @@ class DescentLightningCallback(pl.Callback):
         self.doctor: RunDoctor | None = None
         self.lr_result: Any = None
         self._last_step = -1
-
-    @property
-    def monitor(self) -> Any:
-        """The :class:`descent.Monitor` of the current fit (``None`` before)."""
-        return None if self.doctor is None else self.doctor.monitor
-
-    @property
-    def findings(self) -> Any:
-        """The doctor's findings at the end of the fit (``None`` before)."""
-        return None if self.doctor is None else self.doctor.findings
-
-    @property
-    def nonfinite_findings(self) -> Any:
-        """The doctor's findings at the first non-finite loss or gradient (``None`` if none)."""
-        return None if self.doctor is None else self.doctor.nonfinite_findings
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         root = trainer.log_dir or trainer.default_root_dir
