@@ -46,8 +46,10 @@ def kernel_ok(*tensors: torch.Tensor | None) -> bool:
     """
     if tensors[0] is None or tensors[0].numel() == 0:
         return False
-    return all(t is None or (type(t) in _PLAIN and t.layout is torch.strided and t.is_contiguous())
-               for t in tensors)
+    for t in tensors:  # a plain loop: this runs for every tensor of every step
+        if t is not None and (type(t) not in _PLAIN or t.layout is not _STRIDED or not t.is_contiguous()):
+            return False
+    return True
 
 
 def partition(*columns: list[torch.Tensor | None]) -> tuple[list[int], list[int]]:
@@ -114,4 +116,5 @@ def run_elementwise(kernel, columns: list[list[torch.Tensor | None] | None], pos
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
 _LIKE = {torch.float32: np.empty(1, dtype=np.float32), torch.float64: np.empty(1, dtype=np.float64)}
