@@ -56,6 +56,27 @@ def test_bad_values_or_a_new_run_never_touch_an_existing_run(tmp_path, capsys) -
     assert (cfg["steps"], cfg["optimizer"], cfg["lr"], cfg["completed_steps"]) == (3, "sgd", 0.05, 3)
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(BASE + ["--steps", "4", "--out", str(out)]) == 0
+    before = ((out / "train.jsonl").read_bytes(), _ckpts(out), (out / "run.json").read_bytes())
+
+    import descent.tasks.training as training
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(training, "train", crash)
+    for _ in range(2):  # a second failed overwrite must not lose the set-aside run either
+        assert main(BASE + ["--steps", "3", "--out", str(out), "--overwrite"]) == 1
+        assert "simulated" in _err(capsys)
+        aside = out / ".replaced"
+        assert ((aside / "train.jsonl").read_bytes(), _ckpts(aside), (aside / "run.json").read_bytes()) == before
+    monkeypatch.undo()
+    assert main(BASE + ["--steps", "3", "--out", str(out), "--overwrite"]) == 0
+    assert not (out / ".replaced").exists() and _ckpts(out) == ["ckpt-00000002.pt", "ckpt-00000003.pt"]
+
+
 def test_resume_refuses_changed_settings_and_states_what_it_resumes(tmp_path, capsys) -> None:
     out = str(tmp_path / "run")
     assert main(BASE + ["--steps", "6", "--stop-at", "4", "--out", out]) == 0

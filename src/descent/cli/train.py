@@ -24,6 +24,8 @@ from ._args import Failure, UsageError, writable_dir
 from .commands import emit, fmt, get_task, plots_or_note
 
 RUN_FILE, CKPT_DIR, LOG_FILE = "run.json", "checkpoints", "train.jsonl"
+#: Where ``--overwrite`` keeps the replaced run until the new run has written a checkpoint.
+REPLACED_DIR = ".replaced"
 #: Settings that define a run, with their defaults for a new run.
 DEFINING = {"task": "digits-mlp", "optimizer": "adamw", "recipe": None, "seed": 0, "lr": None, "steps": 300,
             "clip": None}
@@ -110,12 +112,37 @@ def resolve(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return {}
 
 
-def _clear(out: Path) -> None:
-    """Remove the files of an earlier run (``--overwrite``, after every check has passed)."""
-    for path in descent.checkpoint.list_checkpoints(out / CKPT_DIR):
-        path.unlink()
-    for name in (LOG_FILE, RUN_FILE):
-        (out / name).unlink(missing_ok=True)
+def _set_aside(out: Path) -> Path:
+    """Move an earlier run's files into ``out/.replaced`` (``--overwrite``, after every check has passed).
+
+    Nothing is deleted yet: :func:`_drop_replaced` removes the folder once the new run has
+    written a checkpoint, so a new run that fails at once leaves the old one recoverable.
+    A ``.replaced`` folder left by an earlier failed overwrite is kept when the folder holds
+    no newer checkpoint (the run in it is still the last one saved).
+    """
+    import shutil
+
+    aside = out / REPLACED_DIR
+    if aside.exists():
+        if not descent.checkpoint.list_checkpoints(out / CKPT_DIR):
+            for name in (LOG_FILE, RUN_FILE):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+            return aside
+        shutil.rmtree(aside)
+    aside.mkdir()
+    for name in (CKPT_DIR, LOG_FILE, RUN_FILE):
+        if (out / name).exists():
+            os.replace(out / name, aside / name)
+    return aside
+
+
+def _drop_replaced(out: Path) -> None:
+    """Delete the run ``--overwrite`` set aside, once the new run has a checkpoint of its own."""
+    import shutil
+
+    if (out / REPLACED_DIR).exists() and descent.checkpoint.list_checkpoints(out / CKPT_DIR):
+        shutil.rmtree(out / REPLACED_DIR, ignore_errors=True)
 
 
 def truncate_log(path: Path, step: int) -> int:
@@ -197,7 +224,9 @@ def train(args: argparse.Namespace) -> int:
             print(state, flush=True)
         resumed = state
     elif args.overwrite:
-        _clear(out)
+        aside = _set_aside(out)
+        if _progress.says(args):
+            print(f"--overwrite: the earlier run is kept in {aside} until this run writes a checkpoint", flush=True)
     write_json_atomic(out / RUN_FILE, {**cfg, **_config(args, planned)})
     monitor = descent.Monitor(jsonl=out / LOG_FILE, clip_max_norm=args.clip)
     with _progress.bar(args, args.steps, f"train {args.task}") as pbar:
@@ -211,6 +240,7 @@ def train(args: argparse.Namespace) -> int:
             raise Failure(str(exc)) from None
         finally:
             monitor.close()
+            _drop_replaced(out)
     return _report(args, out, res, resumed)
 
 
