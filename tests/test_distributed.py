@@ -36,7 +36,7 @@ from test_distributed_worker import CHECKPOINTED, FSDP_GAPS, OPTIMIZERS  # noqa:
 TORCH_FUSED_ULP = 1.2e-7
 _TORCH_FUSED = {"sgd", "momentum", "adam", "adamw"}
 #: Resharded runs: 2 steps on 2 ranks, then 2 on 1 or 4 ranks, against 4 one-process steps.
-RESHARD_TOL = {"adamw": TORCH_FUSED_ULP, "adafactor": 1e-6, "muon": 0.0, "shampoo": 0.0}
+RESHARD_TOL = {"adamw": TORCH_FUSED_ULP, "adafactor": 1e-6, "muon": 0.0, "shampoo": 0.0, "soap": 0.0}
 
 
 def launch(world: int, scenarios: str, arg: str = "", timeout: float = 240.0) -> dict[int, dict]:
@@ -75,7 +75,7 @@ def launch(world: int, scenarios: str, arg: str = "", timeout: float = 240.0) ->
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[dict[int, dict], str]:
     ckpt = str(tmp_path_factory.mktemp("dcp"))
-    return launch(2, "fsdp,ddp,zero,errors,save,train,zero_muon", ckpt), ckpt
+    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,zero_muon", ckpt), ckpt
 
 
 def _check(entry: dict, label: str, tol: float) -> None:
@@ -115,6 +115,16 @@ def test_errors_are_raised_on_every_rank(two_ranks) -> None:
     assert all(e["clip_norm_error"] < 1e-6 and e["clip_grads_error"] < 1e-6 for e in errs), errs
     outcomes = {res["zero_muon"]["zero_muon"] for res in results.values()}  # ZeRO + Muon on plain params: works, or fails the same everywhere
     assert outcomes == {"ok"} or (len(outcomes) == 1 and "ValueError" in outcomes.pop()), outcomes
+
+
+def test_preconditioners_live_on_one_owner_rank(two_ranks) -> None:
+    results, _ = two_ranks
+    for name in ("shampoo", "soap"):
+        held = [res["owner_state"][name]["here"] for res in results.values()]
+        total = results[0]["owner_state"][name]["one_process"]
+        assert sum(total) > 0
+        assert [sum(c) for c in zip(*held)] == total, (name, held, total)  # each matrix's once, on its owner
+        assert all(0 < sum(h) < sum(total) for h in held), (name, held)  # both ranks own some (balanced by cost)
 
 
 def test_data_parallel_training_logs_once_and_checkpoints(two_ranks) -> None:

@@ -49,7 +49,9 @@ OPTIMIZERS = [
     ("Muon-default", "muon", dict(lr=0.02), 1e-5),
     ("Shampoo", "shampoo", dict(lr=1e-2, update_freq=2), 0.0),
     ("SOAP", "soap", dict(lr=1e-2), 0.0),
-    ("MARS", "mars", dict(lr=1e-2), 0.0),
+    ("SOAP-cautious", "soap", dict(lr=1e-2, cautious=True), 0.0),  # the vectors' mask is global: owner-rank too
+    ("MARS", "mars", dict(lr=1e-2), 1e-6),  # FSDP2: the norm of c_t is reduced over the ranks
+    ("MARS-cautious", "mars", dict(lr=1e-2, cautious=True, weight_decay=0.1), 1e-6),
     ("Prodigy", "prodigy", dict(), 1e-6),  # FSDP2: its d-estimate sums are reduced over the ranks
 ]
 
@@ -214,7 +216,28 @@ def scenario_zero_muon(_: str) -> dict:
 
 
 CHECKPOINTED = [("adamw", dict(lr=1e-2, weight_decay=0.1)), ("adafactor", dict(beta1=0.9)),
-                ("muon", dict(lr=0.02, backend="loop", ns_dtype=torch.float32)), ("shampoo", dict(lr=1e-2))]
+                ("muon", dict(lr=0.02, backend="loop", ns_dtype=torch.float32)), ("shampoo", dict(lr=1e-2, update_freq=2)),
+                ("soap", dict(lr=1e-2, precondition_frequency=2))]
+
+
+def scenario_owner_state(_: str) -> dict:
+    """Shampoo/SOAP under FSDP2: how many preconditioner matrices each parameter's state holds on this rank.
+
+    Each must be held by one rank only (its owner); one process holds them all.
+    """
+    out = {}
+    for name, kwargs in (("shampoo", dict(lr=1e-2)), ("soap", dict(lr=1e-2))):
+        counts = []
+        for wrapped in (True, False):
+            model = fsdp(model_fn()) if wrapped else model_fn()
+            opt = make(name, model, kwargs)
+            for p, g in zip(model.parameters(), full_grads(model, 0)):
+                p.grad = D.shard_like(g, p)
+            opt.step()
+            counts.append([sum(1 for v in opt.state[p].values() if isinstance(v, torch.Tensor) and v.ndim == 2
+                               and not D.is_dtensor(v) and v.shape != p.shape) for p in model.parameters()])
+        out[name] = {"here": counts[0], "one_process": counts[1]}
+    return out
 
 
 def scenario_save(ckpt: str) -> dict:
@@ -271,7 +294,7 @@ def main() -> None:
     imported = round(time.perf_counter() - begin, 1)
     rank = dist.get_rank()
     scenarios = {"fsdp": scenario_optimizers, "ddp": scenario_optimizers, "zero": scenario_optimizers,
-                 "errors": scenario_errors, "train": scenario_train, "zero_muon": scenario_zero_muon, "save": scenario_save, "load": scenario_load}
+                 "errors": scenario_errors, "train": scenario_train, "owner_state": scenario_owner_state, "zero_muon": scenario_zero_muon, "save": scenario_save, "load": scenario_load}
     result = {}
     for name in scenario.split(","):
         start = time.perf_counter()

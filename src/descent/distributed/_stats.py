@@ -1,7 +1,8 @@
 """Whole-tensor statistics of sharded parameters: local partial sums, one collective per bucket.
 
 LAMB's trust ratio needs :math:`\\|\\theta\\|` and :math:`\\|u\\|`, Adafactor its row and
-column means and two RMS values; under FSDP2 each rank holds a slice of every tensor.
+column means and two RMS values, MARS the norm of its corrected gradient :math:`c_t` (and,
+with ``cautious=True``, the count of agreeing signs); under FSDP2 each rank holds a slice of every tensor.
 Each rank computes the sums over its slice for the whole bucket, the sums are
 concatenated and reduced with one ``all_reduce`` (Adafactor needs a second for the RMS of
 its update, which depends on the first), and the step goes on locally. Only the order
@@ -22,7 +23,7 @@ from .. import functional as F
 from ._comm import sum_across
 from ._layout import is_sharded, local, shard_dim, shard_group, shard_rank
 
-__all__ = ["lamb_step", "adafactor_step", "square_sums"]
+__all__ = ["lamb_step", "adafactor_step", "mars_step", "square_sums"]
 
 
 def _counted(p: Tensor) -> bool:
@@ -169,3 +170,39 @@ def _adafactor_apply(hp: dict[str, Any], param: Tensor, update: Tensor, s: dict[
     if hp["weight_decay"] != 0:
         p.mul_(1 - hp["weight_decay"] * alpha)
     p.sub_(update)
+
+
+def mars_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+              overrides: Mapping[str, Any] | None = None) -> None:
+    """MARS on local shards: the norms of :math:`c_t` in one ``all_reduce`` (the cautious counts in a second).
+
+    The rest of :func:`descent.functional.mars` is elementwise and runs on the local rows.
+    """
+    from ..optim._base import advance_steps
+
+    hp = _hyper(opt, group, overrides)
+    states = [opt._state_of(p, group) for p in params]
+    steps = advance_steps([s["step"] for s in states])
+    b1, b2, mesh_group = hp["beta1"], hp["beta2"], shard_group(params[0])
+    gs = [-local(g) if hp["maximize"] else local(g) for g in grads]
+    cs = [(g - local(s["last_grad"])).mul_(hp["gamma"] * b1 / (1 - b1)).add_(g) for g, s in zip(gs, states)]
+    for c, n, s in zip(cs, sum_across(square_sums(cs, params), mesh_group), states):
+        norm = math.sqrt(float(n))
+        if norm > 1.0:
+            c.div_(norm)
+        local(s["exp_avg"]).lerp_(c, 1 - b1)
+        local(s["exp_avg_sq"]).mul_(b2).addcmul_(c, c, value=1 - b2)
+    ms = [local(s["exp_avg"]) for s in states]
+    if hp.get("cautious", False):
+        masks = [(m * g > 0).to(m.dtype) for m, g in zip(ms, gs)]
+        counts = sum_across([mk.sum(dtype=torch.float64) if _counted(p) else torch.zeros((), dtype=torch.float64)
+                             for mk, p in zip(masks, params)], mesh_group)
+        ms = [m * mk * (p.numel() / (float(k) + 1.0)) for m, mk, p, k in zip(ms, masks, params, counts)]
+    for p, g, m, s, t in zip(params, gs, ms, states, steps):
+        lp = local(p)
+        denom = (local(s["exp_avg_sq"]).sqrt() / math.sqrt(1 - b2 ** t)).add_(hp["eps"])
+        update = (m / (1 - b1 ** t)).div_(denom)
+        if hp["weight_decay"] != 0:
+            update.add_(lp, alpha=hp["weight_decay"])
+        lp.add_(update, alpha=-hp["lr"])
+        local(s["last_grad"]).copy_(g)

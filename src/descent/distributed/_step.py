@@ -6,12 +6,16 @@ bucket holds DTensors (FSDP2's ``fully_shard``). It picks how with :func:`mode_o
 * ``"elementwise"``: the optimizer's own ``_update`` on ``to_local()`` tensors and the
   local shards of its state: kernels see dense local storage; the numbers are exactly the
   single-process ones.
-* ``"lamb"``, ``"adafactor"``: the per-tensor statistics are local partial sums, reduced
-  over the mesh with one ``all_reduce`` per bucket (two for Adafactor) (:mod:`._stats`).
+* ``"lamb"``, ``"adafactor"``, ``"mars"``: the per-tensor statistics are local partial sums, reduced
+  over the mesh with one ``all_reduce`` per bucket (two for Adafactor, and for MARS with
+  ``cautious=True``) (:mod:`._stats`).
 * ``"matrix"``: each whole matrix goes to one owner rank (balanced by Newton–Schulz cost),
   which orthogonalizes it; the update returns as shards (:mod:`._owner`).
+* ``"owner"``: Shampoo and SOAP: each whole matrix, and its preconditioners, live on
+  one owner rank, which runs the one-process step on it; parameter and state rows go
+  there and back by all-to-all (:mod:`._precond`).
 * ``"gather"``: every rank gathers the full tensors and runs the one-process step
-  (replicated work; the fallback for Shampoo and for an optimizer with no declaration).
+  (replicated work; the fallback for an optimizer with no declaration).
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from ._layout import check_bucket, is_dtensor, like_param, local, local_slice
 
 __all__ = ["MODES", "MODE_BY_NAME", "mode_of", "step_bucket", "elementwise_step", "gather_step"]
 
-MODES = ("elementwise", "lamb", "adafactor", "matrix", "gather")
+MODES = ("elementwise", "lamb", "adafactor", "mars", "matrix", "owner", "gather")
 
 #: How descent's optimizers (by registry name) step DTensor parameters; any other is stepped with "gather".
 MODE_BY_NAME = {
     **dict.fromkeys(("sgd", "sgd-plain", "momentum", "adam", "adamw", "adagrad", "rmsprop", "lion", "sophiag",
                      "adopt", "ademamix", "schedulefree-sgd", "schedulefree-adamw"), "elementwise"),
     "lamb": "lamb", "adafactor": "adafactor", "muon": "matrix",
-    **dict.fromkeys(("shampoo", "soap", "mars"), "gather"),  # Prodigy steps its local shards in its own step()
+    **dict.fromkeys(("shampoo", "soap"), "owner"), "mars": "mars",  # Prodigy steps its local shards in its own step()
     **dict.fromkeys(("kfac", "lbfgs"), "unsupported"),
 }
 
@@ -100,6 +104,8 @@ def step_bucket(opt: Any, backend: str | Callable[[torch.device, torch.dtype], s
             muon_step(opt, name, group, [params[i] for i in rows], [grads[i] for i in rows], overrides)
         if rest:
             elementwise_step(opt, name, group, [params[i] for i in rest], [grads[i] for i in rest], overrides)
+    elif mode == "owner":
+        _owner_split(opt, name, group, params, grads, overrides)
     elif mode == "elementwise":
         elementwise_step(opt, name, group, params, grads, overrides)
     elif mode == "gather":
@@ -107,9 +113,25 @@ def step_bucket(opt: Any, backend: str | Callable[[torch.device, torch.dtype], s
     elif mode == "lamb":
         from ._stats import lamb_step
         lamb_step(opt, group, params, grads, overrides)
+    elif mode == "mars":
+        from ._stats import mars_step
+        mars_step(opt, group, params, grads, overrides)
     else:
         from ._stats import adafactor_step
         adafactor_step(opt, group, params, grads, overrides)
+
+
+def _owner_split(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 overrides: Mapping[str, Any] | None) -> None:
+    """Shampoo/SOAP: sharded matrices to their owners, sharded vectors elementwise, replicated tensors locally."""
+    from ._layout import is_sharded
+    from ._precond import owner_step, routes_to_owner
+
+    kinds = ["owner" if routes_to_owner(p, group) else "elementwise" if is_sharded(p) else "gather" for p in params]
+    for kind, run in (("owner", owner_step), ("elementwise", elementwise_step), ("gather", gather_step)):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        if idx:
+            run(opt, backend, group, [params[i] for i in idx], [grads[i] for i in idx], overrides)
 
 
 def _write_back(params: list[Tensor], states: list[dict[str, Any]], views: list[dict[str, Any]],
