@@ -29,6 +29,7 @@ from .tools import (EarlyStopping, Finding, Monitor, audit, diagnose, find_lr, r
 
 # --- crash-safe checkpoints (descent.checkpoint.save / load) -------------------------
 from . import checkpoint  # noqa: E402
+from .offload import CPUOffloadOptimizer  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -88,6 +89,7 @@ __all__ = [
     "Finding",
     # checkpoints
     "checkpoint",
+    "CPUOffloadOptimizer",
 ]
 
 from . import optim as _optim  # noqa: E402
