@@ -49,29 +49,33 @@ def _hyper(opt: Any, group: dict[str, Any], overrides: Mapping[str, Any] | None)
 
 def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
               overrides: Mapping[str, Any] | None = None) -> None:
-    """LAMB on local shards with the two norms of every tensor reduced in one ``all_reduce``."""
+    """LAMB on local shards (multi-tensor ops) with the two norms of every tensor reduced in one ``all_reduce``."""
     from ..optim._base import advance_steps
 
     hp = _hyper(opt, group, overrides)
     states = [opt._state_of(p, group) for p in params]
-    b1, b2 = hp["beta1"], hp["beta2"]
+    b1, b2, eps, wd = float(hp["beta1"]), float(hp["beta2"]), float(hp["eps"]), float(hp["weight_decay"])
     steps = advance_steps([s["step"] for s in states])
-    dirs, ps = [], [local(p) for p in params]
-    for p, g, s, t in zip(ps, (local(g) for g in grads), states, steps):
-        m, v = local(s["exp_avg"]), local(s["exp_avg_sq"])
-        if hp["maximize"]:
-            g = -g
-        m.mul_(b1).add_(g * (1 - b1))
-        v.mul_(b2).add_(g * g * (1 - b2))
-        dirs.append(F.lamb_direction(p, m, v, step=t, beta1=b1, beta2=b2, eps=hp["eps"],
-                                     weight_decay=hp["weight_decay"], bias_correction=hp["bias_correction"]))
-    sums = sum_across(square_sums(ps, params) + square_sums(dirs, params), shard_group(params[0]))
-    lr = float(hp["lr"])
-    for k, (p, u) in enumerate(zip(ps, dirs)):
-        w_norm = sums[k].sqrt().to(p.dtype)
-        u_norm = sums[len(ps) + k].sqrt().to(p.dtype)
-        ratio = F.trust_ratio(w_norm, u_norm, hp["clamp_value"])
-        p.sub_(u * (ratio * lr))
+    ps, gs = [local(p) for p in params], [local(g) for g in grads]
+    ms, vs = [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states]
+    if hp["maximize"]:
+        gs = torch._foreach_neg(gs)
+    torch._foreach_lerp_(ms, gs, 1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+    bias = hp["bias_correction"]
+    dirs = torch._foreach_div(ms, [1 - b1 ** t if bias else 1.0 for t in steps])
+    den = torch._foreach_div(vs, [1 - b2 ** t if bias else 1.0 for t in steps])
+    torch._foreach_sqrt_(den)
+    torch._foreach_add_(den, eps)
+    torch._foreach_div_(dirs, den)
+    if wd != 0:
+        torch._foreach_add_(dirs, ps, alpha=wd)
+    sums = torch.stack(sum_across(square_sums(ps, params) + square_sums(dirs, params), shard_group(params[0])))
+    norms = sums.sqrt().to(ps[0].dtype)
+    ratio = F.trust_ratio(norms[: len(ps)], norms[len(ps):], hp["clamp_value"]) * -float(hp["lr"])
+    torch._foreach_mul_(dirs, ratio.unbind())
+    torch._foreach_add_(ps, dirs)
 
 
 def _embed(part: Tensor, full_shape: torch.Size, dim: int | None, start: int) -> Tensor:
@@ -101,42 +105,50 @@ def _factored_partials(p: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
             _embed(col, p.shape[:-2] + (1, m), col_dim, start))
 
 
+def _factored(s: dict[str, Any]) -> bool:
+    return s.get("row_var") is not None and s.get("col_var") is not None
+
+
 def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                    overrides: Mapping[str, Any] | None = None) -> None:
-    """Adafactor on local shards: row/column means and RMS values reduced over the mesh (two ``all_reduce``)."""
+    """Adafactor on local shards: row/column means and RMS values reduced over the mesh (two ``all_reduce``).
+
+    The elementwise parts are multi-tensor ops over the bucket; the row/column means are
+    one reduction per factored tensor (as :func:`descent.kernels.foreach.adafactor`).
+    """
     from ..optim._base import advance_steps
 
     hp = _hyper(opt, group, overrides)
     states = [opt._state_of(p, group) for p in params]
     opt.declaration.ensure_optional(group, params, states)  # exp_avg when beta1 was switched on mid-run
     steps = advance_steps([s["step"] for s in states])
-    eps1, eps2 = hp["eps1"], hp["eps2"]
+    beta2 = [1.0 - t ** hp["decay_rate"] for t in steps]
     mesh_group = shard_group(params[0])
-    gs = [-local(g) if hp["maximize"] else local(g) for g in grads]
-    g2s = [g * g + eps1 for g in gs]
-    partials: list[Tensor] = []
-    for p, g2, s in zip(params, g2s, states):
-        if s.get("row_var") is not None and s.get("col_var") is not None:
-            partials.extend(_factored_partials(p, g2))
+    gs = [local(g) for g in grads]
+    gs = torch._foreach_neg(gs) if hp["maximize"] else gs
+    g2s = torch._foreach_mul(gs, gs)
+    torch._foreach_add_(g2s, float(hp["eps1"]))
+    fac = [i for i, s in enumerate(states) if _factored(s)]
+    vec = [i for i in range(len(params)) if i not in set(fac)]
+    partials = [t for i in fac for t in _factored_partials(params[i], g2s[i])]
     first = sum_across(partials + square_sums(params, params), mesh_group)
-    means, p_sq = iter(first[:len(partials)]), first[len(partials):]
-    updates = []
-    for p, g, g2, s, t in zip(params, gs, g2s, states, steps):
-        beta2 = 1.0 - t ** hp["decay_rate"]
-        if s.get("row_var") is not None and s.get("col_var") is not None:
-            row, col = local(s["row_var"]), local(s["col_var"])  # replicated: the full statistics
-            row.mul_(beta2).add_(next(means).to(row.dtype) * (1 - beta2))
-            col.mul_(beta2).add_(next(means).to(col.dtype) * (1 - beta2))
-            r = row / row.mean(dim=-2, keepdim=True)
-            updates.append(g * _rows(r, p).rsqrt() * _cols(col, p).rsqrt())
-        else:
-            var = local(s["variance"])
-            var.mul_(beta2).add_(g2 * (1 - beta2))
-            updates.append(g * var.rsqrt())
-    u_sq = sum_across(square_sums(updates, params), mesh_group)
-    for p, u, s, t, us, ps in zip(params, updates, states, steps, u_sq, p_sq):
-        n = max(p.numel(), 1)
-        _adafactor_apply(hp, p, u, s, t, math.sqrt(float(us) / n), math.sqrt(float(ps) / n), eps2)
+    updates: list[Tensor] = [gs[0]] * len(params)
+    for k, i in enumerate(fac):
+        p, s, b = params[i], states[i], beta2[i]
+        row, col = local(s["row_var"]), local(s["col_var"])  # replicated: the full statistics
+        row.mul_(b).add_(first[2 * k].to(row.dtype) * (1 - b))
+        col.mul_(b).add_(first[2 * k + 1].to(col.dtype) * (1 - b))
+        r = row / row.mean(dim=-2, keepdim=True)
+        updates[i] = gs[i] * _rows(r, p).rsqrt() * _cols(col, p).rsqrt()
+    if vec:
+        var = [local(states[i]["variance"]) for i in vec]
+        torch._foreach_mul_(var, [beta2[i] for i in vec])
+        torch._foreach_add_(var, torch._foreach_mul([g2s[i] for i in vec], [1 - beta2[i] for i in vec]))
+        for i, u in zip(vec, torch._foreach_mul([gs[i] for i in vec], torch._foreach_rsqrt(var))):
+            updates[i] = u
+    u_sq = torch.stack(sum_across(square_sums(updates, params), mesh_group))
+    p_sq = torch.stack(first[len(partials):])
+    _adafactor_apply(hp, params, updates, states, steps, u_sq, p_sq)
 
 
 def _rows(r: Tensor, p: Tensor) -> Tensor:
@@ -155,21 +167,27 @@ def _cols(c: Tensor, p: Tensor) -> Tensor:
     return c if dim in (None, p.ndim - 2) else c.narrow(dim, *local_range(p))
 
 
-def _adafactor_apply(hp: dict[str, Any], param: Tensor, update: Tensor, s: dict[str, Any], step: int,
-                     rms_u: float, rms_p: float, eps2: float) -> None:
-    """Clip, scale, momentum, decay and apply, as :func:`descent.functional.adafactor` (given the RMS values)."""
-    p = local(param)
-    lr = F.adafactor_lr(step, hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"])
-    update.div_(max(1.0, rms_u / hp["clip_threshold"]))
-    alpha = lr * max(eps2, rms_p) if hp["scale_parameter"] else lr
-    update.mul_(alpha)
+def _adafactor_apply(hp: dict[str, Any], params: list[Tensor], updates: list[Tensor], states: list[dict[str, Any]],
+                     steps: list[int], u_sq: Tensor, p_sq: Tensor) -> None:
+    """Clip, scale, momentum, decay and apply, as :func:`descent.functional.adafactor` (given the sums of squares)."""
+    ps = [local(p) for p in params]
+    n = torch.tensor([max(p.numel(), 1) for p in params], dtype=torch.float64)
+    rms_u, rms_p = (u_sq / n).sqrt(), (p_sq / n).sqrt()
+    lr = torch.tensor([F.adafactor_lr(t, hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"])
+                       for t in steps], dtype=torch.float64)
+    alpha = lr * rms_p.clamp(min=float(hp["eps2"])) if hp["scale_parameter"] else lr
+    scale = alpha / (rms_u / float(hp["clip_threshold"])).clamp(min=1.0)
+    torch._foreach_mul_(updates, scale.to(ps[0].dtype).unbind())
     if hp["beta1"] is not None:
-        m = local(s["exp_avg"])
-        m.mul_(hp["beta1"]).add_(update * (1 - hp["beta1"]))
-        update = m
-    if hp["weight_decay"] != 0:
-        p.mul_(1 - hp["weight_decay"] * alpha)
-    p.sub_(update)
+        b1 = float(hp["beta1"])
+        ms = [local(s["exp_avg"]) for s in states]
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, torch._foreach_mul(updates, 1 - b1))
+        updates = ms
+    wd = float(hp["weight_decay"])
+    if wd != 0:
+        torch._foreach_mul_(ps, (1 - wd * alpha).to(ps[0].dtype).unbind())
+    torch._foreach_sub_(ps, updates)
 
 
 def mars_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
