@@ -113,7 +113,7 @@ SPECS: list[OptimizerSpec] = [
             ({"betas": (-0.1, 0.99)}, "Invalid beta1: -0.1"),
             ({"eps": -1e-8}, "Invalid eps: -1e-08"),
             ({"weight_decay": -0.1}, "Invalid weight_decay: -0.1"),
-            ({"capturable": True}, "Invalid capturable"),
+            ({"capturable": True, "state_bits": 8}, "Invalid capturable=True with state_bits=8"),
         ],
     ),
     OptimizerSpec(

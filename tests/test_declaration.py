@@ -135,9 +135,9 @@ def test_grad_scaler_scale_reaches_the_fused_kernel(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(launch, "adam_fused", spy)
-    from descent.optim import _base, _spec
+    from descent.optim import _run, _spec
 
-    monkeypatch.setattr(_base, "_CHECKED", {})  # launchers are resolved once and cached
+    monkeypatch.setattr(_run, "_CHECKED", {})  # launchers are resolved once and cached
     monkeypatch.setattr(_spec, "_RESOLVED", {})
     m = torch.nn.Linear(4, 2)
     opt, scaler = descent.AdamW(m.parameters()), torch.amp.GradScaler("cpu", init_scale=16.0)

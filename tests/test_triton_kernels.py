@@ -335,9 +335,11 @@ def test_bad_buckets_are_refused():
 @interp
 def test_launchers_take_the_functionals_hyperparameters():
     """The launcher convention: state lists named by state key, then the functional's keywords
-    (but ``cautious``: a cautious group runs the functional, no kernel masks)."""
+    (but ``cautious``: a cautious group runs the functional, no kernel masks), and ``capturable``."""
     def keywords(fn):
-        return {n for n, q in inspect.signature(fn).parameters.items() if q.kind is q.KEYWORD_ONLY} - {"cautious"}
+        names = {n for n, q in inspect.signature(fn).parameters.items() if q.kind is q.KEYWORD_ONLY}
+        assert fn is F.__dict__.get(fn.__name__) or "capturable" in names, fn
+        return names - {"cautious", "capturable"}
 
     assert keywords(KE.lion) == keywords(F.lion)
     assert keywords(KE.sophia) == keywords(F.sophia)
@@ -368,7 +370,8 @@ def test_launchers_fit_the_optimizers_declarations():
                              (descent.Adafactor, "adafactor", "int")):
         opt = cls([torch.nn.Parameter(torch.zeros(3, 2))])
         hyper = cls.declaration.hyper(opt.param_groups[0])
-        Kernel(f"descent.kernels.triton:{name}", KT.supports, steps=steps).check(cls.declaration, hyper)
+        Kernel(f"descent.kernels.triton:{name}", KT.supports, steps=steps, capturable=True).check(cls.declaration,
+                                                                                                   hyper)
 
 
 # ------------------------------------------------------------------ real GPU (compiled kernels)

@@ -138,13 +138,16 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
 
 # ------------------------------------------------------------------ torch's kernels
 def _adam(fused: bool, params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
-          max_exp_avg_sq: Maybe, steps: Tensors, **hp) -> None:
-    if fused or not torch.compiler.is_compiling():
+          max_exp_avg_sq: Maybe, steps: Tensors, capturable: bool = False, **hp) -> None:
+    # torch's fused kernels read the steps and a tensor lr on the device (graph-safe as they are); its
+    # foreach path needs capturable=True for that, which it refuses on CPU (where nothing is captured)
+    on_device = capturable and params[0].device.type != "cpu"
+    if fused or not (torch.compiler.is_compiling() or on_device):
         _torch_adam.adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq if hp["amsgrad"] else [], steps,
                          foreach=not fused, fused=fused, **hp)
         return
-    # inside torch.compile: torch's capturable formulas (bias corrections as tensor ops) trace on any
-    # device; they take beta ** step in the step's dtype, so the steps go in as float64 (1 - 0.999 ** 1
+    # capturable, or inside torch.compile: torch's capturable formulas (bias corrections as tensor ops,
+    # traced on any device); they take beta ** step in the step's dtype, so the steps go in as float64 (1 - 0.999 ** 1
     # in float32 is off by 6e-5) and come back as float32 (torch's layout)
     wide = torch.float32 if params[0].device.type == "mps" else torch.float64
     steps64 = [s.to(wide) for s in steps]
@@ -163,20 +166,21 @@ def _scale_args(grad_scale: Tensor | None, found_inf: Tensor | None, device: tor
 def adam_fused(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, max_exp_avg_sq: Maybe, *,
                steps: Tensors, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                amsgrad: bool, maximize: bool, decoupled_weight_decay: bool, grad_scale: Tensor | None = None,
-               found_inf: Tensor | None = None) -> None:
+               found_inf: Tensor | None = None, capturable: bool = False) -> None:
     """torch's fused Adam/AdamW kernel (``torch.optim.adam.adam(fused=True)``); unscales the gradients
-    itself when ``GradScaler`` passes its scale."""
-    _adam(True, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, lr=lr, beta1=beta1, beta2=beta2,
-          eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+    itself when ``GradScaler`` passes its scale. It reads the steps (and a tensor ``lr``) on the
+    device, so it is capturable as it is."""
+    _adam(True, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, capturable, lr=lr, beta1=beta1,
+          beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
           decoupled_weight_decay=decoupled_weight_decay, **_scale_args(grad_scale, found_inf, params[0].device))
 
 
 def adam_foreach(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors, max_exp_avg_sq: Maybe, *,
                  steps: Tensors, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                 amsgrad: bool, maximize: bool, decoupled_weight_decay: bool) -> None:
-    """torch's multi-tensor (foreach) Adam/AdamW."""
-    _adam(False, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, lr=lr, beta1=beta1, beta2=beta2,
-          eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                 amsgrad: bool, maximize: bool, decoupled_weight_decay: bool, capturable: bool = False) -> None:
+    """torch's multi-tensor (foreach) Adam/AdamW (its capturable formulas with ``capturable`` on a GPU)."""
+    _adam(False, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, capturable, lr=lr, beta1=beta1,
+          beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
           decoupled_weight_decay=decoupled_weight_decay)
 
 
@@ -215,8 +219,9 @@ def sgd_foreach(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: 
 
 def sgd_fused(params: Tensors, grads: Tensors, momentum_buffer: Maybe, *, lr: float, momentum: float,
               dampening: float, weight_decay: float, nesterov: bool, maximize: bool, grad_scale: Tensor | None = None,
-              found_inf: Tensor | None = None) -> None:
-    """torch's fused SGD kernel; fills ``momentum_buffer`` in place of its ``None`` entries.
+              found_inf: Tensor | None = None, capturable: bool = False) -> None:  # noqa: ARG001
+    """torch's fused SGD kernel; fills ``momentum_buffer`` in place of its ``None`` entries. It reads a
+    tensor ``lr`` on the device, so it is capturable as it is.
 
     torch's ``fused=True`` gives garbage buffers to a parameter whose first gradient comes
     after the others' (it treats the whole bucket as first or not): here the parameters

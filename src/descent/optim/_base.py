@@ -11,7 +11,8 @@ lazy state with torch's key names (and the state of options switched on mid-run)
 counters, grouping by device and dtype, complex parameters (as real views, as torch
 does), the closure, ``@torch.no_grad()``, the backend choice
 (:func:`descent.optim._backend.select_backend`), "kernel for the tensors it can take,
-functional for the rest", and the optional NaN-safe step (``skip_nonfinite``). Matrix
+functional for the rest" (:func:`descent.optim._run.run_declaration`, which also keeps a
+``capturable=True`` group's step free of host syncs), and the optional NaN-safe step (``skip_nonfinite``). Matrix
 optimizers that need more than one tensor at a time override :meth:`Optimizer._update`
 (Shampoo, Muon) or transform the gradients first (:meth:`Optimizer._precondition`, K-FAC)
 and still run through this loop.
@@ -36,15 +37,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .. import kernels as K
 from ..stability.nonfinite import find_nonfinite, param_label, record_skip
 from ._backend import Support, floating, resolve_request, select_backend
 from ._compile import _COMPILE_READY, _NEXT_STEP, _prepare_compile, _wants_step_ints, compile_backend
+from ._run import advance_steps, run_declaration
 from ._spec import Declaration
 from ..distributed._layout import any_dtensor
 from ..distributed._step import step_bucket
 
-__all__ = ["Optimizer", "advance_steps", "step_tensor", "param_label"]
+__all__ = ["Optimizer", "advance_steps", "run_declaration", "step_tensor", "param_label"]
 
 Work = list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[int]]]
 
@@ -54,12 +55,6 @@ log = logging.getLogger("descent.optim")
 def step_tensor(p: Tensor) -> Tensor:
     """A fresh step counter: a float32 scalar on the parameter's device (torch's fused layout)."""
     return torch.zeros((), dtype=torch.float32, device=p.device)
-
-
-def advance_steps(steps: list[Tensor]) -> list[int]:
-    """Add 1 to every step counter of a bucket (one multi-tensor op) and return the new values."""
-    torch._foreach_add_(steps, 1.0)
-    return [int(v) for v in torch.stack(steps).tolist()]
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -130,6 +125,7 @@ class Optimizer(torch.optim.Optimizer):
         try:
             resolve_request(group.get("backend"), group.get("foreach"), group.get("fused"))
             self._check_group(group)
+            _check_capturable(type(self).__name__, group)
         except ValueError:
             self.param_groups.pop()
             raise
@@ -361,104 +357,18 @@ class Optimizer(torch.optim.Optimizer):
         return found
 
 
+def _check_capturable(owner: str, group: dict[str, Any]) -> None:
+    """Raise for options a ``capturable=True`` group cannot keep free of host syncs."""
+    if not group.get("capturable"):
+        return
+    for key, off in (("state_bits", 32), ("cautious", False), ("skip_nonfinite", False), ("differentiable", False)):
+        if group.get(key, off) != off:
+            raise ValueError(f"Invalid capturable=True with {key}={group[key]!r}: descent.{owner} cannot step that "
+                             f"without reading the device from the host (use {key}={off!r})")
+
+
 def reject_unsupported(owner: str, **flags: bool) -> None:
     """Raise for torch flags descent does not implement (``capturable``, ``differentiable``)."""
     for name, value in flags.items():
         if value:
             raise ValueError(f"Invalid {name}: True is not supported by descent.{owner} (use torch.optim.{owner})")
-
-
-def run_declaration(decl: Declaration, backend: str, group: dict[str, Any], params: list[Tensor],
-                    grads: list[Tensor], states: list[dict[str, Any]],
-                    overrides: Mapping[str, Any] | None = None, grad_scale: Tensor | None = None) -> None:
-    """One bucket of ``decl``'s optimizer on ``backend``: its kernel for the tensors it can
-    take (dense, contiguous, non-empty), the functional for the rest.
-
-    Also used for a part of another optimizer (Muon's auxiliary AdamW).
-    """
-    decl.ensure_optional(group, params, states)
-    hp = decl.hyper(group)
-    if overrides:
-        hp.update((k, v) for k, v in overrides.items() if v is not None)
-    cols = [[s.get(k) for s in states] for k in decl.columns]
-    # no kernel implements cautious masking: such a group runs the functional
-    kernel = None
-    if params and not group.get("cautious"):
-        kernel = decl.kernel_for(backend, params[0].device, params[0].dtype)
-    ints: list[int] | None = None
-    if kernel is not None:
-        if kernel.dense_only:
-            fast, rest = K.partition(params, grads, *cols)
-        else:
-            fast, rest = list(range(len(params))), []
-        if fast:
-            step_tensors = [states[i]["step"] for i in fast] if decl.steps else None
-            kw: dict[str, Any] = {k: K.take(c, fast) for k, c in zip(decl.columns, cols)}
-            if kernel.steps == "tensor":
-                kw["steps"] = step_tensors
-            elif kernel.steps == "int":
-                kw["steps"] = _advanced_ints(states, fast) if step_tensors is not None else None
-            elif step_tensors is not None:
-                torch._foreach_add_(step_tensors, 1.0)
-            if kernel.amp:
-                kw["grad_scale"] = grad_scale
-                kw["found_inf"] = None if grad_scale is None else torch.zeros_like(grad_scale)
-            elif grad_scale is not None:
-                grads = _unscaled(grads, fast, grad_scale)
-            _launch(decl, kernel, hp)(params=K.take(params, fast), grads=K.take(grads, fast), **kw, **hp)
-            if decl.loop_returns is not None:  # lazily created state (SGD's momentum_buffer)
-                for j, i in enumerate(fast):
-                    if kw[decl.loop_returns][j] is not None:
-                        states[i][decl.loop_returns] = kw[decl.loop_returns][j]
-    else:
-        rest = list(range(len(params)))
-    if not rest:
-        return
-    if grad_scale is not None:
-        grads = _unscaled(grads, rest, grad_scale)
-    if decl.steps:
-        ints = _advanced_ints(states, rest) if decl.step_arg else None
-        if not decl.step_arg:
-            torch._foreach_add_([states[i]["step"] for i in rest], 1.0)
-    for k, i in enumerate(rest):
-        extra = {"step": ints[k]} if ints is not None and decl.step_arg else {}
-        out = decl.functional(params[i], grads[i], *(c[i] for c in cols), **extra, **hp)
-        if decl.loop_returns is not None and out is not None:
-            states[i][decl.loop_returns] = out
-
-
-def _advanced_ints(states: list[dict[str, Any]], positions: list[int]) -> list[int]:
-    """Add 1 to the step counters at ``positions`` and return their new values as ints.
-
-    Inside ``torch.compile`` the values come from :func:`_prepare_compile` (read from the
-    state as Python ints, which dynamo turns into symbolic ints after their first change)
-    instead of a ``.tolist()`` that would break the graph.
-    """
-    steps = [states[i]["step"] for i in positions]
-    if torch.compiler.is_compiling() and all(_NEXT_STEP in states[i] for i in positions):
-        torch._foreach_add_(steps, 1.0)
-        return [states[i][_NEXT_STEP] for i in positions]
-    return advance_steps(steps)
-
-
-def _unscaled(grads: list[Tensor], positions: list[int], grad_scale: Tensor) -> list[Tensor]:
-    """``grads`` with the entries at ``positions`` divided by ``GradScaler``'s scale (new tensors)."""
-    out = list(grads)
-    for i, g in zip(positions, torch._foreach_div([grads[i] for i in positions], grad_scale.to(grads[0].device))):
-        out[i] = g
-    return out
-
-
-_CHECKED: dict[tuple, Callable[..., None]] = {}
-
-
-def _launch(decl: Declaration, kernel: Any, hp: Mapping[str, Any]) -> Callable[..., None]:
-    """The kernel's launcher, its signature checked against the declaration on first use."""
-    if torch.compiler.is_compiling():  # dynamo cannot hash the key; the eager path checks it
-        return kernel.resolve()
-    key = (kernel, decl.columns, frozenset(hp))
-    fn = _CHECKED.get(key)
-    if fn is None:
-        kernel.check(decl, hp)
-        fn = _CHECKED[key] = kernel.resolve()
-    return fn

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ._backend import Support, floating
 
-__all__ = ["Kernel", "Meta", "Declaration", "zeros", "cautious_flag", "TASK_KINDS"]
+__all__ = ["Kernel", "Meta", "Declaration", "zeros", "cautious_flag", "scalar", "TASK_KINDS"]
 
 #: Kinds of task a default learning rate is declared for.
 TASK_KINDS = ("classification", "language", "convex", "function")
@@ -53,6 +53,14 @@ _RESOLVED: dict[str, Callable[..., None]] = {}
 def zeros(p: Tensor, group: Mapping[str, Any]) -> Tensor:  # noqa: ARG001 - state factory signature
     """A state tensor of zeros shaped and laid out like ``p``."""
     return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def scalar(group: Mapping[str, Any], value: Any) -> Any:
+    """A hyperparameter as the functional and the kernels take it: ``float(value)``, except a
+    tensor in a ``capturable`` group, which stays a device tensor (reading it would sync the host)."""
+    if isinstance(value, Tensor) and group.get("capturable"):
+        return value
+    return float(value)
 
 
 def cautious_flag(group: Mapping[str, Any]) -> dict[str, bool]:
@@ -75,6 +83,11 @@ class Kernel:
             (:func:`descent.kernels.kernel_ok`); the rest run the functional.
         amp: the launcher takes ``grad_scale`` and ``found_inf`` (``GradScaler``'s protocol:
             it unscales the gradients inside the kernel instead of in a separate pass).
+        capturable: the launcher takes ``capturable``; with ``capturable=True`` it receives the
+            step counters as device tensors (already advanced, whatever ``steps`` says) and
+            hyperparameters that may be 0-d device tensors, and makes no host sync, so a step
+            can be captured in a CUDA graph. A capturable group runs such a kernel where one
+            is bound to its backend.
     """
 
     launcher: str
@@ -82,6 +95,7 @@ class Kernel:
     steps: str | None = "int"
     dense_only: bool = True
     amp: bool = False
+    capturable: bool = False
 
     def resolve(self) -> Callable[..., None]:
         fn = _RESOLVED.get(self.launcher)  # a plain dict read: torch.compile traces it without a break
@@ -100,6 +114,8 @@ class Kernel:
             expected.add("steps")
         if self.amp:
             expected |= {"grad_scale", "found_inf"}
+        if self.capturable:
+            expected.add("capturable")
         got = set(params)
         if got != expected:
             raise TypeError(f"kernel {self.launcher}: arguments {sorted(got)} do not match the declaration's "
@@ -178,13 +194,15 @@ class Declaration:
             out[name] = lambda device, dtype, _n=name: self.kernel_for(_n, device, dtype) is not None
         return out
 
-    def kernel_for(self, backend: str, device: torch.device, dtype: torch.dtype) -> Kernel | None:
-        """The first kernel bound to ``backend`` that runs this device and dtype (None: the functional)."""
+    def kernel_for(self, backend: str, device: torch.device, dtype: torch.dtype,
+                   capturable: bool = False) -> Kernel | None:
+        """The first kernel bound to ``backend`` that runs this device and dtype (None: the functional);
+        with ``capturable``, the first capturable one if there is one."""
         bound = self.kernels.get(backend)
-        for kernel in (bound,) if isinstance(bound, Kernel) else (bound or ()):
-            if kernel.supports(device, dtype):
-                return kernel
-        return None
+        kernels = [k for k in ((bound,) if isinstance(bound, Kernel) else (bound or ())) if k.supports(device, dtype)]
+        if capturable:
+            kernels.sort(key=lambda k: not k.capturable)  # stable: the declared order otherwise
+        return kernels[0] if kernels else None
 
     def init_state(self, p: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
         """The lazy state of one parameter for this group's options."""

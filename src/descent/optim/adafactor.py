@@ -72,6 +72,9 @@ class Adafactor(Optimizer):
         relative_step: use :math:`\rho_t` instead of ``lr``.
         warmup_init: linear warmup of :math:`\rho_t` (needs ``relative_step``).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        capturable: step counters and a tensor ``lr`` stay on the device and the step makes no
+            host sync (the Triton kernel, on CUDA), so ``torch.cuda.graph`` can capture it
+            (:mod:`descent.optim._run`).
 
     References:
         Shazeer & Stern (2018), "Adafactor: Adaptive Learning Rates with Sublinear
@@ -100,7 +103,7 @@ class Adafactor(Optimizer):
         optional={"exp_avg": lambda g: g["beta1"] is not None},
         steps=True,
         kernels={"fused": (Kernel("descent.kernels.launch:adafactor", K.numba_cpu),
-                           Kernel("descent.kernels.triton:adafactor", KT.supports)),
+                           Kernel("descent.kernels.triton:adafactor", KT.supports, capturable=True)),
                  "foreach": Kernel("descent.kernels.foreach:adafactor", floating)},
         meta=Meta("adafactor", adaptive=True, state_bytes=0.03, paper="Shazeer & Stern (2018), arXiv:1804.04235",
                   lr={"classification": 1e-2, "language": 1e-2, "convex": 0.01, "function": 0.05}),
@@ -124,11 +127,12 @@ class Adafactor(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, eps=eps, clip_threshold=clip_threshold, decay_rate=decay_rate, beta1=beta1,
                         weight_decay=weight_decay, scale_parameter=scale_parameter, relative_step=relative_step,
                         warmup_init=warmup_init, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite)
+                        backend=backend, skip_nonfinite=skip_nonfinite, capturable=capturable)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -11,8 +11,8 @@ from torch import Tensor
 from .. import functional as F
 from ._validate import check_betas, check_nonneg
 from ._backend import floating, torch_fused
-from ._base import Optimizer, reject_unsupported
-from ._spec import Declaration, Kernel, Meta, zeros, cautious_flag
+from ._base import Optimizer
+from ._spec import Declaration, Kernel, Meta, zeros, cautious_flag, scalar
 from ..lowbit.optim import LowBitMixin
 
 
@@ -37,6 +37,9 @@ class Adam(LowBitMixin, Optimizer):
         weight_decay: :math:`\lambda` (default 0).
         amsgrad: use the running maximum of :math:`v_t`.
         maximize, foreach, fused, backend, skip_nonfinite, cautious: see :class:`descent.SGD`.
+        capturable: step counters and a tensor ``lr`` stay on the device and the step makes no
+            host sync (torch's fused kernel, or its capturable foreach formulas), so
+            ``torch.cuda.graph`` can capture it (see :mod:`descent.optim._run`).
         decoupled_weight_decay: decay the weights directly (AdamW).
         state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit AdamW state:
@@ -58,15 +61,16 @@ class Adam(LowBitMixin, Optimizer):
 
     declaration = Declaration(
         functional=F.adam,
-        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
+        hyper=lambda g: dict(lr=scalar(g, g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
                              weight_decay=g["weight_decay"], amsgrad=g["amsgrad"], maximize=g["maximize"],
                              decoupled_weight_decay=bool(g["decoupled_weight_decay"]), **cautious_flag(g)),
         columns=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros, "max_exp_avg_sq": zeros},
         optional={"max_exp_avg_sq": lambda g: bool(g["amsgrad"])},
         steps=True,
-        kernels={"fused": Kernel("descent.kernels.launch:adam_fused", torch_fused, steps="tensor", amp=True),
-                 "foreach": Kernel("descent.kernels.launch:adam_foreach", floating, steps="tensor")},
+        kernels={"fused": Kernel("descent.kernels.launch:adam_fused", torch_fused, steps="tensor", amp=True,
+                                 capturable=True),
+                 "foreach": Kernel("descent.kernels.launch:adam_foreach", floating, steps="tensor", capturable=True)},
         meta=Meta("adam", adaptive=True, state_bytes=8.0, paper="Kingma & Ba (2015), arXiv:1412.6980",
                   lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),
     )
@@ -93,13 +97,13 @@ class Adam(LowBitMixin, Optimizer):
         state_bits: int = 32,
         stochastic_rounding: bool = False,
     ) -> None:
-        reject_unsupported(type(self).__name__, capturable=capturable)
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend, differentiable=differentiable,
-                        decoupled_weight_decay=decoupled_weight_decay, skip_nonfinite=skip_nonfinite, cautious=cautious,
-                        state_bits=state_bits, stochastic_rounding=stochastic_rounding)
+                        capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
+                        skip_nonfinite=skip_nonfinite, cautious=cautious, state_bits=state_bits,
+                        stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
-from ._spec import Declaration, Kernel, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, scalar, zeros
 
 
 class LAMB(Optimizer):
@@ -53,6 +53,9 @@ class LAMB(Optimizer):
         clamp_value: upper clip of :math:`\|\theta\|` in the ratio, or None (default).
         bias_correction: divide the moments by :math:`1-\beta^t` (default True).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
+            on the device and the step makes no host sync (the Triton kernel, on CUDA), so
+            ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
 
     References:
         You et al. (2020), "Large Batch Optimization for Deep Learning: Training BERT
@@ -67,14 +70,14 @@ class LAMB(Optimizer):
 
     declaration = Declaration(
         functional=F.lamb,
-        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
-                             weight_decay=g["weight_decay"], clamp_value=g["clamp_value"],
+        hyper=lambda g: dict(lr=scalar(g, g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
+                             weight_decay=scalar(g, g["weight_decay"]), clamp_value=g["clamp_value"],
                              bias_correction=g["bias_correction"], maximize=g["maximize"]),
         columns=("exp_avg", "exp_avg_sq"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros},
         steps=True,
         kernels={"fused": (Kernel("descent.kernels.launch:lamb", K.numba_cpu),
-                           Kernel("descent.kernels.triton:lamb", KT.supports)),
+                           Kernel("descent.kernels.triton:lamb", KT.supports, capturable=True)),
                  "foreach": Kernel("descent.kernels.foreach:lamb", floating)},
         meta=Meta("lamb", adaptive=True, state_bytes=8.0, paper="You et al. (2020), arXiv:1904.00962",
                   lr={"classification": 1e-2, "language": 1e-2, "convex": 0.01, "function": 0.05},
@@ -96,10 +99,11 @@ class LAMB(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clamp_value=clamp_value,
                         bias_correction=bias_correction, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite)
+                        backend=backend, skip_nonfinite=skip_nonfinite, capturable=capturable)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_betas, check_nonneg
 from ._base import Optimizer
-from ._spec import Declaration, Kernel, Meta, zeros, cautious_flag
+from ._spec import Declaration, Kernel, Meta, zeros, cautious_flag, scalar
 from ..lowbit.optim import LowBitMixin
 
 
@@ -45,6 +45,9 @@ class Lion(LowBitMixin, Optimizer):
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit Lion state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
         stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
+        capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
+            on the device and the step makes no host sync (the Triton kernel, on CUDA), so
+            ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
 
     References:
         Chen et al. (2023), "Symbolic Discovery of Optimization Algorithms", Algorithm 2.
@@ -60,12 +63,12 @@ class Lion(LowBitMixin, Optimizer):
 
     declaration = Declaration(
         functional=F.lion,
-        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1],
-                             weight_decay=float(g["weight_decay"]), maximize=bool(g["maximize"]), **cautious_flag(g)),
+        hyper=lambda g: dict(lr=scalar(g, g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1],
+                             weight_decay=scalar(g, g["weight_decay"]), maximize=bool(g["maximize"]), **cautious_flag(g)),
         columns=("exp_avg",),
         state={"exp_avg": zeros},
         kernels={"fused": (Kernel("descent.kernels.launch:lion", K.numba_cpu, steps=None),
-                           Kernel("descent.kernels.triton:lion", KT.supports, steps=None)),
+                           Kernel("descent.kernels.triton:lion", KT.supports, steps=None, capturable=True)),
                  "foreach": Kernel("descent.kernels.foreach:lion", floating, steps=None)},
         meta=Meta("lion", adaptive=True, state_bytes=4.0, paper="Chen et al. (2023), arXiv:2302.06675",
                   lr={"classification": 1e-3, "language": 3e-4, "convex": 1e-3, "function": 1e-2},
@@ -87,9 +90,11 @@ class Lion(LowBitMixin, Optimizer):
         cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
+        capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         fused=fused, backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious,
+                        capturable=capturable,
                         state_bits=state_bits, stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 

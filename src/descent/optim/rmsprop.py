@@ -12,8 +12,8 @@ from .. import kernels as K
 from ..kernels import triton as KT
 from ._validate import check_nonneg
 from ._backend import floating
-from ._base import Optimizer, reject_unsupported
-from ._spec import Declaration, Kernel, Meta, zeros
+from ._base import Optimizer
+from ._spec import Declaration, Kernel, Meta, scalar, zeros
 
 
 class RMSprop(Optimizer):
@@ -39,6 +39,9 @@ class RMSprop(Optimizer):
         momentum: :math:`\mu` (default 0).
         centered: normalise by the estimated variance instead of the raw second moment.
         foreach, maximize, backend, skip_nonfinite: see :class:`descent.SGD`.
+        capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
+            on the device and the step makes no host sync (the Triton kernel, on CUDA), so
+            ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
 
     References:
         Tieleman & Hinton (2012), Lecture 6.5; Graves (2013), "Generating Sequences
@@ -53,7 +56,7 @@ class RMSprop(Optimizer):
 
     declaration = Declaration(
         functional=F.rmsprop,
-        hyper=lambda g: dict(lr=float(g["lr"]), alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"],
+        hyper=lambda g: dict(lr=scalar(g, g["lr"]), alpha=g["alpha"], eps=g["eps"], weight_decay=g["weight_decay"],
                              momentum=g["momentum"], centered=g["centered"], maximize=g["maximize"]),
         columns=("square_avg", "grad_avg", "momentum_buffer"),
         state={"square_avg": zeros, "momentum_buffer": zeros, "grad_avg": zeros},
@@ -61,7 +64,7 @@ class RMSprop(Optimizer):
         steps=True,
         step_arg=False,
         kernels={"fused": (Kernel("descent.kernels.launch:rmsprop", K.numba_cpu, steps=None),
-                           Kernel("descent.kernels.triton:rmsprop", KT.supports, steps=None)),
+                           Kernel("descent.kernels.triton:rmsprop", KT.supports, steps=None, capturable=True)),
                  "foreach": Kernel("descent.kernels.launch:rmsprop_foreach", floating, steps="tensor")},
         meta=Meta("rmsprop", adaptive=True, state_bytes=4.0, paper="Tieleman & Hinton (2012), Lecture 6.5",
                   lr={"classification": 1e-3, "language": 1e-3, "convex": 0.01, "function": 0.01}),
@@ -84,11 +87,9 @@ class RMSprop(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
-        reject_unsupported("RMSprop", capturable=capturable)
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, foreach=foreach, maximize=maximize, backend=backend,
-                        differentiable=differentiable,
-                        skip_nonfinite=skip_nonfinite)
+                        differentiable=differentiable, capturable=capturable, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

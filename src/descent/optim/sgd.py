@@ -11,7 +11,7 @@ from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused_sgd
 from ._base import Optimizer
-from ._spec import Declaration, Kernel, Meta, cautious_flag
+from ._spec import Declaration, Kernel, Meta, cautious_flag, scalar
 from ..lowbit.optim import LowBitMixin
 
 
@@ -46,6 +46,9 @@ class SGD(LowBitMixin, Optimizer):
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit momentum state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
         stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
+        capturable: a tensor ``lr`` stays on the device and the step makes no host sync (torch's
+            fused kernel), so ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`;
+            torch's SGD has no such flag: its fused kernel is capturable as it is).
 
     References:
         Robbins & Monro (1951); Polyak (1964); Sutskever et al. (2013), "On the
@@ -62,12 +65,13 @@ class SGD(LowBitMixin, Optimizer):
 
     declaration = Declaration(
         functional=F.sgd,
-        hyper=lambda g: dict(lr=float(g["lr"]), momentum=g["momentum"], dampening=g["dampening"],
+        hyper=lambda g: dict(lr=scalar(g, g["lr"]), momentum=g["momentum"], dampening=g["dampening"],
                              weight_decay=g["weight_decay"], nesterov=g["nesterov"], maximize=g["maximize"],
                              **cautious_flag(g)),
         columns=("momentum_buffer",),  # created on the first step, as torch does
         loop_returns="momentum_buffer",
-        kernels={"fused": Kernel("descent.kernels.launch:sgd_fused", torch_fused_sgd, steps=None, amp=True),
+        kernels={"fused": Kernel("descent.kernels.launch:sgd_fused", torch_fused_sgd, steps=None, amp=True,
+                                 capturable=True),
                  "foreach": Kernel("descent.kernels.launch:sgd_foreach", floating, steps=None)},
         meta=Meta("sgd", adaptive=False, state_bytes=4.0, paper="Robbins & Monro (1951); Sutskever et al. (2013)",
                   lr={"classification": 0.1, "language": 0.3, "convex": 0.05, "function": 1e-3}),
@@ -91,11 +95,13 @@ class SGD(LowBitMixin, Optimizer):
         cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
+        capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused,
                         differentiable=differentiable,
                         backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious, state_bits=state_bits,
+                        capturable=capturable,
                         stochastic_rounding=stochastic_rounding)
         super().__init__(params, defaults)
 

@@ -38,7 +38,7 @@ from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
-from ._spec import Declaration, Kernel, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, scalar, zeros
 
 __all__ = ["SophiaG", "gnb_sample_labels"]
 
@@ -85,6 +85,9 @@ class SophiaG(Optimizer):
         bs: :math:`b` (default 5120, the reference's).
         eps: :math:`\epsilon` (default 1e-15).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
+            on the device and the step makes no host sync (the Triton kernel, on CUDA), so
+            ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
 
     References:
         Liu, Li, Hall, Liang & Ma (2023), "Sophia: A Scalable Stochastic Second-order
@@ -93,14 +96,14 @@ class SophiaG(Optimizer):
 
     declaration = Declaration(
         functional=F.sophia,
-        hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], rho=float(g["rho"]), bs=float(g["bs"]),
-                             weight_decay=float(g["weight_decay"]), eps=float(g["eps"]), maximize=g["maximize"]),
+        hyper=lambda g: dict(lr=scalar(g, g["lr"]), beta1=g["betas"][0], rho=float(g["rho"]), bs=float(g["bs"]),
+                             weight_decay=scalar(g, g["weight_decay"]), eps=float(g["eps"]), maximize=g["maximize"]),
         columns=("exp_avg", "hessian"),
         state={"exp_avg": zeros, "hessian": zeros},
         steps=True,
         step_arg=False,
         kernels={"fused": (Kernel("descent.kernels.launch:sophia", K.numba_cpu, steps=None),
-                           Kernel("descent.kernels.triton:sophia", KT.supports, steps=None)),
+                           Kernel("descent.kernels.triton:sophia", KT.supports, steps=None, capturable=True)),
                  "foreach": Kernel("descent.kernels.foreach:sophia", floating, steps=None)},
         meta=Meta("sophiag", adaptive=True, state_bytes=8.0, paper="Liu et al. (2023), arXiv:2305.14342",
                   lr={"classification": 3e-4, "language": 3e-4, "convex": 1e-3, "function": 1e-2}),
@@ -121,9 +124,11 @@ class SophiaG(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs, eps=eps, maximize=maximize,
-                        foreach=foreach, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+                        foreach=foreach, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite,
+                        capturable=capturable)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import (LAUNCH, TL, address_rows, cached_ints, exact, pointers_key, positions, round_to,
-                      sign_of, to_device)
+                      scalars, sign_of, to_device, wide)
 
 __all__ = ["ROWS", "COLS", "VBLOCK", "adafactor"]
 
@@ -47,9 +47,10 @@ def _ptr(addr, role, t, T, DT: tl.constexpr):
 
 
 @triton.jit
-def _af_stats(addr, meta, table, hp, colpart, usum, psum, T, eps1, DT: tl.constexpr, ROWS: tl.constexpr,
+def _af_stats(addr, meta, table, hp, colpart, usum, psum, T, sc, DT: tl.constexpr, ROWS: tl.constexpr,
               COLS: tl.constexpr, VBLOCK: tl.constexpr):
     k = tl.program_id(0)
+    eps1 = tl.load(sc)
     t = tl.load(table + 4 * k)
     start = tl.load(table + 4 * k + 1)
     count = tl.load(table + 4 * k + 2)
@@ -157,9 +158,10 @@ def _af_usum(addr, meta, table, means, usum, T, DT: tl.constexpr, ROWS: tl.const
 
 
 @triton.jit
-def _af_scalars(first, sizes, hp, usum, psum, scal, clip, eps2, wd, SCALE: tl.constexpr, DECAY: tl.constexpr,
+def _af_scalars(first, sizes, hp, usum, psum, scal, sc, SCALE: tl.constexpr, DECAY: tl.constexpr,
                 RBLOCK: tl.constexpr):
     t = tl.program_id(0)
+    clip, eps2, wd = tl.load(sc + 1), tl.load(sc + 2), tl.load(sc + 3)
     lo = tl.load(first + t)
     hi = tl.load(first + t + 1)
     su = tl.zeros((RBLOCK,), tl.float64)
@@ -186,9 +188,10 @@ def _af_scalars(first, sizes, hp, usum, psum, scal, clip, eps2, wd, SCALE: tl.co
 
 
 @triton.jit
-def _af_apply(addr, meta, table, means, scal, T, b1, c1, sign, DT: tl.constexpr, ROWS: tl.constexpr,
-              COLS: tl.constexpr, VBLOCK: tl.constexpr, MOMENTUM: tl.constexpr):
+def _af_apply(addr, meta, table, means, scal, T, sc, DT: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+              VBLOCK: tl.constexpr, MOMENTUM: tl.constexpr):
     k = tl.program_id(0)
+    b1, c1, sign = tl.load(sc + 4), tl.load(sc + 5), tl.load(sc + 6)
     t = tl.load(table + 4 * k)
     start = tl.load(table + 4 * k + 1)
     count = tl.load(table + 4 * k + 2)
@@ -258,11 +261,12 @@ def _layout(params: Sequence[Tensor], factored: Sequence[bool]) -> list[list[int
     return [meta, table, jobs, first, [cp, means]]
 
 
-def _step_table(steps: Sequence[int] | Sequence[Tensor], lr: float | None, relative_step: bool, warmup_init: bool,
-                decay_rate: float, device: torch.device) -> Tensor:
+def _step_table(steps: Sequence[int] | Sequence[Tensor], lr: float | Tensor | None, relative_step: bool,
+                warmup_init: bool, decay_rate: float, device: torch.device) -> Tensor:
     """``(T, 3)`` float64 ``(beta2, 1 - beta2, rho)`` per tensor, as the functional computes them.
 
-    Integer steps are computed on the host; 0-d step tensors on their device (no sync).
+    Integer steps are computed on the host; 0-d step tensors on their device (no sync; ``lr``
+    may then be a 0-d device tensor).
     """
     if not relative_step and lr is None:
         raise ValueError("Invalid lr: None (an explicit lr is needed when relative_step=False)")
@@ -273,7 +277,7 @@ def _step_table(steps: Sequence[int] | Sequence[Tensor], lr: float | None, relat
             cap = 1e-6 * t if warmup_init else torch.full_like(t, 1e-2)
             rho = torch.minimum(cap, 1.0 / torch.sqrt(t))
         else:
-            rho = torch.full_like(t, float(lr))
+            rho = wide(lr, device) * torch.ones_like(t) if isinstance(lr, Tensor) else torch.full_like(t, float(lr))
         return torch.stack([b2, 1.0 - b2, rho], dim=1)
     rows = []
     for s in steps:
@@ -288,9 +292,10 @@ def _step_table(steps: Sequence[int] | Sequence[Tensor], lr: float | None, relat
 
 def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequence[Tensor | None],
               col_var: Sequence[Tensor | None], variance: Sequence[Tensor | None], exp_avg: Sequence[Tensor | None],
-              *, steps: Sequence[int] | Sequence[Tensor], lr: float | None, relative_step: bool, warmup_init: bool,
-              decay_rate: float, eps1: float, eps2: float, clip_threshold: float, beta1: float | None,
-              weight_decay: float = 0.0, scale_parameter: bool = True, maximize: bool = False) -> None:
+              *, steps: Sequence[int] | Sequence[Tensor], lr: float | Tensor | None, relative_step: bool,
+              warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
+              beta1: float | Tensor | None, weight_decay: float | Tensor = 0.0, scale_parameter: bool = True,
+              maximize: bool = False, capturable: bool = False) -> None:
     """Adafactor (:func:`descent.functional.adafactor`) on every tensor of a bucket: five launches.
 
     A tensor is factored when its ``row_var`` and ``col_var`` are given (then ``row_var``
@@ -306,6 +311,9 @@ def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequen
         lr, relative_step, warmup_init: the step size rule (:func:`descent.functional.adafactor_lr`).
         decay_rate, eps1, eps2, clip_threshold, beta1, weight_decay, scale_parameter,
             maximize: as in :func:`descent.functional.adafactor`.
+        capturable: make every scalar on the device (``lr``, ``beta1`` and ``weight_decay``
+            may be 0-d device tensors; pass step tensors): no host sync, so a CUDA graph can
+            capture the launches.
 
     Raises:
         ValueError: a tensor with neither both factors nor ``variance``, ``beta1`` set
@@ -350,15 +358,16 @@ def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequen
     f32 = dict(dtype=torch.float32, device=device)
     colpart, means = torch.empty(max(n_cp, 1), **f32), torch.empty(max(n_means, 1), **f32)
     usum, psum, scal = torch.zeros(nb, **f32), torch.empty(nb, **f32), torch.empty((count, 3), **f32)
+    b1 = 0.0 if beta1 is None else wide(beta1, device)
+    sc = scalars((eps1, clip_threshold, eps2, weight_decay, b1, 1.0 - b1, sign_of(maximize)), device, capturable)
     shapes = dict(ROWS=ROWS, COLS=COLS)
-    _af_stats[(nb,)](addr, meta, table, hp, colpart, usum, psum, count, float(eps1), DT=dt, VBLOCK=VBLOCK, **shapes,
-                     **LAUNCH)
+    _af_stats[(nb,)](addr, meta, table, hp, colpart, usum, psum, count, sc, DT=dt, VBLOCK=VBLOCK, **shapes, **LAUNCH)
     if nj:
         _af_factors[(nj,)](addr, meta, table, jobs, hp, colpart, means, count, DT=dt, RBLOCK=_RBLOCK, **shapes,
                            **LAUNCH)
         _af_usum[(nb,)](addr, meta, table, means, usum, count, DT=dt, **shapes, **LAUNCH)
-    _af_scalars[(count,)](first, sizes, hp, usum, psum, scal, float(clip_threshold), float(eps2), float(weight_decay),
-                          SCALE=bool(scale_parameter), DECAY=weight_decay != 0, RBLOCK=_RBLOCK, **LAUNCH)
-    b1 = 0.0 if beta1 is None else float(beta1)
-    _af_apply[(nb,)](addr, meta, table, means, scal, count, b1, 1.0 - b1, sign_of(maximize), DT=dt, VBLOCK=VBLOCK,
-                     MOMENTUM=use_m, **shapes, **LAUNCH)
+    decay = isinstance(weight_decay, Tensor) or weight_decay != 0
+    _af_scalars[(count,)](first, sizes, hp, usum, psum, scal, sc, SCALE=bool(scale_parameter), DECAY=decay,
+                          RBLOCK=_RBLOCK, **LAUNCH)
+    _af_apply[(nb,)](addr, meta, table, means, scal, count, sc, DT=dt, VBLOCK=VBLOCK, MOMENTUM=use_m, **shapes,
+                     **LAUNCH)

@@ -19,7 +19,7 @@ from torch import Tensor
 from . import DTYPES
 
 __all__ = ["TL", "LAUNCH", "round_to", "exact", "store", "positions", "cached_ints", "pointers_key", "sign_of",
-           "address_rows", "block_table", "to_device"]
+           "address_rows", "block_table", "to_device", "wide", "scalars"]
 
 #: torch dtype -> Triton dtype of the stored values.
 TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -80,6 +80,33 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def wide(value: float | Tensor, device: torch.device) -> float | Tensor:
+    """A hyperparameter ready for host-or-device arithmetic: a tensor becomes a float64 scalar on
+    ``device`` (so ``1 - lr * wd`` is computed as the host computes it, in float64), a number stays."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=torch.float64).reshape(())
+    return value
+
+
+def scalars(values: Sequence[float | Tensor], device: torch.device, capturable: bool = False) -> Tensor:
+    """The kernel's scalar arguments as one float32 tensor on ``device`` (each rounded once from float64).
+
+    Without ``capturable`` (and with no tensor among ``values``) the numbers are gathered on the
+    host and copied once; with it every value is made on the device (a fill, or the tensor's own
+    value), so nothing crosses between host and device and a CUDA graph can capture the step
+    (a number is then a constant of the graph, a tensor is read at each replay).
+
+    Example:
+        >>> scalars([0.5, torch.tensor(2.0)], torch.device("cpu"))
+        tensor([0.5000, 2.0000])
+    """
+    if not capturable and not any(isinstance(v, Tensor) for v in values):
+        return to_device(torch.tensor([float(v) for v in values], dtype=torch.float64).float(), device)
+    parts = [v.to(device=device, dtype=torch.float64).reshape(()) if isinstance(v, Tensor)
+             else torch.full((), float(v), dtype=torch.float64, device=device) for v in values]
+    return torch.stack(parts).float()
 
 
 def sign_of(maximize: bool) -> float:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import LAUNCH, TL, address_rows, block_table, cached_ints, pointers_key, positions, sign_of, store
+from ._common import (LAUNCH, TL, address_rows, block_table, cached_ints, pointers_key, positions, scalars, sign_of,
+                      store, wide)
 
 __all__ = ["BLOCK", "lion", "sophia", "rmsprop"]
 
@@ -42,8 +44,10 @@ def _block(addr, sizes, blocks, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _lion_kernel(addr, sizes, blocks, T, decay, lr, b1, c1, b2, c2, sign, DT: tl.constexpr, BLOCK: tl.constexpr):
+def _lion_kernel(addr, sizes, blocks, T, hp, DT: tl.constexpr, BLOCK: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
+    decay, lr, b1, c1 = tl.load(hp), tl.load(hp + 1), tl.load(hp + 2), tl.load(hp + 3)
+    b2, c2, sign = tl.load(hp + 4), tl.load(hp + 5), tl.load(hp + 6)
     pp, gp, mp = _ptr(addr, 0, t, T, DT) + offs, _ptr(addr, 1, t, T, DT) + offs, _ptr(addr, 2, t, T, DT) + offs
     p = tl.load(pp, mask=mask).to(tl.float32)
     g = tl.load(gp, mask=mask).to(tl.float32) * sign
@@ -55,9 +59,10 @@ def _lion_kernel(addr, sizes, blocks, T, decay, lr, b1, c1, b2, c2, sign, DT: tl
 
 
 @triton.jit
-def _sophia_kernel(addr, sizes, blocks, T, decay, lr, b1, c1, rho_bs, eps, sign, DT: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _sophia_kernel(addr, sizes, blocks, T, hp, DT: tl.constexpr, BLOCK: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
+    decay, lr, b1, c1 = tl.load(hp), tl.load(hp + 1), tl.load(hp + 2), tl.load(hp + 3)
+    rho_bs, eps, sign = tl.load(hp + 4), tl.load(hp + 5), tl.load(hp + 6)
     pp, gp, mp = _ptr(addr, 0, t, T, DT) + offs, _ptr(addr, 1, t, T, DT) + offs, _ptr(addr, 2, t, T, DT) + offs
     p = tl.load(pp, mask=mask).to(tl.float32)
     g = tl.load(gp, mask=mask).to(tl.float32) * sign
@@ -70,9 +75,11 @@ def _sophia_kernel(addr, sizes, blocks, T, decay, lr, b1, c1, rho_bs, eps, sign,
 
 
 @triton.jit
-def _rmsprop_kernel(addr, sizes, blocks, T, lr, alpha, c, eps, wd, mom, sign, DT: tl.constexpr, BLOCK: tl.constexpr,
-                    DECAY: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr):
+def _rmsprop_kernel(addr, sizes, blocks, T, hp, DT: tl.constexpr, BLOCK: tl.constexpr, DECAY: tl.constexpr,
+                    CENTERED: tl.constexpr, MOMENTUM: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
+    lr, alpha, c, eps = tl.load(hp), tl.load(hp + 1), tl.load(hp + 2), tl.load(hp + 3)
+    wd, mom, sign = tl.load(hp + 4), tl.load(hp + 5), tl.load(hp + 6)
     pp, vp = _ptr(addr, 0, t, T, DT) + offs, _ptr(addr, 2, t, T, DT) + offs
     p = tl.load(pp, mask=mask).to(tl.float32)
     g = tl.load(_ptr(addr, 1, t, T, DT) + offs, mask=mask).to(tl.float32) * sign
@@ -83,10 +90,7 @@ def _rmsprop_kernel(addr, sizes, blocks, T, lr, alpha, c, eps, wd, mom, sign, DT
     if CENTERED:
         ap = _ptr(addr, 3, t, T, DT) + offs
         a = tl.load(ap, mask=mask).to(tl.float32)
-        if c < 0.5:  # grad_avg.lerp_(g, c)
-            a = tl.fma(c, g - a, a)
-        else:
-            a = tl.fma(c - 1.0, g - a, g)
+        a = tl.where(c < 0.5, tl.fma(c, g - a, a), tl.fma(c - 1.0, g - a, g))  # grad_avg.lerp_(g, c)
         store(ap, a, mask, DT)
         avg = tl.sqrt_rn(tl.fma(-a, a, v)) + eps
     else:
@@ -101,9 +105,10 @@ def _rmsprop_kernel(addr, sizes, blocks, T, lr, alpha, c, eps, wd, mom, sign, DT
 
 
 def _launch(kernel, params: Sequence[Tensor], named: dict[str, Sequence[Tensor | None] | None],
-            scalars: tuple[float, ...], **flags: bool) -> None:
+            values: tuple[float | torch.Tensor, ...], capturable: bool, **flags: bool) -> None:
     """One launch of an elementwise kernel over the non-empty tensors; ``named`` are the other
-    roles (grads, states) in the kernel's address-table order."""
+    roles (grads, states) in the kernel's address-table order, ``values`` its scalars
+    (:func:`descent.kernels.triton._common.scalars`)."""
     keep = positions(params, named, same_shape=tuple(named))
     if not keep:
         return
@@ -111,48 +116,66 @@ def _launch(kernel, params: Sequence[Tensor], named: dict[str, Sequence[Tensor |
     sizes = [params[i].numel() for i in keep]
     addr, size_t, blocks = cached_ints(("elementwise", BLOCK, pointers_key(*cols)), params[0].device,
                                        lambda: [address_rows(cols, len(keep)), sizes, block_table(sizes, BLOCK)])
-    # floats, so Triton types every scalar float32 (an int would be typed int32, or specialized if 1)
-    kernel[(blocks.numel() // 2,)](addr, size_t, blocks, len(keep), *map(float, scalars), DT=TL[params[0].dtype],
-                                   BLOCK=BLOCK, **flags, **LAUNCH)
+    hp = scalars(values, params[0].device, capturable)
+    kernel[(blocks.numel() // 2,)](addr, size_t, blocks, len(keep), hp, DT=TL[params[0].dtype], BLOCK=BLOCK, **flags,
+                                   **LAUNCH)
 
 
-def lion(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Tensor], *, lr: float, beta1: float,
-         beta2: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
+def _wide(params: Sequence[Tensor], *values: float | Tensor) -> tuple[float | Tensor, ...]:
+    """``values`` with tensors made float64 scalars on the bucket's device (:func:`_common.wide`)."""
+    return tuple(wide(v, params[0].device) for v in values) if params else values
+
+
+def _decay(lr: float | Tensor, weight_decay: float | Tensor) -> float | Tensor:
+    """``1 - lr * weight_decay`` (1.0 for a zero number)."""
+    return 1 - lr * weight_decay if isinstance(weight_decay, Tensor) or weight_decay != 0 else 1.0
+
+
+def lion(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Tensor], *, lr: float | Tensor,
+         beta1: float | Tensor, beta2: float | Tensor, weight_decay: float | Tensor = 0.0, maximize: bool = False,
+         capturable: bool = False) -> None:
     """Lion (:func:`descent.functional.lion`) on every tensor of a bucket, one launch.
+
+    With ``capturable`` the scalars are made on the device (the hyperparameters may be 0-d
+    device tensors): no host sync, so the launch can be captured in a CUDA graph.
 
     Example:
         >>> import torch  # doctest: +SKIP
         >>> p = [torch.ones(3, device="cuda")]
         >>> lion(p, [torch.ones(3, device="cuda")], [torch.zeros(3, device="cuda")], lr=0.1, beta1=0.9, beta2=0.99)
     """
-    decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
+    lr, beta1, beta2, weight_decay = _wide(params, lr, beta1, beta2, weight_decay)
     _launch(_lion_kernel, params, {"grads": grads, "exp_avg": exp_avg},
-            (decay, lr, beta1, 1 - beta1, beta2, 1 - beta2, sign_of(maximize)))
+            (_decay(lr, weight_decay), lr, beta1, 1 - beta1, beta2, 1 - beta2, sign_of(maximize)), capturable)
 
 
 def sophia(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Tensor], hessian: Sequence[Tensor],
-           *, lr: float, beta1: float, rho: float, bs: float, weight_decay: float = 0.0, eps: float = 1e-15,
-           maximize: bool = False) -> None:
-    """Sophia-G (:func:`descent.functional.sophia`) on every tensor of a bucket, one launch.
+           *, lr: float | Tensor, beta1: float | Tensor, rho: float | Tensor, bs: float | Tensor,
+           weight_decay: float | Tensor = 0.0, eps: float | Tensor = 1e-15, maximize: bool = False,
+           capturable: bool = False) -> None:
+    """Sophia-G (:func:`descent.functional.sophia`) on every tensor of a bucket, one launch
+    (``capturable``: see :func:`lion`).
 
     Example:
         >>> import torch  # doctest: +SKIP
         >>> z = lambda: [torch.zeros(3, device="cuda")]
         >>> sophia(z(), z(), z(), z(), lr=0.1, beta1=0.9, rho=0.04, bs=480)
     """
-    decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
+    lr, beta1, rho, bs, weight_decay, eps = _wide(params, lr, beta1, rho, bs, weight_decay, eps)
     _launch(_sophia_kernel, params, {"grads": grads, "exp_avg": exp_avg, "hessian": hessian},
-            (decay, lr, beta1, 1 - beta1, rho * bs, eps, sign_of(maximize)))
+            (_decay(lr, weight_decay), lr, beta1, 1 - beta1, rho * bs, eps, sign_of(maximize)), capturable)
 
 
 def rmsprop(params: Sequence[Tensor], grads: Sequence[Tensor], square_avg: Sequence[Tensor],
-            grad_avg: Sequence[Tensor | None] | None, momentum_buffer: Sequence[Tensor | None] | None, *, lr: float,
-            alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
-            centered: bool = False, maximize: bool = False) -> None:
+            grad_avg: Sequence[Tensor | None] | None, momentum_buffer: Sequence[Tensor | None] | None, *,
+            lr: float | Tensor, alpha: float | Tensor = 0.99, eps: float | Tensor = 1e-8,
+            weight_decay: float | Tensor = 0.0, momentum: float = 0.0, centered: bool = False, maximize: bool = False,
+            capturable: bool = False) -> None:
     """RMSprop (:func:`descent.functional.rmsprop`) on every tensor of a bucket, one launch.
 
     ``grad_avg`` is needed when ``centered``, ``momentum_buffer`` when ``momentum > 0``
-    (either may be ``None`` otherwise).
+    (either may be ``None`` otherwise; ``momentum`` is a number: it decides the state).
+    ``capturable``: see :func:`lion`.
 
     Example:
         >>> import torch  # doctest: +SKIP
@@ -162,8 +185,10 @@ def rmsprop(params: Sequence[Tensor], grads: Sequence[Tensor], square_avg: Seque
     for name, col, needed in (("grad_avg", grad_avg, centered), ("momentum_buffer", momentum_buffer, momentum > 0)):
         if needed and (col is None or any(t is None for t in col)):
             raise ValueError(f"Invalid {name}: None (needed with centered={centered}, momentum={momentum})")
+    lr, alpha, eps, weight_decay = _wide(params, lr, alpha, eps, weight_decay)
+    decay = isinstance(weight_decay, Tensor) or weight_decay != 0
     _launch(_rmsprop_kernel, params, {"grads": grads, "square_avg": square_avg,
                                       "grad_avg": grad_avg if centered else None,
                                       "momentum_buffer": momentum_buffer if momentum > 0 else None},
-            (lr, alpha, 1 - alpha, eps, weight_decay, momentum, sign_of(maximize)),
-            DECAY=weight_decay != 0, CENTERED=centered, MOMENTUM=momentum > 0)
+            (lr, alpha, 1 - alpha, eps, weight_decay, momentum, sign_of(maximize)), capturable,
+            DECAY=decay, CENTERED=centered, MOMENTUM=momentum > 0)

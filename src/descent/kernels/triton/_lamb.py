@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import (LAUNCH, TL, address_rows, block_table, cached_ints, exact, pointers_key, positions,
-                      round_to, sign_of, to_device)
+                      round_to, scalars, sign_of, to_device, wide)
 from ._elementwise import _block
 
 __all__ = ["BLOCK", "lamb", "bias_corrections"]
@@ -59,9 +59,11 @@ def _direction(p, m, v, bc1, bc2, eps, wd, DECAY: tl.constexpr):
 
 
 @triton.jit
-def _lamb_moments(addr, sizes, blocks, bcs, partial, T, b1, c1, b2, c2, eps, wd, sign, DT: tl.constexpr,
-                  BLOCK: tl.constexpr, DECAY: tl.constexpr):
+def _lamb_moments(addr, sizes, blocks, bcs, partial, T, hp, DT: tl.constexpr, BLOCK: tl.constexpr,
+                  DECAY: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
+    b1, c1, b2, c2 = tl.load(hp), tl.load(hp + 1), tl.load(hp + 2), tl.load(hp + 3)
+    eps, wd, sign = tl.load(hp + 4), tl.load(hp + 5), tl.load(hp + 6)
     pp, gp, mp, vp = _pointers(addr, t, T, offs, DT)
     p = tl.load(pp, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(gp, mask=mask, other=0.0).to(tl.float32) * sign
@@ -76,8 +78,9 @@ def _lamb_moments(addr, sizes, blocks, bcs, partial, T, b1, c1, b2, c2, eps, wd,
 
 
 @triton.jit
-def _lamb_ratios(partial, first, ratio, coef, lr, clamp, CLAMP: tl.constexpr, RBLOCK: tl.constexpr):
+def _lamb_ratios(partial, first, ratio, coef, hp, CLAMP: tl.constexpr, RBLOCK: tl.constexpr):
     t = tl.program_id(0)
+    lr, clamp = tl.load(hp + 7), tl.load(hp + 8)
     lo = tl.load(first + t)
     hi = tl.load(first + t + 1)
     sp = tl.zeros((RBLOCK,), tl.float64)
@@ -96,9 +99,9 @@ def _lamb_ratios(partial, first, ratio, coef, lr, clamp, CLAMP: tl.constexpr, RB
 
 
 @triton.jit
-def _lamb_apply(addr, sizes, blocks, bcs, coef, T, eps, wd, DT: tl.constexpr, BLOCK: tl.constexpr,
-                DECAY: tl.constexpr):
+def _lamb_apply(addr, sizes, blocks, bcs, coef, T, hp, DT: tl.constexpr, BLOCK: tl.constexpr, DECAY: tl.constexpr):
     t, offs, mask = _block(addr, sizes, blocks, BLOCK)
+    eps, wd = tl.load(hp + 4), tl.load(hp + 5)
     pp, _, mp, vp = _pointers(addr, t, T, offs, DT)
     p = tl.load(pp, mask=mask).to(tl.float32)
     m = tl.load(mp, mask=mask).to(tl.float32)
@@ -107,26 +110,29 @@ def _lamb_apply(addr, sizes, blocks, bcs, coef, T, eps, wd, DT: tl.constexpr, BL
     tl.store(pp, exact(round_to(p - u * tl.load(coef + t), DT), DT), mask=mask)
 
 
-def bias_corrections(steps: Sequence[int] | Sequence[Tensor], beta1: float, beta2: float, enabled: bool,
-                     device: torch.device) -> Tensor:
+def bias_corrections(steps: Sequence[int] | Sequence[Tensor], beta1: float | Tensor, beta2: float | Tensor,
+                     enabled: bool, device: torch.device) -> Tensor:
     """``(T, 2)`` float32 ``1 - beta**step`` (ones when not ``enabled``) on ``device``.
 
     ``steps`` may be ints (computed in float64 on the host, as the functional does) or
-    0-d step tensors on the device (computed there, without a host sync: capturable).
+    0-d step tensors on the device (computed there, without a host sync: capturable); the
+    betas may be 0-d device tensors then.
     """
     if not enabled:
         return torch.ones((len(steps), 2), dtype=torch.float32, device=device)
     if steps and isinstance(steps[0], Tensor):
         t = torch.stack([s.reshape(()) for s in steps]).to(device=device, dtype=torch.float64)  # one kernel, no sync
-        return torch.stack([1 - torch.pow(beta1, t), 1 - torch.pow(beta2, t)], dim=1).float()  # no host copy
+        b1, b2 = wide(beta1, device), wide(beta2, device)
+        return torch.stack([1 - torch.pow(b1, t), 1 - torch.pow(b2, t)], dim=1).float()  # no host copy
     t = torch.tensor([float(s) for s in steps], dtype=torch.float64)
     return to_device((1 - torch.tensor([beta1, beta2], dtype=torch.float64) ** t[:, None]).float(), device)
 
 
 def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Tensor], exp_avg_sq: Sequence[Tensor],
-         *, steps: Sequence[int] | Sequence[Tensor], lr: float, beta1: float, beta2: float, eps: float,
-         weight_decay: float = 0.0, clamp_value: float | None = None, bias_correction: bool = True,
-         maximize: bool = False) -> Tensor | None:
+         *, steps: Sequence[int] | Sequence[Tensor], lr: float | Tensor, beta1: float | Tensor,
+         beta2: float | Tensor, eps: float | Tensor, weight_decay: float | Tensor = 0.0,
+         clamp_value: float | None = None, bias_correction: bool = True, maximize: bool = False,
+         capturable: bool = False) -> Tensor | None:
     """LAMB (:func:`descent.functional.lamb`) on every tensor of a bucket: three launches.
 
     Args:
@@ -135,6 +141,8 @@ def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Te
             on the device (then nothing is read back to the host).
         lr, beta1, beta2, eps, weight_decay, clamp_value, bias_correction, maximize: as
             in :func:`descent.functional.lamb`.
+        capturable: make every scalar on the device (the hyperparameters may be 0-d device
+            tensors; pass step tensors): no host sync, so a CUDA graph can capture the launches.
 
     Returns:
         The trust ratios of the non-empty tensors (float32, on the device), or ``None``
@@ -168,11 +176,11 @@ def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Te
     partial = torch.empty((nb, 2), dtype=torch.float32, device=device)
     ratio = torch.empty(count, dtype=torch.float32, device=device)
     coef = torch.empty(count, dtype=torch.float32, device=device)
-    decay = weight_decay != 0
-    b1, b2, eps, wd = float(beta1), float(beta2), float(eps), float(weight_decay)
-    _lamb_moments[(nb,)](addr, size_t, blocks, bcs, partial, count, b1, 1 - b1, b2, 1 - b2, eps, wd,
-                         sign_of(maximize), DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
-    _lamb_ratios[(count,)](partial, first, ratio, coef, float(lr), 0.0 if clamp_value is None else float(clamp_value),
-                           CLAMP=clamp_value is not None, RBLOCK=_RBLOCK, **LAUNCH)
-    _lamb_apply[(nb,)](addr, size_t, blocks, bcs, coef, count, eps, wd, DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
+    decay = isinstance(weight_decay, Tensor) or weight_decay != 0
+    b1, b2 = wide(beta1, device), wide(beta2, device)
+    hp = scalars((b1, 1 - b1, b2, 1 - b2, eps, weight_decay, sign_of(maximize), lr,
+                  0.0 if clamp_value is None else clamp_value), device, capturable)
+    _lamb_moments[(nb,)](addr, size_t, blocks, bcs, partial, count, hp, DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
+    _lamb_ratios[(count,)](partial, first, ratio, coef, hp, CLAMP=clamp_value is not None, RBLOCK=_RBLOCK, **LAUNCH)
+    _lamb_apply[(nb,)](addr, size_t, blocks, bcs, coef, count, hp, DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
     return ratio
