@@ -15,6 +15,10 @@ LAMB 28, Adafactor 12 in fp32; half in bf16). descent's LAMB moves 40 B/param (t
 passes) and Adafactor about 20 (the gradient is read three times), so their fraction
 against those one-pass minimums is capped below 100 %. Then Muon's Newton-Schulz on the
 list's matrices (same-shape matrices batched, bf16) against a measured bf16 matmul peak.
+Last, the CUDA-graph check (``--no-capture`` skips it): for each optimizer with a GPU path,
+``capturable=True`` on a small GPT-shaped list, three warm-up steps, ``torch.cuda.graph``
+around ``step()``, four replays with new gradients copied in, against seven eager steps of a
+``capturable=False`` twin; prints ``ok`` and the largest difference, or the error.
 
 Exits with a message (status 0) on a machine without CUDA.
 """
@@ -247,6 +251,59 @@ def muon_lines(shapes: list[tuple[int, ...]], args) -> list[str]:
     return lines
 
 
+CAPTURED = {"AdamW": dict(weight_decay=0.1), "SGD": dict(momentum=0.9), "Lion": dict(weight_decay=0.1),
+            "LAMB": dict(weight_decay=0.01), "Adafactor": dict(relative_step=False, beta1=0.9),
+            "SophiaG": dict(), "RMSprop": dict(momentum=0.9, centered=True)}
+
+
+def capture_check(name: str, shapes: list[tuple[int, ...]], dtype: torch.dtype) -> str:
+    """One optimizer's step captured in a CUDA graph and replayed, against eager steps (see the docstring)."""
+    import descent
+
+    cls, kw = getattr(descent, name), CAPTURED[name]
+
+    def grads(params, k):
+        g = torch.Generator(device="cuda").manual_seed(100 + k)
+        for p in params:
+            p.grad.copy_(torch.randn(p.shape, device="cuda", generator=g) * 1e-3)
+
+    def fresh():
+        g = torch.Generator(device="cuda").manual_seed(0)
+        params = [torch.nn.Parameter((torch.randn(s, device="cuda", generator=g) * 0.02).to(dtype)) for s in shapes]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return params
+
+    try:
+        eager, params = fresh(), fresh()
+        twin = cls(eager, lr=1e-3, **kw)
+        for k in range(7):
+            grads(eager, k)
+            twin.step()
+        opt = cls(params, lr=torch.tensor(1e-3, device="cuda"), capturable=True, **kw)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for k in range(3):
+                grads(params, k)
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt.step()
+        for k in range(3, 7):
+            grads(params, k)
+            graph.replay()
+        torch.cuda.synchronize()
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(params, eager))
+        scale = max(float(b.float().abs().max()) for b in eager)
+        rtol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: an ulp of the stored value
+        verdict = "ok" if diff <= rtol * scale + 1e-6 else "MISMATCH"
+        return f"capture    {name:<10} {verdict}: max |graph - eager| {diff:.2e} (largest |param| {scale:.2e})"
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
+        return f"capture    {name:<10} FAILED: {type(exc).__name__}: {exc}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help=f"optimizers (default: {' '.join(MIN_BYTES)} Muon)")
@@ -257,6 +314,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--no-capture", action="store_true", help="skip the CUDA-graph capture check")
     parser.add_argument("--compile-budget", type=float, default=240.0,
                         help="seconds of compilation after which further torch.compile rows are skipped")
     args = parser.parse_args()
@@ -291,6 +349,10 @@ def main() -> int:
         torch.cuda.empty_cache()
         for line in muon_lines(shapes, args):
             print(line, flush=True)
+    if not args.no_capture:
+        small = gpt_shapes(width=256, layers=2, vocab=1024, ctx=256)
+        for name in CAPTURED:
+            print(capture_check(name, small, DTYPES[args.dtype]), flush=True)
     return 0
 
 
