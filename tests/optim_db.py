@@ -362,6 +362,7 @@ SPECS += [
         group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-5),
         references={"numpy": oracle(adopt_rule, betas=(0.9, 0.9999), eps=1e-6, weight_decay=0.0, decouple=False,
                                     clip_exponent=0.25, cautious=False)},
+        backends=("loop", "fused"),  # descent.kernels.modern (Numba) on CPU
         converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2,
                              rosenbrock_lr=0.1, rosenbrock_steps=5000, kwargs=dict(betas=(0.9, 0.999))),
         error_inputs=_COMMON_ERRORS + [
@@ -381,6 +382,7 @@ SPECS += [
         group2=dict(lr=0.003, betas=(0.5, 0.9, 0.99), alpha=1.0),
         references={"numpy": oracle(ademamix_rule, betas=(0.9, 0.999, 0.9999), alpha=2.0, t_alpha_beta3=None,
                                     eps=1e-8, weight_decay=0.0, cautious=False)},
+        backends=("loop", "fused"),  # descent.kernels.modern (Numba) on CPU
         # the default beta3 = 0.9999 (half-life ~6900 steps) is for long stochastic runs
         converge=Convergence(lr=0.01, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.003,
                              rosenbrock_steps=5000, kwargs=dict(betas=(0.9, 0.999, 0.99), t_alpha_beta3=100)),
@@ -402,6 +404,7 @@ SPECS += [
         group2=dict(lr=0.003, betas=(0.5, 0.9), gamma=0.05),
         references={"numpy": oracle(mars_rule, betas=(0.95, 0.99), eps=1e-8, weight_decay=0.0, gamma=0.025,
                                     cautious=False)},
+        backends=("loop", "fused"),  # descent.kernels.modern (Numba) on CPU
         converge=Convergence(lr=0.05, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.01,
                              rosenbrock_steps=5000),
         error_inputs=_COMMON_ERRORS + [
@@ -419,6 +422,7 @@ SPECS += [
         ],
         group2=dict(lr=0.01, momentum=0.5, weight_decay=0.05),
         references={"numpy": schedule_free_reference(False, momentum=0.9)},
+        backends=("loop", "fused"),  # descent.kernels.modern (Numba) on CPU
         converge=Convergence(lr=0.03, steps=1000, quadratic_tol=5e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.01,
                              rosenbrock_steps=5000),
         error_inputs=_COMMON_ERRORS + [
@@ -438,6 +442,7 @@ SPECS += [
         ],
         group2=dict(lr=0.003, betas=(0.5, 0.9), eps=1e-5),
         references={"numpy": schedule_free_reference(True, betas=(0.9, 0.999), eps=1e-8)},
+        backends=("loop", "fused"),  # descent.kernels.modern (Numba) on CPU
         converge=Convergence(lr=0.05, steps=1000, quadratic_tol=1e-2, rosenbrock_tol=5e-2, rosenbrock_lr=0.02,
                              rosenbrock_steps=5000),
         error_inputs=_COMMON_ERRORS + [

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import kernels as K
 from ._validate import check_nonneg, check_positive, check_unit_interval
 from ._base import Optimizer
-from ._spec import Declaration, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, cautious_flag, zeros
 
 
 class AdEMAMix(Optimizer):
@@ -53,10 +54,11 @@ class AdEMAMix(Optimizer):
         functional=F.ademamix,
         hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], beta3=g["betas"][2],
                              alpha=float(g["alpha"]), eps=g["eps"], weight_decay=g["weight_decay"],
-                             warmup=g["t_alpha_beta3"], cautious=bool(g["cautious"]), maximize=bool(g["maximize"])),
+                             warmup=g["t_alpha_beta3"], maximize=bool(g["maximize"]), **cautious_flag(g)),
         columns=("exp_avg", "exp_avg_sq", "exp_avg_slow"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros, "exp_avg_slow": zeros},
         steps=True,
+        kernels={"fused": Kernel("descent.kernels.modern:ademamix", K.numba_cpu)},
         meta=Meta("ademamix", adaptive=True, state_bytes=12.0, paper="Pagliardini et al. (2024), arXiv:2409.03137",
                   lr={"classification": 1e-3, "language": 1e-3, "convex": 0.01, "function": 0.05}),
     )

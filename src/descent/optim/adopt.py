@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import kernels as K
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
-from ._spec import Declaration, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, cautious_flag, zeros
 
 
 class ADOPT(Optimizer):
@@ -48,11 +49,11 @@ class ADOPT(Optimizer):
         functional=F.adopt,
         hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
                              weight_decay=g["weight_decay"], decouple=bool(g["decouple"]),
-                             clip_exponent=g["clip_exponent"], cautious=bool(g["cautious"]),
-                             maximize=bool(g["maximize"])),
+                             clip_exponent=g["clip_exponent"], maximize=bool(g["maximize"]), **cautious_flag(g)),
         columns=("exp_avg", "exp_avg_sq"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros},
         steps=True,
+        kernels={"fused": Kernel("descent.kernels.modern:adopt", K.numba_cpu)},
         meta=Meta("adopt", adaptive=True, state_bytes=8.0, paper="Taniguchi et al. (2024), arXiv:2411.02853",
                   lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import functional as F
+from .. import kernels as K
 from ._validate import check_betas, check_nonneg
 from ._base import Optimizer
-from ._spec import Declaration, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, cautious_flag, zeros
 
 
 class MARS(Optimizer):
@@ -57,11 +58,12 @@ class MARS(Optimizer):
     declaration = Declaration(
         functional=F.mars,
         hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1], eps=g["eps"],
-                             gamma=float(g["gamma"]), weight_decay=g["weight_decay"], cautious=bool(g["cautious"]),
-                             maximize=bool(g["maximize"])),
+                             gamma=float(g["gamma"]), weight_decay=g["weight_decay"], maximize=bool(g["maximize"]),
+                             **cautious_flag(g)),
         columns=("exp_avg", "exp_avg_sq", "last_grad"),
         state={"exp_avg": zeros, "exp_avg_sq": zeros, "last_grad": zeros},
         steps=True,
+        kernels={"fused": Kernel("descent.kernels.modern:mars", K.numba_cpu)},
         meta=Meta("mars", adaptive=True, state_bytes=12.0, paper="Yuan et al. (2024), arXiv:2411.10438",
                   lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),
     )

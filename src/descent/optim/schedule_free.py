@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
+from .. import kernels as K
 from ._validate import check_betas, check_nonneg, check_unit_interval
 from ._base import Optimizer
-from ._spec import Declaration, Meta, zeros
+from ._spec import Declaration, Kernel, Meta, zeros
 
 __all__ = ["ScheduleFreeSGD", "ScheduleFreeAdamW", "recalibrate_batchnorm"]
 
@@ -158,6 +159,7 @@ class ScheduleFreeSGD(_ScheduleFree):
                              weight_decay=g["weight_decay"], maximize=bool(g["maximize"])),
         columns=("z",),
         state={"z": _copy},
+        kernels={"fused": Kernel("descent.kernels.modern:schedule_free_sgd", K.numba_cpu, steps=None)},
         meta=Meta("schedulefree-sgd", adaptive=False, state_bytes=4.0, paper="Defazio et al. (2024), arXiv:2405.15682",
                   lr={"classification": 1.0, "language": 1.0, "convex": 0.5, "function": 0.01}),
     )
@@ -219,6 +221,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
                              maximize=bool(g["maximize"])),
         columns=("z", "exp_avg_sq"),
         state={"z": _copy, "exp_avg_sq": zeros},
+        kernels={"fused": Kernel("descent.kernels.modern:schedule_free_adamw", K.numba_cpu, steps=None)},
         meta=Meta("schedulefree-adamw", adaptive=True, state_bytes=8.0,
                   paper="Defazio et al. (2024), arXiv:2405.15682",
                   lr={"classification": 3e-3, "language": 3e-3, "convex": 0.01, "function": 0.05}),
