@@ -24,7 +24,8 @@ import math
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from . import addresses, bucket_plan, like
 from .multi import fma, view
@@ -38,11 +39,24 @@ _U8 = np.empty(1, dtype=np.uint8)
 _F32 = np.empty(1, dtype=np.float32)
 
 
+@intrinsic
+def _as_float(typingctx, bits):  # pragma: no cover - compile-time
+    """The float32 (float64) whose bit pattern is the int32 (int64) ``bits``."""
+    if bits not in (types.int32, types.int64):
+        return None
+    out = types.float32 if bits == types.int32 else types.float64
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(out))
+
+    return out(bits), codegen
+
+
 @njit(inline="always", **_OPTS)
 def _code(codes, i, bits):  # pragma: no cover - compiled
     if bits == 8:
-        return np.int64(codes[i])
-    return np.int64((codes[i >> 1] >> ((i & 1) << 2)) & 15)
+        return np.uint32(codes[i])
+    return np.uint32((codes[i >> 1] >> ((i & 1) << 2)) & 15)
 
 
 @njit(**_OPTS)
@@ -52,18 +66,42 @@ def _dequantize(codes, off, n, qmap, absmax, out, bits):  # pragma: no cover - c
         out[k] = qmap[_code(codes, off + k, bits)] * absmax
 
 
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
+@njit(**_OPTS)
 def _amax(vals, n):  # pragma: no cover - compiled
-    """max |vals[:n]| (a max is exact in any order, so it may vectorize)."""
-    a = vals.dtype.type(0.0)
+    """max |vals[:n]|, as the largest of the magnitudes' bit patterns (integer max, which vectorizes;
+    equal to the float max for finite and infinite values; a NaN wins, as in ``amax``)."""
+    if vals.itemsize == 4:
+        b4 = vals.view(np.int32)
+        a4 = np.int32(0)
+        for k in range(n):
+            a4 = max(a4, b4[k] & np.int32(0x7FFFFFFF))
+        return np.float64(_as_float(np.int32(a4)))
+    b8 = vals.view(np.int64)
+    a8 = np.int64(0)
     for k in range(n):
-        a = max(a, abs(vals[k]))
-    return a
+        a8 = max(a8, b8[k] & np.int64(0x7FFFFFFFFFFFFFFF))
+    return _as_float(np.int64(a8))
+
+
+@njit(**_OPTS)
+def _keys(xs, n, keys, key_min, span):  # pragma: no cover - compiled
+    """The lookup-table row of each float32 ``xs[:n]`` (unsigned integer math, so it vectorizes)."""
+    xb = xs.view(np.uint32)
+    lo, last, neg = np.uint32(key_min), np.uint32(span - 1), np.uint32(span)
+    for k in range(n):
+        b = xb[k]
+        m = max((b & np.uint32(0x7FFFFFFF)) >> np.uint32(SHIFT), lo) - lo
+        keys[k] = min(m, last) + (neg if b >= np.uint32(0x80000000) else np.uint32(0))
 
 
 @njit(**_OPTS)
 def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: no cover - compiled
-    """Write the absmax (block ``j``) and the codes (elements from ``off``) of ``vals[:n]``."""
+    """Write the absmax (block ``j``) and the codes (elements from ``off``) of ``vals[:n]``.
+
+    Three short loops that vectorize (absmax, normalize, table row from the bits), then one
+    scalar loop of two table loads and a comparison per element (unsigned indices: no
+    negative-index wrap-around code).
+    """
     _, thr, first, key_min, span = table
     xs, ci = scratch
     stored = np.float32(_amax(vals, n))
@@ -71,20 +109,19 @@ def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: 
     scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
     for k in range(n):
         xs[k] = np.float32(vals[k] / scale)
-    xb = xs.view(np.int32)
-    last = span - 1
-    for k in range(n):
-        b = xb[k]
-        key = min(max(((b & 0x7FFFFFFF) >> SHIFT) - key_min, 0), last) + (span if b < 0 else 0)
-        ci[k] = np.int32(first[key]) + np.int32(xs[k] > thr[key])
+    _keys(xs, n, ci, key_min, span)
     if bits == 8:
         for k in range(n):
-            codes[off + k] = ci[k]
-    else:
-        for k in range(0, n - 1, 2):
-            codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << 4)
-        if n & 1:
-            codes[(off + n - 1) >> 1] = ci[n - 1]
+            key = ci[k]
+            codes[off + k] = first[key] + np.uint8(xs[k] > thr[key])
+        return
+    for k in range(n):
+        key = ci[k]
+        ci[k] = np.uint32(first[key]) + np.uint32(xs[k] > thr[key])
+    for k in range(0, n - 1, 2):
+        codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << np.uint32(4))
+    if n & 1:
+        codes[(off + n - 1) >> 1] = ci[n - 1]
 
 
 @njit(**_OPTS)
@@ -106,7 +143,7 @@ def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  #
     decay, wd, low, w, b2, c2, eps, sign = hp
     sm = np.empty(qb, p.dtype)
     sv = np.empty(qb, p.dtype)
-    scratch = (np.empty(qb, np.float32), np.empty(qb, np.int32))
+    scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
@@ -152,7 +189,7 @@ def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
     """Lion on one plan block: ``hp`` = (decay, lr, b1, c1, b2, c2, sign)."""
     decay, lr, b1, c1, b2, c2, sign = hp
     sm = np.empty(qb, p.dtype)
-    scratch = (np.empty(qb, np.float32), np.empty(qb, np.int32))
+    scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
@@ -190,7 +227,7 @@ def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - com
     """SGD with momentum on one plan block: ``hp`` = (lr, wd, mom, 1 - dampening, sign, nesterov)."""
     lr, wd, mom, undamp, sign, nesterov = hp
     sb = np.empty(qb, p.dtype)
-    scratch = (np.empty(qb, np.float32), np.empty(qb, np.int32))
+    scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
