@@ -75,7 +75,7 @@ def launch(world: int, scenarios: str, arg: str = "", timeout: float = 240.0) ->
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[dict[int, dict], str]:
     ckpt = str(tmp_path_factory.mktemp("dcp"))
-    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,zero_muon", ckpt), ckpt
+    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,kfac_ddp,zero_muon", ckpt), ckpt
 
 
 def _check(entry: dict, label: str, tol: float) -> None:
@@ -125,6 +125,16 @@ def test_preconditioners_live_on_one_owner_rank(two_ranks) -> None:
         assert sum(total) > 0
         assert [sum(c) for c in zip(*held)] == total, (name, held, total)  # each matrix's once, on its owner
         assert all(0 < sum(h) < sum(total) for h in held), (name, held)  # both ranks own some (balanced by cost)
+
+
+def test_kfac_under_ddp_averages_its_factors(two_ranks) -> None:
+    results, _ = two_ranks
+    for rank, res in results.items():
+        k = res["kfac_ddp"]
+        assert "fatal" not in k, k
+        assert k["group_found"]  # the DDP model's process group, found without an argument
+        assert k["averaged"] <= 1e-5, (rank, k)  # one process on the global batch, to float rounding
+        assert k["not_averaged"] > 1e-3, (rank, k)  # per-rank factors alone: a different step
 
 
 def test_data_parallel_training_logs_once_and_checkpoints(two_ranks) -> None:

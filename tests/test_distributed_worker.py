@@ -240,6 +240,37 @@ def scenario_owner_state(_: str) -> dict:
     return out
 
 
+def scenario_kfac_ddp(_: str) -> dict:
+    """K-FAC on a DDP model, each rank on its slice of a global batch, against one process on the whole batch.
+
+    Also the same run with the factor averaging switched off, which must differ (the test can fail).
+    """
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    part = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    kwargs = dict(lr=0.1, T_cov=1, T_inv=1, damping=1e-2)
+    out = {}
+    for label, average in (("averaged", True), ("not_averaged", False)):
+        ddp = nn.parallel.DistributedDataParallel(model_fn())
+        opt = descent.KFAC(ddp, **kwargs)
+        out.setdefault("group_found", opt._process_group is not None)
+        if not average:
+            opt._process_group = None
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.mse_loss(ddp(x[part]), y[part]).backward()
+            opt.step()
+        ref = model_fn()
+        one = descent.KFAC(ref, **kwargs)
+        for _ in range(3):
+            one.zero_grad()
+            nn.functional.mse_loss(ref(x), y).backward()
+            one.step()
+        out[label] = max(float((a - b).abs().max()) for a, b in zip(ddp.module.parameters(), ref.parameters()))
+    return out
+
+
 def scenario_save(ckpt: str) -> dict:
     """Two steps on FSDP2, then the model and optimizer state through torch.distributed.checkpoint."""
     import torch.distributed.checkpoint as dcp
@@ -294,7 +325,8 @@ def main() -> None:
     imported = round(time.perf_counter() - begin, 1)
     rank = dist.get_rank()
     scenarios = {"fsdp": scenario_optimizers, "ddp": scenario_optimizers, "zero": scenario_optimizers,
-                 "errors": scenario_errors, "train": scenario_train, "owner_state": scenario_owner_state, "zero_muon": scenario_zero_muon, "save": scenario_save, "load": scenario_load}
+                 "errors": scenario_errors, "train": scenario_train, "owner_state": scenario_owner_state, "kfac_ddp": scenario_kfac_ddp,
+                 "zero_muon": scenario_zero_muon, "save": scenario_save, "load": scenario_load}
     result = {}
     for name in scenario.split(","):
         start = time.perf_counter()

@@ -48,8 +48,13 @@ def _hyper(opt: Any, group: dict[str, Any], overrides: Mapping[str, Any] | None)
 
 
 def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-              overrides: Mapping[str, Any] | None = None) -> None:
-    """LAMB on local shards (multi-tensor ops) with the two norms of every tensor reduced in one ``all_reduce``."""
+              overrides: Mapping[str, Any] | None = None, backend: str | None = None) -> None:
+    """LAMB on local shards with the two norms of every tensor reduced in one ``all_reduce``.
+
+    With the ``"fused"`` backend on CPU, the Numba kernel's two passes run around the
+    reduction (:func:`descent.kernels.sharded.lamb_sharded`); otherwise multi-tensor ops.
+    """
+    from ..kernels import sharded
     from ..optim._base import advance_steps
 
     hp = _hyper(opt, group, overrides)
@@ -58,6 +63,14 @@ def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list
     steps = advance_steps([s["step"] for s in states])
     ps, gs = [local(p) for p in params], [local(g) for g in grads]
     ms, vs = [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states]
+    if backend == "fused" and sharded.supports(ps, gs, ms, vs):
+        counted = torch.tensor([[1.0] if _counted(p) else [0.0] for p in params], dtype=torch.float64)
+        mesh = shard_group(params[0])
+        sharded.lamb_sharded(ps, gs, ms, vs, steps=steps, lr=float(hp["lr"]), beta1=b1, beta2=b2, eps=eps,
+                             weight_decay=wd, clamp_value=hp["clamp_value"], bias_correction=hp["bias_correction"],
+                             maximize=hp["maximize"],
+                             reduce=lambda a: sum_across([torch.from_numpy(a) * counted], mesh)[0].numpy())
+        return
     if hp["maximize"]:
         gs = torch._foreach_neg(gs)
     torch._foreach_lerp_(ms, gs, 1 - b1)

@@ -42,7 +42,8 @@ MODE_BY_NAME = {
 }
 
 #: Why an optimizer refuses DTensor parameters.
-UNSUPPORTED = {"kfac": "its factor statistics come from per-rank activations (not averaged over ranks)",
+UNSUPPORTED = {"kfac": "its layer hooks and eigenbases need whole weights; under DistributedDataParallel it "
+                       "averages its factors over the ranks",
                "lbfgs": "its line search needs the whole model on every rank"}
 
 
@@ -112,7 +113,7 @@ def step_bucket(opt: Any, backend: str | Callable[[torch.device, torch.dtype], s
         gather_step(opt, name, group, params, grads, overrides)
     elif mode == "lamb":
         from ._stats import lamb_step
-        lamb_step(opt, group, params, grads, overrides)
+        lamb_step(opt, group, params, grads, overrides, backend=name)
     elif mode == "mars":
         from ._stats import mars_step
         mars_step(opt, group, params, grads, overrides)
