@@ -15,6 +15,7 @@ from ..functional import kfac as K
 from ..functional.sgd import sgd
 from ._base import Optimizer, Work, step_tensor
 from ._spec import Declaration, Meta
+from ..distributed._kfac import average_factors, kfac_process_group
 
 __all__ = ["KFAC"]
 
@@ -92,6 +93,9 @@ class KFAC(Optimizer):
         fisher_scale: ``"trace"`` (default, see **Scale**) or ``"none"`` (the empirical
             Fisher's own scale and an absolute damping, as before).
         skip_nonfinite: see :class:`descent.SGD`.
+        process_group: under data parallelism, the ranks whose Kronecker factors are averaged
+            (each rank sees its own part of the batch); default: a ``DistributedDataParallel``
+            model's group, else none (see :mod:`descent.distributed._kfac`).
 
     References:
         Martens & Grosse (2015), "Optimizing Neural Networks with Kronecker-factored
@@ -140,6 +144,7 @@ class KFAC(Optimizer):
         *,
         fisher_scale: str = "trace",
         skip_nonfinite: bool = False,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"Invalid model: KFAC needs the torch.nn.Module itself, got {type(model).__name__}")
@@ -148,6 +153,7 @@ class KFAC(Optimizer):
                         weight_decay=weight_decay, stat_decay=stat_decay, kl_clip=kl_clip, kfac=None,
                         fisher_scale=fisher_scale, skip_nonfinite=skip_nonfinite)
         super().__init__(groups, defaults)
+        self._process_group = kfac_process_group(model, process_group)  # data parallel: factors averaged
         self._stats: dict[int, dict[str, Any]] = {}
         self._empirical: dict[int, bool] = {}  # layer -> its G comes from the loss's own gradients
         self._fisher_scales: dict[int, float] = {}
@@ -264,6 +270,9 @@ class KFAC(Optimizer):
     def _precondition(self, work: Work) -> Work:
         """Natural-gradient directions for the K-FAC layers, scaled by the KL clip :math:`\\nu`
         (one factor for the whole step); the shared loop then runs SGD-momentum on them."""
+        if getattr(self, "_process_group", None) is not None:
+            average_factors(self._stats, [id(g["params"][0]) for g in self.param_groups if g["kfac"]],
+                            self._process_group)
         plan, vg, clips = [], 0.0, []
         self._fisher_scales = {}
         for group, params, grads, index in work:
