@@ -1,0 +1,142 @@
+"""One rank of tests/test_lowbit_distributed.py (run as a script, not collected).
+
+Usage: ``python tests/lowbit_distributed_worker.py SCENARIO CKPT_DIR OUT_DIR [NAME]`` with RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; each rank writes ``OUT_DIR/rank{r}.json``.
+
+- ``whole`` (1 rank, plain tensors): 2 steps of 8-bit AdamW, saved with
+  torch.distributed.checkpoint to ``CKPT_DIR/whole``.
+- ``shards`` (2 or 4 ranks, FSDP2): load ``whole``, 2 more steps, compare with 4 one-process
+  steps, save to ``CKPT_DIR/shards{world}``.
+- ``back`` (1 rank, plain tensors): load ``CKPT_DIR/NAME`` (``shards2``, ``shards4``), 2 more
+  steps, compare parameters and quantized state with 6 one-process steps.
+
+Gradients come from one seeded full gradient per step (as in test_distributed_worker.py), so
+every layout sees the same numbers and must match the one-process run bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+import descent
+import descent.distributed as D
+
+
+def model_fn() -> nn.Module:
+    """6000 and 4500 weights (quantized); rows over 2/4 ranks end off the 256-element blocks."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(80, 75), nn.Tanh(), nn.Linear(75, 60), nn.Tanh(), nn.Linear(60, 3))
+
+
+def make(model: nn.Module) -> torch.optim.Optimizer:
+    return descent.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, state_bits=8)
+
+
+def fsdp(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if D.is_dtensor(t) else t.detach()
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int) -> None:
+    for step in range(start, stop):
+        gen = torch.Generator().manual_seed(100 + step)
+        for p in model.parameters():
+            p.grad = D.shard_like(torch.randn(p.shape, generator=gen), p)
+        opt.step()
+
+
+def reference(steps: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = model_fn()
+    opt = make(model)
+    train(model, opt, 0, steps)
+    return model, opt
+
+
+def save(model: nn.Module, opt: torch.optim.Optimizer, path: str) -> None:
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=path)
+
+
+def load(model: nn.Module, opt: torch.optim.Optimizer, path: str) -> None:
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def diff(model: nn.Module, ref: nn.Module) -> float:
+    return max(float((full(a.detach()) - b.detach()).abs().max()) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+def state_equal(opt: torch.optim.Optimizer, model: nn.Module, ref_opt: torch.optim.Optimizer, ref: nn.Module) -> dict:
+    """Per state key: whether every parameter's entry equals the one-process run's (codes, absmax, ...)."""
+    out: dict[str, bool] = {}
+    for p, q in zip(model.parameters(), ref.parameters()):
+        for key, want in ref_opt.state[q].items():
+            got = full(opt.state[p][key]) if isinstance(opt.state[p].get(key), torch.Tensor) else None
+            same = got is not None and got.dtype == want.dtype and torch.equal(got.reshape(want.shape), want)
+            out[key] = out.get(key, True) and same
+    return out
+
+
+def scenario_whole(ckpt: str) -> dict:
+    model, opt = reference(2)
+    save(model, opt, os.path.join(ckpt, "whole"))
+    return {"quantized": sum(v.dtype == torch.uint8 for s in opt.state.values() for v in s.values())}
+
+
+def scenario_shards(ckpt: str) -> dict:
+    world = dist.get_world_size()
+    model = fsdp(model_fn())
+    opt = make(model)
+    load(model, opt, os.path.join(ckpt, "whole"))
+    train(model, opt, 2, 4)
+    ref, ref_opt = reference(4)
+    out = {"diff": diff(model, ref), "state": state_equal(opt, model, ref_opt, ref)}
+    save(model, opt, os.path.join(ckpt, f"shards{world}"))
+    return out
+
+
+def scenario_back(ckpt: str, name: str) -> dict:
+    ref, ref_opt = reference(6)
+    model = model_fn()
+    opt = make(model)
+    load(model, opt, os.path.join(ckpt, name))
+    train(model, opt, 4, 6)
+    return {"diff": diff(model, ref), "state": state_equal(opt, model, ref_opt, ref)}
+
+
+def main() -> None:
+    scenario, ckpt, out_dir = sys.argv[1:4]
+    dist.init_process_group("gloo")
+    try:
+        if scenario == "back":
+            result = scenario_back(ckpt, sys.argv[4])
+        else:
+            result = {"whole": scenario_whole, "shards": scenario_shards}[scenario](ckpt)
+    except Exception as exc:
+        result = {"fatal": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+    with open(os.path.join(out_dir, f"rank{dist.get_rank()}.json"), "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
