@@ -299,6 +299,21 @@ def test_soap_matches_pytorch_optimizer_on_matrices():
         _close(pa.detach(), pb.detach(), 1e-6)
 
 
+def test_soap_sides_above_max_precond_dim_match_pytorch_optimizer():
+    """A side longer than the limit gets no preconditioner (the identity), as in the authors' code and
+    pytorch-optimizer's ``max_precondition_dim``: rows over it, columns over it (limit 5 here)."""
+    po = pytest.importorskip("pytorch_optimizer")
+    a, b = _pair(((9, 4), (3, 8), (5, 5)))
+    kw = dict(lr=0.01, betas=(0.9, 0.95), weight_decay=0.01, precondition_frequency=3)
+    ours, peer = descent.SOAP(a, max_precond_dim=5, **kw), po.SOAP(b, max_precondition_dim=5, **kw)
+    _simple_run(ours, a, steps=20)
+    _simple_run(peer, b, steps=20)
+    assert [sorted(k for k in ours.state[p] if k.startswith("q_")) for p in a] == [
+        ["q_right"], ["q_left"], ["q_left", "q_right"]]
+    for pa, pb in zip(a, b):
+        _close(pa.detach(), pb.detach(), 1e-6)
+
+
 def test_soap_bases_are_the_statistics_eigenvectors_and_large_sides_are_not_rotated():
     w = torch.nn.Parameter(torch.randn(6, 20, dtype=torch.float64))
     opt = descent.SOAP([w], max_precond_dim=10, precondition_frequency=1000)
