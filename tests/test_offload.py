@@ -140,6 +140,12 @@ def test_gradient_accumulation_and_zero_grad() -> None:
     before = [p.detach().clone() for p in models[0].parameters()]
     opts[0].step()
     assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters()))
+    grads = [torch.randn(p.shape) for p in models[0].parameters()]
+    for model, o in zip(models, opts):  # gradients set by hand (no backward, so no hook) are stepped too
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        o.step()
+    _assert_same(models[0], models[2])
 
 
 def test_bf16_params_with_fp32_masters() -> None:

@@ -283,12 +283,14 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
         p.grad = None
 
     def _gather(self) -> None:
-        """Every gradient of this step on the host, in its master's ``.grad``."""
-        if not self.offload_gradients:
-            for i, p in enumerate(self._params):
-                if p.grad is not None and i not in self._pending and i not in self._ready:
-                    self._masters[i].grad = None
-                    self._copy_grad(i, p.grad)
+        """Every gradient of this step on the host, in its master's ``.grad``.
+
+        Device gradients not copied yet are copied now: all of them with ``offload_gradients=False``,
+        and with ``True`` those set without a backward (``p.grad = g``), which fires no hook.
+        """
+        for i, p in enumerate(self._params):
+            if p.grad is not None and i not in self._pending and i not in self._ready:
+                self._copy_grad(i, p.grad)
         for i in list(self._pending):
             self._finish_grad(i)
 
