@@ -248,3 +248,18 @@ def test_cuda_async_path_matches_host_reference(dtype: torch.dtype) -> None:
     for p, m in zip(model.parameters(), masters):
         assert torch.equal(p.detach().cpu(), m.detach().to(dtype))
     assert all(v.device.type == "cpu" for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+
+
+def test_grad_scaler_with_grads_at_step() -> None:
+    m1, m2 = _model(), _model()
+    opt, ref = descent.CPUOffloadOptimizer(m1.parameters(), lr=1e-2), descent.AdamW(m2.parameters(), lr=1e-2)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=1024.0) for _ in range(2)]
+    for step in range(5):
+        for model, o, s in ((m1, opt, scalers[0]), (m2, ref, scalers[1])):
+            o.zero_grad()
+            x, y = _batch(step)
+            s.scale(torch.nn.functional.cross_entropy(model(x), y)).backward()
+            s.step(o)
+            s.update()
+    _assert_same(m1, m2)
+    assert not torch.equal(m1[0].weight, _model()[0].weight)

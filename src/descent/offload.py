@@ -24,6 +24,11 @@ The data flow of one step on a CUDA device:
   after those copies, so the next forward reads the new weights without blocking the host;
   the next step waits for the copies before it overwrites the host buffers.
 
+Every parameter is offloaded (torchao keeps tensors below ``minimal_size`` on the device; here
+they are few bytes and stepped on the host too). ``torch.amp.GradScaler`` works with
+``offload_gradients=False`` only (it unscales the device gradients, which ``True`` has already
+moved); bf16 training needs no scaler.
+
 On a machine without CUDA (parameters on the CPU) every copy is a plain copy, which is how
 the equality with the non-offloaded optimizer is tested. Only the transfer buffers (fp32
 masters, gradient and bf16 staging buffers) are pinned, and only when CUDA is available;
