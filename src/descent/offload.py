@@ -244,8 +244,9 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
 
     def _host_grad(self, i: int) -> Tensor:
         m = self._masters[i]
-        if i not in self._grads:
-            self._grads[i] = torch.empty(m.shape, dtype=torch.float32, pin_memory=self._stream is not None)
+        if i not in self._grads:  # pinned only where the device -> host copy lands in it (fp32 gradients)
+            pin = self._stream is not None and self._params[i].dtype == torch.float32
+            self._grads[i] = torch.empty(m.shape, dtype=torch.float32, pin_memory=pin)
         return self._grads[i]
 
     def _copy_grad(self, i: int, grad: Tensor) -> None:
