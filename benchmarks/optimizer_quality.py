@@ -19,7 +19,9 @@ Usage (a loaded 2-core machine: expect minutes per task and optimizer)::
         --steps 300 --trials 8 --seeds 3 --out optimizer_quality.json
 
 The table shows the search too (every trial's hyperparameters and validation loss go to
-``--out``). Timings are not the point here and are not reported.
+``--out``). Timings are not the point here and are not reported. Runs split across processes
+(``--optimizers`` subsets of one task and budget, each with its own ``--out``) are joined into
+one table, steps-to-target included, with ``--merge a.json b.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,24 @@ from descent.tasks.tuning import compare_tuned, summarize, table
 #: the optimizers of issue 15's table ("sgd" is the registry's Nesterov-momentum preset)
 OPTIMIZERS = ["adamw", "sgd", "muon", "shampoo", "soap", "schedulefree-adamw", "prodigy", "ademamix", "mars", "lion"]
 
+def merged(paths: list[str]) -> list[dict]:
+    """The results in ``paths`` (``--out`` files), one per task, the optimizers of a task joined.
+
+    Raises ``ValueError`` when two files ran one task with different budgets (not comparable).
+    """
+    tasks: dict[str, dict] = {}
+    for path in paths:
+        with open(path) as fh:
+            for result in json.load(fh):
+                seen = tasks.setdefault(result["task"], {**result, "optimizers": {}})
+                budget = [result[k] for k in ("steps", "trials", "seeds")]
+                if budget != [seen[k] for k in ("steps", "trials", "seeds")]:
+                    raise ValueError(f"Invalid --merge: {path} ran {result['task']} with steps/trials/seeds {budget}, "
+                                     f"another file with {[seen[k] for k in ('steps', 'trials', 'seeds')]}")
+                seen["optimizers"].update(result["optimizers"])
+    return list(tasks.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["logistic", "digits-cnn", "mnist1d", "charlm"])
@@ -47,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write every trial and run as JSON here")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="print the tables of earlier --out files, joining the optimizers of one task")
     args = parser.parse_args(argv)
+    if args.merge:
+        for result in merged(args.merge):
+            print(table(result["task"], summarize(result)) + "\n")
+        return 0
     if args.steps < 10 or args.trials < 1 or args.seeds < 1:
         parser.error("--steps must be >= 10, --trials and --seeds >= 1")
     torch.set_num_threads(args.threads)

@@ -356,6 +356,32 @@ def test_compare_tune_reports_the_search_and_the_reruns(tmp_path, capsys):
                  "--out", str(tmp_path / "cmp2")]) == 2
 
 
+def test_quality_benchmark_merges_split_runs_into_the_table_of_one_run(tmp_path):
+    """benchmarks/optimizer_quality.py --merge: two processes' subsets give the one-process table."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from descent.tasks.tuning import compare_tuned, summarize, table
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "optimizer_quality.py"
+    spec_ = importlib.util.spec_from_file_location("optimizer_quality", path)
+    bench = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(bench)
+    budget = dict(steps=10, trials=2, seeds=2, eval_every=2)
+    files = []
+    for names in (["adamw"], ["sgd"]):
+        files.append(tmp_path / f"{names[0]}.json")
+        files[-1].write_text(json.dumps([compare_tuned("rosenbrock", names, **budget)]))
+    (joined,) = bench.merged([str(f) for f in files])
+    whole = compare_tuned("rosenbrock", ["adamw", "sgd"], **budget)
+    assert table("rosenbrock", summarize(joined)) == table("rosenbrock", summarize(whole))
+    files.append(tmp_path / "other.json")
+    files[-1].write_text(json.dumps([compare_tuned("rosenbrock", ["lion"], **{**budget, "steps": 12})]))
+    with pytest.raises(ValueError, match="Invalid --merge: .*other.json ran rosenbrock"):
+        bench.merged([str(f) for f in files])
+
+
 @pytest.mark.parametrize("name", ["schedulefree-adamw", "adamw"])
 def test_train_evaluates_schedule_free_at_the_average(name):
     """descent's train()/compare evaluate a schedule-free run at x and keep training at y."""
