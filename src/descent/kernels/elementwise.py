@@ -151,59 +151,55 @@ def _lamb_apply_direct(p, m, v, r1, r2, eps, wd, coef):  # pragma: no cover - co
 
 
 @njit(parallel=True, **_OPTS)
-def lamb_multi(ptrs, sizes, blocks, waves, offsets, wave_sizes, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
-               clamp, sums, tot, ratio):  # pragma: no cover - compiled
-    """LAMB over every wave: moments, direction and block norms; trust ratios; apply.
+def lamb_multi(ptrs, sizes, blocks, first, chunks, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr, clamp,
+               ratio):  # pragma: no cover - compiled
+    """LAMB over every tensor, one parallel region per call: each thread takes a chunk of whole
+    tensors (:func:`descent.kernels.multi.chunks`) and, tensor by tensor, updates the moments,
+    writes the direction into its row of ``scratch`` and sums the block norms, forms the trust
+    ratio, then applies the step while the tensor is still in cache.
 
-    ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``bc1``/``bc2`` per tensor;
-    ``clamp`` < 0 means no clamp of the weight norm. A wave that fits in ``scratch``
-    stores the direction there (the apply pass reads it from cache); a larger one (a
-    single big tensor, where nothing stays in cache anyway) computes it twice instead of
-    allocating a buffer as large as the tensor. Scratch from the caller: ``sums`` (B, 2)
-    and ``tot`` (T, 2) float64 zeros, ``ratio`` (T,) ones, which receives the trust ratios
-    (no allocation here: in a parallel function each would be a parallel region).
+    ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``first`` (T + 1,) the first block of
+    each tensor; ``chunks`` (C + 1,) tensor bounds, one chunk per thread; ``bc1``/``bc2`` per
+    tensor; ``clamp`` < 0 means no clamp of the weight norm; ``ratio`` (T,) ones, which
+    receives the trust ratios. A tensor larger than a ``scratch`` row (one very large
+    tensor, where nothing stays in cache anyway) computes the direction twice instead. The
+    block sums are float64, added in block order, so no result depends on the thread count.
     """
     one = like.dtype.type(1.0)
-    for w in range(waves.size - 1):
-        store = wave_sizes[w] <= scratch.size
-        for k in prange(waves[w], waves[w + 1]):
-            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
+    for c in prange(chunks.size - 1):
+        u_all = scratch[c]
+        for t in range(chunks[c], chunks[c + 1]):
             n = sizes[t]
-            p = view(ptrs[0, t], n, like)[lo:hi]
-            g = view(ptrs[1, t], n, like)[lo:hi]
-            m = view(ptrs[2, t], n, like)[lo:hi]
-            v = view(ptrs[3, t], n, like)[lo:hi]
+            if n == 0:
+                continue
+            p, g = view(ptrs[0, t], n, like), view(ptrs[1, t], n, like)
+            m, v = view(ptrs[2, t], n, like), view(ptrs[3, t], n, like)
             r1, r2 = one / bc1[t], one / bc2[t]
-            if store:
-                sp, su = _lamb_block(p, g, m, v, scratch[offsets[k]:offsets[k] + hi - lo], b1, c1, b2, c2, r1, r2,
-                                     eps, wd, sign)
-            else:
-                sp, su = _lamb_norms_direct(p, g, m, v, b1, c1, b2, c2, r1, r2, eps, wd, sign)
-            sums[k, 0] = sp
-            sums[k, 1] = su
-        for k in range(waves[w], waves[w + 1]):
-            t = blocks[k, 0]
-            tot[t, 0] += sums[k, 0]
-            tot[t, 1] += sums[k, 1]
-        for k in range(waves[w], waves[w + 1]):
-            t = blocks[k, 0]
-            if k == waves[w] or blocks[k - 1, 0] != t:
-                # the norms are rounded to the tensor's dtype, as torch's norm() returns them
-                wn = np.float64(like.dtype.type(math.sqrt(tot[t, 0])))
-                un = np.float64(like.dtype.type(math.sqrt(tot[t, 1])))
-                if clamp >= 0 and wn > clamp:
-                    wn = clamp
-                if wn > 0 and un > 0:
-                    ratio[t] = np.float64(like.dtype.type(wn / un))
-        for k in prange(waves[w], waves[w + 1]):
-            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
-            n = sizes[t]
+            store = n <= u_all.size
+            sp = 0.0
+            su = 0.0
+            for k in range(first[t], first[t + 1]):
+                lo, hi = blocks[k, 1], blocks[k, 2]
+                if store:
+                    a, b = _lamb_block(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], u_all[lo:hi], b1, c1, b2, c2, r1, r2,
+                                       eps, wd, sign)
+                else:
+                    a, b = _lamb_norms_direct(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], b1, c1, b2, c2, r1, r2, eps,
+                                              wd, sign)
+                sp += a
+                su += b
+            # the norms are rounded to the tensor's dtype, as torch's norm() returns them
+            wn = np.float64(like.dtype.type(math.sqrt(sp)))
+            un = np.float64(like.dtype.type(math.sqrt(su)))
+            if clamp >= 0 and wn > clamp:
+                wn = clamp
+            if wn > 0 and un > 0:
+                ratio[t] = np.float64(like.dtype.type(wn / un))
             coef = like.dtype.type(ratio[t] * lr)
             if store:
-                _lamb_apply(view(ptrs[0, t], n, like)[lo:hi], scratch[offsets[k]:offsets[k] + hi - lo], coef)
+                _lamb_apply(p, u_all[:n], coef)
             else:
-                _lamb_apply_direct(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[2, t], n, like)[lo:hi],
-                                   view(ptrs[3, t], n, like)[lo:hi], one / bc1[t], one / bc2[t], eps, wd, coef)
+                _lamb_apply_direct(p, m, v, r1, r2, eps, wd, coef)
 
 
 @njit(**_OPTS)

@@ -72,6 +72,8 @@ def lamb(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
          bias_correction: bool, maximize: bool) -> None:
     """:func:`descent.functional.lamb` over a bucket: moments and norms, trust ratios, apply
     (:func:`descent.kernels.elementwise.lamb_multi`)."""
+    import numba
+
     from . import multi
     from .elementwise import lamb_multi
 
@@ -80,13 +82,14 @@ def lamb(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
     t = np.asarray(steps, dtype=np.float64)
     bc1 = (1 - beta1**t if bias_correction else np.ones_like(t)).astype(dtype.dtype)
     bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(dtype.dtype)
-    # waves up to 4x the target size store the direction; a bigger one (one large tensor) recomputes it
-    scratch = np.empty(plan.scratch_numel(4 * multi.WAVE), dtype=dtype.dtype)
-    lamb_multi(addresses(params, grads, exp_avg, exp_avg_sq), plan.sizes, plan.blocks, plan.waves, plan.offsets,
-               plan.wave_sizes, dtype, scratch, bc1, bc2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
-               dt(eps), dt(weight_decay), dt(_sign(maximize)), float(lr),
-               -1.0 if clamp_value is None else float(clamp_value), np.zeros((len(plan.blocks), 2)),
-               np.zeros((len(params), 2)), np.ones(len(params)))
+    first, bounds = multi.chunks(tuple(plan.sizes.tolist()), numba.get_num_threads())
+    # one direction buffer per thread, as large as its largest tensor up to 4 waves (a bigger
+    # tensor recomputes the direction)
+    widest = max((int(plan.sizes[a:b].max()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a), default=0)
+    scratch = np.empty((len(bounds) - 1, min(widest, 4 * multi.WAVE)), dtype=dtype.dtype)
+    lamb_multi(addresses(params, grads, exp_avg, exp_avg_sq), plan.sizes, plan.blocks, first, bounds, dtype, scratch,
+               bc1, bc2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay),
+               dt(_sign(maximize)), float(lr), -1.0 if clamp_value is None else float(clamp_value), np.ones(len(params)))
 
 
 def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, variance: Maybe, exp_avg: Maybe, *,

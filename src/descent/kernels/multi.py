@@ -27,7 +27,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["BLOCK", "WAVE", "Plan", "plan", "view", "fma"]
+__all__ = ["BLOCK", "WAVE", "Plan", "plan", "chunks", "view", "fma"]
 
 #: Target elements per block: 64 KiB per float32 array, so a block's arrays stay in L2
 #: between the passes a kernel makes over one block.
@@ -141,3 +141,34 @@ def plan(sizes: tuple[int, ...], row_lengths: tuple[int, ...] | None = None,
         wave_sizes[w] = lengths[w0:w1].sum()
     return Plan(np.asarray(sizes, dtype=np.int64), table, np.asarray(waves, dtype=np.int64), offsets, wave_sizes,
                 int(sum(sizes)))
+
+
+@lru_cache(maxsize=256)
+def chunks(sizes: tuple[int, ...], parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each tensor's first block (in :func:`plan`'s table) and a cut of the tensors into
+    ``parts`` runs of whole tensors with about equal elements (one per thread).
+
+    A kernel that runs its passes tensor by tensor inside one parallel loop over the runs
+    (LAMB) needs one parallel region per call instead of several per wave.
+
+    Returns:
+        ``first`` ``(T + 1,)``: tensor ``t``'s blocks are ``first[t]:first[t + 1]``;
+        ``bounds`` ``(parts + 1,)``: run ``c`` holds tensors ``bounds[c]:bounds[c + 1]``.
+
+    Example:
+        >>> first, bounds = chunks((40000, 10, 0, 30000), 2)
+        >>> first.tolist(), bounds.tolist()
+        ([0, 3, 4, 4, 6], [0, 1, 4])
+    """
+    table = plan(sizes).blocks
+    first = np.searchsorted(table[:, 0], np.arange(len(sizes) + 1)).astype(np.int64)
+    ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
+    total = int(ends[-1]) if len(sizes) else 0
+    bounds = [0]
+    for c in range(1, parts):  # the tensor boundary nearest to each c/parts of the elements
+        cut = int(np.searchsorted(ends, c * total / parts)) if total else 0
+        if cut < len(sizes) and cut > 0 and abs(ends[cut - 1] - c * total / parts) < abs(ends[cut] - c * total / parts):
+            cut -= 1
+        bounds.append(max(bounds[-1], min(len(sizes), cut + 1)))
+    bounds.append(len(sizes))
+    return first, np.asarray(bounds, dtype=np.int64)

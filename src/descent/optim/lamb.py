@@ -37,12 +37,11 @@ class LAMB(Optimizer):
     with :func:`descent.param_groups` and a group of plain Adam if you wish.
 
     The default CPU backend (``"fused"``) is one Numba call per device/dtype bucket
-    (:func:`descent.kernels.elementwise.lamb_multi`): a pass that updates the moments,
-    writes :math:`u` into a scratch buffer and sums the two norms, then a pass that
-    applies the step, over a wave of tensors small enough (about 0.5M elements) that the
-    second pass reads from cache (a tensor above 2M elements is its own wave and
-    recomputes :math:`u` instead of storing it). In float64 it equals
-    :func:`descent.functional.lamb` to 1e-13.
+    (:func:`descent.kernels.elementwise.lamb_multi`) with one parallel region: each thread
+    takes a run of whole tensors and, tensor by tensor, updates the moments, writes
+    :math:`u` into its scratch buffer and sums the two norms, then applies the step while
+    the tensor is still in cache (a tensor above 2M elements recomputes :math:`u` instead
+    of storing it). In float64 it equals :func:`descent.functional.lamb` to 1e-13.
 
     Args:
         params: parameters or param group dicts.
