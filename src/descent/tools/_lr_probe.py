@@ -20,8 +20,9 @@ import numpy as np
 
 __all__ = ["Probe", "ProbeSearch", "search", "probe_length", "curve_problem", "edge_lr", "cycle"]
 
-#: fraction of the run a probe trains for (P = fraction * total_steps), and its bounds.
-PROBE_FRACTION = 0.25
+#: fraction of the run a probe trains for (P = fraction * total_steps), and its bounds (0.5 against
+#: 0.25 on the calibration problems, see find_lr).
+PROBE_FRACTION = 0.5
 MIN_PROBE_STEPS = 30
 MAX_PROBE_STEPS = 500
 #: the first probes, in quarter decades below the edge lr (0 = the edge, 8 = edge / 100).
