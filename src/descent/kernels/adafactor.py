@@ -1,7 +1,8 @@
 """Numba multi-tensor kernel for Adafactor (see :mod:`descent.kernels` and :func:`descent.functional.adafactor`).
 
-One call steps every tensor of a bucket, one wave of tensors at a time
-(:mod:`descent.kernels.multi`), in three parallel passes over the wave's blocks:
+One call steps every tensor of a bucket in one parallel region: each thread takes a run
+of whole tensors (:func:`descent.kernels.multi.chunks`) and makes three passes over each
+tensor's blocks (:mod:`descent.kernels.multi`) before the next tensor:
 
 A. factored tensors (viewed as ``(rows, m)``, blocks of whole rows inside one matrix of
    the batch): row means of :math:`g^2+\\epsilon_1` into ``row_var``, per-block column
@@ -12,7 +13,9 @@ C. the update, with the clipping and the step size folded into one factor
    :math:`\alpha/d` per tensor (a multiplication per element where the functional divides
    and multiplies; the last bit may differ).
 
-A wave is small enough that passes B and C read the gradient from cache. Sums are
+A tensor (at most a few MB in a GPT-shaped list) is small enough that passes B and C
+read its gradient from cache; between the passes, the thread computes the tensor's
+factors and scalars itself (no serial section, no barrier). Sums are
 accumulated in the tensors' dtype within a block (vector partial sums), float64 per
 block, added in block order, so results do not depend on the thread count; the sums may be
 reassociated (``fastmath={'reassoc'}``) so that they vectorize.
@@ -150,115 +153,93 @@ def _factors(row, col, colsum, rf, cf, n, m, b2, c2):  # pragma: no cover - comp
 
 
 @njit(**_OPTS)
-def _wave_factors(ptrs, sizes, meta, blocks, w0, w1, like, b2s, colpart, psum, usum, tot_p, tot_u, rf_all,
-                  cf_all):  # pragma: no cover - compiled
-    """Between passes A and B, serially: per-tensor sums, column update, row/column factors."""
+def _factored_pass_a(p, g, rows, colpart, blocks, k0, k1, n, m, eps1, b2, c2):  # pragma: no cover - compiled
+    """Pass A over one factored tensor's blocks: row update, column partials (zeroed here), sum p^2."""
+    tot_p = 0.0
+    for k in range(k0, k1):
+        lo, hi = blocks[k, 1], blocks[k, 2]
+        r0 = lo // m
+        part = colpart[k - k0, :m]
+        part[:] = 0.0
+        tot_p += _factored_stats(p[lo:hi], g[lo:hi].reshape(((hi - lo) // m, m)), rows[r0:r0 + (hi - lo) // m],
+                                 part, eps1, b2, c2)
+    return tot_p
+
+
+@njit(**_OPTS)
+def _column_sums(colpart, blocks, k0, k1, n, m, batch):  # pragma: no cover - compiled
+    """Each matrix's column sums of g^2 + eps1 from its blocks' partials (last block first)."""
+    colsum = np.zeros(batch * m)
+    for j in range(k1 - 1, k0 - 1, -1):
+        off = (blocks[j, 1] // (n * m)) * m
+        for c in range(m):
+            colsum[off + c] += colpart[j - k0, c]
+    return colsum
+
+
+@njit(**_OPTS)
+def _tensor_step(ptrs, sizes, meta, blocks, k0, k1, t, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
+                 scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
+    """Every pass over one tensor (its blocks ``k0:k1``): statistics, factors, the sum of
+    U^2, the clipping denominator and step size, the update. The tensor's later passes
+    read it from cache."""
     dt = like.dtype.type
-    for k in range(w0, w1):
-        t = blocks[k, 0]
-        n, m, size = meta[t, 0], meta[t, 1], sizes[t]
-        tot_p[t] += psum[k]
-        if n == 0:
-            tot_u[t] += usum[k]
-        if n == 0 or (k + 1 < w1 and blocks[k + 1, 0] == t):
-            continue
+    n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+    p, g = view(ptrs[0, t], size, like), view(ptrs[1, t], size, like)
+    mom = view(ptrs[5, t], size, like) if use_m else p
+    b2 = dt(b2s[t])
+    tot_u = 0.0
+    if n > 0:
         batch = size // (n * m)
-        colsum = np.zeros(batch * m)
-        j = k
-        while j >= w0 and blocks[j, 0] == t:
-            off = (blocks[j, 1] // (n * m)) * m
-            for c in range(m):
-                colsum[off + c] += colpart[j - w0, c]
-            j -= 1
-        b2 = dt(b2s[t])
-        _factors(view(ptrs[2, t], size // m, like), view(ptrs[3, t], batch * m, like), colsum,
-                 rf_all[meta[t, 2]:meta[t, 2] + size // m], cf_all[meta[t, 3]:meta[t, 3] + batch * m],
+        rows = view(ptrs[2, t], size // m, like)
+        rf, cf = rf_all[meta[t, 2]:meta[t, 2] + size // m], cf_all[meta[t, 3]:meta[t, 3] + batch * m]
+        tot_p = _factored_pass_a(p, g, rows, colpart, blocks, k0, k1, n, m, dt(eps1), b2, dt(1.0) - b2)
+        _factors(rows, view(ptrs[3, t], batch * m, like), _column_sums(colpart, blocks, k0, k1, n, m, batch), rf, cf,
                  n, m, b2, dt(1.0) - b2)
-
-
-@njit(**_OPTS)
-def _wave_scalars(sizes, meta, blocks, w0, w1, usum, tot_p, tot_u, lrs, eps2, clip, wd, scale_parameter, denom,
-                  alpha, decay):  # pragma: no cover - compiled
-    """Between passes B and C, serially: each tensor's clipping denominator, step size and decay."""
-    for k in range(w0, w1):
-        t = blocks[k, 0]
-        if meta[t, 0] > 0:
-            tot_u[t] += usum[k]
-        if k + 1 < w1 and blocks[k + 1, 0] == t:
-            continue
-        root = math.sqrt(sizes[t])
-        denom[t] = max(1.0, math.sqrt(tot_u[t]) / root / clip)
-        alpha[t] = lrs[t] * max(eps2, math.sqrt(tot_p[t]) / root) if scale_parameter else lrs[t]
-        decay[t] = 1.0 - wd * alpha[t] if wd != 0 else 1.0
-
-
-@njit(**_OPTS)
-def _zero_rows(a, rows):  # pragma: no cover - compiled
-    for r in range(rows):
-        for c in range(a.shape[1]):
-            a[r, c] = 0.0
+        for k in range(k0, k1):
+            lo, hi = blocks[k, 1], blocks[k, 2]
+            c0 = (lo // (n * m)) * m
+            tot_u += _factored_usum(g[lo:hi].reshape(((hi - lo) // m, m)), rf[lo // m:], cf[c0:c0 + m])
+    else:
+        v = view(ptrs[4, t], size, like)
+        tot_p = 0.0
+        for k in range(k0, k1):
+            lo, hi = blocks[k, 1], blocks[k, 2]
+            _vector_variance(g[lo:hi], v[lo:hi], dt(eps1), b2, dt(1.0) - b2)
+            us, ps = _vector_sums(p[lo:hi], g[lo:hi], v[lo:hi])
+            tot_u += us
+            tot_p += ps
+    root = math.sqrt(size)
+    denom = max(1.0, math.sqrt(tot_u) / root / clip)
+    alpha = lrs[t] * max(eps2, math.sqrt(tot_p) / root) if scale_parameter else lrs[t]
+    decay = 1.0 - wd * alpha if wd != 0 else 1.0
+    for k in range(k0, k1):  # pass C
+        lo, hi = blocks[k, 1], blocks[k, 2]
+        if n > 0:
+            c0 = (lo // (n * m)) * m
+            shape = ((hi - lo) // m, m)
+            _factored_apply(p[lo:hi].reshape(shape), g[lo:hi].reshape(shape), rf[lo // m:], cf[c0:c0 + m],
+                            dt(alpha / denom), dt(decay), mom[lo:hi].reshape(shape), dt(b1), dt(c1), use_m, dt(sign))
+        else:
+            _vector_apply(p[lo:hi], g[lo:hi], view(ptrs[4, t], size, like)[lo:hi], dt(alpha / denom), dt(decay),
+                          mom[lo:hi], dt(b1), dt(c1), use_m, dt(sign))
 
 
 @njit(parallel=True, **_OPTS)
-def adafactor_multi(ptrs, sizes, meta, blocks, waves, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
-                    scale_parameter, sign, colpart, rf_all, cf_all, sums):  # pragma: no cover - compiled
-    """Adafactor over every wave (see the module docstring).
+def adafactor_multi(ptrs, sizes, meta, blocks, first, bounds, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
+                    scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
+    """Adafactor over every tensor (see the module docstring), one parallel region per call:
+    thread ``c`` steps the tensors ``bounds[c]:bounds[c + 1]`` one after the other
+    (:func:`descent.kernels.multi.chunks`).
 
     ``ptrs`` rows: param, grad, row_var, col_var, variance, exp_avg (0 where absent);
     ``meta[t]`` = (n, m, row offset, column offset): rows per matrix (0 for a vector),
-    columns, and where the tensor's factors start in ``rf_all``/``cf_all``; ``b2s``/``lrs``
-    per tensor; ``colpart`` float64 scratch of (blocks per wave, columns) at least;
-    ``sums`` float64 scratch of (7, max(blocks, tensors)), zeroed. Only the three passes
-    are parallel loops: the serial work between them lives in plain functions, where no
-    array expression becomes a parallel region of its own.
+    columns, and where the tensor's factors start in ``rf_all``/``cf_all``; ``first``
+    ``(T + 1,)`` each tensor's first block; ``b2s``/``lrs`` per tensor; ``colpart`` float64
+    scratch of (threads, blocks of the largest factored tensor, columns) at least.
     """
-    dt = like.dtype.type
-    usum, psum, tot_u, tot_p, denom, alpha, decay = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
-    for w in range(waves.size - 1):
-        w0, w1 = waves[w], waves[w + 1]
-        _zero_rows(colpart, w1 - w0)
-        for k in prange(w0, w1):  # pass A
-            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
-            n, m, size = meta[t, 0], meta[t, 1], sizes[t]
-            p = view(ptrs[0, t], size, like)[lo:hi]
-            g = view(ptrs[1, t], size, like)[lo:hi]
-            b2 = dt(b2s[t])
-            if n > 0:
-                r0 = lo // m
-                row = view(ptrs[2, t], size // m, like)[r0:r0 + (hi - lo) // m]
-                psum[k] = _factored_stats(p, g.reshape(((hi - lo) // m, m)), row, colpart[k - w0, :m], dt(eps1),
-                                          b2, dt(1.0) - b2)
-            else:
-                v = view(ptrs[4, t], size, like)[lo:hi]
-                _vector_variance(g, v, dt(eps1), b2, dt(1.0) - b2)
-                us, ps = _vector_sums(p, g, v)
-                usum[k] = us
-                psum[k] = ps
-        _wave_factors(ptrs, sizes, meta, blocks, w0, w1, like, b2s, colpart, psum, usum, tot_p, tot_u, rf_all,
-                      cf_all)
-        for k in prange(w0, w1):  # pass B
-            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
-            n, m = meta[t, 0], meta[t, 1]
-            if n > 0:
-                r0 = lo // m
-                c0 = meta[t, 3] + (lo // (n * m)) * m
-                g = view(ptrs[1, t], sizes[t], like)[lo:hi].reshape(((hi - lo) // m, m))
-                usum[k] = _factored_usum(g, rf_all[meta[t, 2] + r0:], cf_all[c0:c0 + m])
-        _wave_scalars(sizes, meta, blocks, w0, w1, usum, tot_p, tot_u, lrs, eps2, clip, wd, scale_parameter, denom,
-                      alpha, decay)
-        for k in prange(w0, w1):  # pass C
-            t, lo, hi = blocks[k, 0], blocks[k, 1], blocks[k, 2]
-            n, m, size = meta[t, 0], meta[t, 1], sizes[t]
-            p = view(ptrs[0, t], size, like)[lo:hi]
-            g = view(ptrs[1, t], size, like)[lo:hi]
-            mom = view(ptrs[5, t], size, like)[lo:hi] if use_m else p
-            if n > 0:
-                r0 = lo // m
-                c0 = meta[t, 3] + (lo // (n * m)) * m
-                shape = ((hi - lo) // m, m)
-                _factored_apply(p.reshape(shape), g.reshape(shape), rf_all[meta[t, 2] + r0:], cf_all[c0:c0 + m],
-                                dt(alpha[t] / denom[t]), dt(decay[t]), mom.reshape(shape), dt(b1), dt(c1), use_m,
-                                dt(sign))
-            else:
-                _vector_apply(p, g, view(ptrs[4, t], size, like)[lo:hi], dt(alpha[t] / denom[t]), dt(decay[t]),
-                              mom, dt(b1), dt(c1), use_m, dt(sign))
+    for c in prange(bounds.size - 1):
+        for t in range(bounds[c], bounds[c + 1]):
+            if first[t + 1] > first[t]:
+                _tensor_step(ptrs, sizes, meta, blocks, first[t], first[t + 1], t, like, b2s, lrs, eps1, eps2, clip,
+                             wd, b1, c1, use_m, scale_parameter, sign, colpart[c], rf_all, cf_all)

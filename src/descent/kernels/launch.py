@@ -101,6 +101,9 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
     A tensor whose state has neither a full ``variance`` nor both factors is refused by
     the functional with its own error, so such a bucket runs there instead.
     """
+    import numba
+
+    from . import multi
     from ..functional import adafactor as _fa
     from ..functional import adafactor_lr
     from .adafactor import adafactor_multi
@@ -125,18 +128,19 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
             meta[t, 1] = p.numel()
     factored = meta[:, 0] > 0
     spans = tuple(int(n * m) if n else int(p.numel()) for (n, m, _, _), p in zip(meta, params))
-    plan = bucket_plan(params, tuple(int(m) if n else 1 for n, m, _, _ in meta), spans)
+    rows = tuple(int(m) if n else 1 for n, m, _, _ in meta)
+    plan = bucket_plan(params, rows, spans)
+    first, bounds = multi.chunks(tuple(plan.sizes.tolist()), numba.get_num_threads(), rows, spans)
     dtype = like(params[0])
-    per_wave = int(np.diff(plan.waves).max()) if plan.waves.size > 1 else 1
+    per_tensor = int(np.diff(first)[factored].max()) if factored.any() else 1
     width = int(meta[factored, 1].max()) if factored.any() else 1
     b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
     b1 = 0.0 if beta1 is None else float(beta1)
     adafactor_multi(addresses(params, grads, row_var, col_var, variance, exp_avg if beta1 is not None else None),
-                    plan.sizes, meta, plan.blocks, plan.waves, dtype, b2s, np.asarray(lrs, dtype=np.float64), eps1,
+                    plan.sizes, meta, plan.blocks, first, bounds, dtype, b2s, np.asarray(lrs, dtype=np.float64), eps1,
                     eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
-                    _sign(maximize), np.zeros((per_wave, width)),
-                    np.empty(max(row_off, 1), dtype=dtype.dtype), np.empty(max(col_off, 1), dtype=dtype.dtype),
-                    np.zeros((7, max(len(plan.blocks), len(params)))))
+                    _sign(maximize), np.empty((len(bounds) - 1, per_tensor, width)),
+                    np.empty(max(row_off, 1), dtype=dtype.dtype), np.empty(max(col_off, 1), dtype=dtype.dtype))
 
 
 # ------------------------------------------------------------------ torch's kernels

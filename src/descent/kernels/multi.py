@@ -144,12 +144,14 @@ def plan(sizes: tuple[int, ...], row_lengths: tuple[int, ...] | None = None,
 
 
 @lru_cache(maxsize=256)
-def chunks(sizes: tuple[int, ...], parts: int) -> tuple[np.ndarray, np.ndarray]:
+def chunks(sizes: tuple[int, ...], parts: int, row_lengths: tuple[int, ...] | None = None,
+           spans: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each tensor's first block (in :func:`plan`'s table) and a cut of the tensors into
     ``parts`` runs of whole tensors with about equal elements (one per thread).
 
     A kernel that runs its passes tensor by tensor inside one parallel loop over the runs
-    (LAMB) needs one parallel region per call instead of several per wave.
+    (LAMB, Adafactor) needs one parallel region per call instead of several per wave.
+    ``row_lengths`` and ``spans`` are :func:`plan`'s.
 
     Returns:
         ``first`` ``(T + 1,)``: tensor ``t``'s blocks are ``first[t]:first[t + 1]``;
@@ -160,7 +162,7 @@ def chunks(sizes: tuple[int, ...], parts: int) -> tuple[np.ndarray, np.ndarray]:
         >>> first.tolist(), bounds.tolist()
         ([0, 3, 4, 4, 6], [0, 1, 4])
     """
-    table = plan(sizes).blocks
+    table = plan(sizes, row_lengths, spans).blocks
     first = np.searchsorted(table[:, 0], np.arange(len(sizes) + 1)).astype(np.int64)
     ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
     total = int(ends[-1]) if len(sizes) else 0

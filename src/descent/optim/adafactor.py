@@ -56,8 +56,9 @@ class Adafactor(Optimizer):
     (``step``, ``row_var``, ``col_var``, ``variance``), so torch's state loads here.
 
     The default CPU backend (``"fused"``) is one Numba call per device/dtype bucket
-    (:func:`descent.kernels.adafactor.adafactor_multi`: three passes over a factored
-    tensor's gradient, two over a vector's, a cache-sized wave of tensors at a time) that
+    (:func:`descent.kernels.adafactor.adafactor_multi`: one parallel region; each
+    thread makes three passes over a factored tensor's gradient, two over a vector's, one
+    tensor at a time, so the later passes read from cache) that
     agrees with the functional to float rounding.
 
     Args:
