@@ -21,6 +21,8 @@ def test_maps_shape_and_order():
         assert float(q.max()) == 1.0
         assert (float(q.min()) < 0) == signed
     assert 0.0 in dynamic_map(False, 8).tolist() and 0.0 not in linear_map(4).tolist()
+    # 4-bit second moment: (k/16)**2, k = 1..16 (no zero; linear in sqrt(v))
+    assert code_map(False, 4).tolist() == [(k / 16) ** 2 for k in range(1, 17)]
     assert code_map(True, 8) is code_map(True, 8), "one shared map per device"
     # bitsandbytes' create_dynamic_map(signed=True): smallest positive entry 0.55e-6, largest below 1 0.99296875
     q = dynamic_map(True, 8)

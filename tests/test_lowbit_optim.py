@@ -108,6 +108,46 @@ def test_exact_resume_through_weights_only_load(name, tmp_path):
             assert torch.equal(opt.state[p][k], ref.state[q][k]), k
 
 
+def test_state_with_another_map_keeps_it_beside_default_maps(monkeypatch):
+    """A 4-bit state saved with last session's linear second-moment map (1/16..1) loads, keeps
+    that map, and is stepped with it while the other parameters use the square map: the kernel
+    call is split by map, and the kernel and reference paths agree."""
+    from descent.lowbit import linear_map
+    from descent.lowbit.quant import quantize
+
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(8192, generator=gen) for _ in range(2)]
+    grads = [[torch.randn(8192, generator=gen) for _ in range(2)] for _ in range(3)]
+    results = []
+    for kernel in (True, False):
+        if not kernel:
+            monkeypatch.setattr(LO, "_kernel_ok", lambda p, g: False)
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = descent.AdamW(ps, lr=1e-2, state_bits=4)
+        for p, g in zip(ps, grads[0]):
+            p.grad = g.clone()
+        opt.step()
+        sd = copy.deepcopy(opt.state_dict())
+        old = sd["state"][0]  # rewrite parameter 0's second moment in the old format
+        v = LO.QuantState.from_entries(old, "exp_avg_sq", 8192).dequantize()
+        old["exp_avg_sq"], old["exp_avg_sq_absmax"] = quantize(v, linear_map(4), 4)
+        old["exp_avg_sq_qmap"] = linear_map(4)
+        opt.load_state_dict(sd)
+        for g_step in grads[1:]:
+            for p, g in zip(ps, g_step):
+                p.grad = g.clone()
+            opt.step()
+        assert torch.equal(opt.state[ps[0]]["exp_avg_sq_qmap"], linear_map(4))
+        assert opt.state[ps[1]]["exp_avg_sq_qmap"] is LO.code_map(False, 4)
+        results.append((ps, opt))
+    (pk, ok), (pr, orf) = results
+    for a, b in zip(pk, pr):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq"):
+            same = (ok.state[a][key] == orf.state[b][key]).float().mean().item()
+            assert same > 0.99, (key, same)
+
+
 def test_resume_into_bf16_keeps_absmax_float32():
     model = _model(dtype=torch.bfloat16)
     opt = descent.AdamW(model.parameters(), lr=1e-2, state_bits=8)

@@ -31,6 +31,7 @@ from torch import Tensor
 from .. import functional as F
 from . import MIN_NUMEL
 from .maps import code_map
+from .quant import quantize
 from .state import QuantState
 
 __all__ = ["LowBitMixin", "stochastic_round_", "STATE_BITS"]
@@ -131,7 +132,10 @@ def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dic
     for (key, signed), value in zip(algo.keys.items(), vals):
         if value is None:
             continue
-        new = QuantState.quantize(value, signed, bits)
+        if key in present:  # keep the state's own map (a state saved with another map stays in it)
+            new = QuantState(*quantize(value, state[key + "_qmap"], bits), state[key + "_qmap"], value.numel())
+        else:
+            new = QuantState.quantize(value, signed, bits)
         if key in present:
             state[key].copy_(new.codes)
             state[key + "_absmax"].copy_(new.absmax)
@@ -158,20 +162,22 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
     """Step the parameters whose state is (or becomes) quantized; return the other positions."""
     bits_wanted = int(group.get("state_bits", 32))
     key0 = next(iter(algo.keys))
-    mine: dict[tuple[int, bool, bool], list[int]] = {}
+    mine: dict[tuple[int, bool, bool, tuple[int, ...]], list[int]] = {}
     rest = []
     for i, (p, s) in enumerate(zip(params, states)):
+        maps: tuple[int, ...] = ()
         if _quantized(s, key0):
             bits = 8 if s[key0 + "_qmap"].numel() == 256 else 4
             first = False
+            maps = tuple(s[k + "_qmap"].data_ptr() for k in algo.keys)  # a kernel call takes one map per key
         elif algo.lazy and key0 not in s and bits_wanted < 32 and _eligible(p) and hp.get("momentum", 0) != 0:
             bits, first = bits_wanted, True
         else:
             rest.append(i)
             continue
-        mine.setdefault((bits, first, _kernel_ok(p, grads[i])), []).append(i)
+        mine.setdefault((bits, first, _kernel_ok(p, grads[i]), maps), []).append(i)
     stochastic = bool(group.get("stochastic_rounding"))
-    for (bits, first, fast), idx in mine.items():
+    for (bits, first, fast, _), idx in mine.items():
         steps = None
         if with_steps:
             step_tensors = [states[i]["step"] for i in idx]
