@@ -11,9 +11,10 @@ over the processes (1 process: plain tensors, the one-process baseline). Gradien
 fixed random tensors, so only the optimizer step is timed: the median over ``--iters``
 steps of the slowest rank. "sent/step" is what descent's own collectives sent, summed
 over ranks (FSDP2's all-gather/reduce-scatter of the forward and backward are not part
-of an optimizer step and are not counted); "x matrices" divides it by the bytes of the
-Muon matrices (float32). For Muon, "owner" (each matrix orthogonalized by one rank) runs
-beside "gather" (every rank gathers and orthogonalizes every matrix); "NS share" is the
+of an optimizer step and are not counted; the all-gathers of a "gather" scheme are); "x
+matrices" divides it by the bytes of the Muon matrices (float32). For Muon, Shampoo and
+SOAP, "owner" (each matrix stepped by one rank) runs beside "gather" (every rank gathers
+and steps every matrix); "NS share" is the
 largest fraction of the Newton-Schulz cost that one rank carries (1/N is perfect) and
 "NS ms" the Newton-Schulz time measured on the busiest rank (sharded runs only).
 
@@ -42,6 +43,11 @@ OPTIMIZERS = {
     "SophiaG": dict(lr=1e-4),
     "Muon": dict(lr=0.02),
     "Muon (gather)": dict(lr=0.02),
+    "MARS": dict(lr=1e-3),
+    "Shampoo": dict(lr=1e-3),
+    "Shampoo (gather)": dict(lr=1e-3),
+    "SOAP": dict(lr=1e-3),
+    "SOAP (gather)": dict(lr=1e-3),
 }
 
 
@@ -52,7 +58,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     import descent
     import descent.distributed as D
-    from descent.distributed import _owner
+    from descent.distributed import _owner, _precond
     from descent.reporting.bench import gpt_shapes
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -79,7 +85,8 @@ def _worker(args: argparse.Namespace) -> None:
             opt = descent.Muon([dict(params=mats, use_muon=True), dict(params=rest, use_muon=False)], **kwargs)
             _owner._scheme = "gather" if "gather" in name else "owner"
         else:
-            opt = getattr(descent, name)(params, **kwargs)
+            opt = getattr(descent, name.split()[0])(params, **kwargs)
+            _precond._scheme = "gather" if "gather" in name else "owner"
         for p, g in zip(params, grads):
             p.grad = D.shard_like(g, p)
         opt.step()  # state, kernels compiled
@@ -95,7 +102,7 @@ def _worker(args: argparse.Namespace) -> None:
             if world > 1:
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             times.append(float(elapsed))
-        sent = torch.tensor([float(D.traffic["reduce"] + D.traffic["exchange"]) / args.iters])
+        sent = torch.tensor([float(D.traffic["reduce"] + D.traffic["exchange"] + D.traffic["gather"]) / args.iters])
         ns_ms = torch.tensor([1e3 * _owner.ns_seconds[0] / args.iters])
         if world > 1:
             dist.all_reduce(sent)

@@ -15,8 +15,9 @@ from torch import Tensor
 
 __all__ = ["traffic", "reset_traffic", "sum_across", "any_across", "assign_owners", "exchange"]
 
-#: Bytes this process sent through descent's collectives, by kind ("reduce", "exchange").
-traffic: dict[str, int] = {"reduce": 0, "exchange": 0, "calls": 0}
+#: Bytes this process sent through descent's collectives, by kind ("reduce", "exchange", "gather": the
+#: all-gathers of the "gather" mode, ``full_tensor()``).
+traffic: dict[str, int] = {"reduce": 0, "exchange": 0, "gather": 0, "calls": 0}
 
 
 def reset_traffic() -> dict[str, int]:

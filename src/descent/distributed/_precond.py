@@ -18,9 +18,10 @@ any number of ranks fills them on the new owners (``tests/test_distributed.py``)
 state is initialized from a zero tensor of the parameter's shape, so an optimizer run this
 way must not initialize its state from the parameter's values (Shampoo and SOAP do not).
 
-Bytes sent per step, summed over ranks: ``(2 + 2k)(N-1)/N`` times the matrices' bytes with
-``k`` state tensors shaped like the parameter (7/2 (N-1)/N for Shampoo with Adam grafting
-and for SOAP), against ``(2 + k)(N-1)`` when every rank gathers every matrix.
+Bytes sent per step, summed over ranks: ``(3 + 2k)(N-1)/N`` times the matrices' bytes with
+``k`` state tensors shaped like the parameter (there: parameter, gradient and state; back:
+parameter and state; k = 2 for Shampoo with Adam grafting and for SOAP), against
+``(2 + k)(N-1)`` when every rank gathers every matrix (``benchmarks/distributed_step.py``).
 """
 
 from __future__ import annotations

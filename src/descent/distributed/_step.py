@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._layout import check_bucket, is_dtensor, like_param, local, local_slice
+from ._layout import check_bucket, is_dtensor, is_sharded, like_param, local, local_slice
 
 __all__ = ["MODES", "MODE_BY_NAME", "mode_of", "step_bucket", "elementwise_step", "gather_step"]
 
@@ -147,7 +147,13 @@ def _write_back(params: list[Tensor], states: list[dict[str, Any]], views: list[
 
 def elementwise_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor],
                      grads: list[Tensor], overrides: Mapping[str, Any] | None = None) -> None:
-    """The optimizer's own step on the local shards (exactly the one-process numbers)."""
+    """The optimizer's own step on the local shards (exactly the one-process numbers); sharded
+    parameters with low-bit state are stepped on the global tensor's blocks (:mod:`._lowbit`)."""
+    from ._lowbit import lowbit_split
+
+    params, grads = lowbit_split(opt, group, params, grads, overrides)
+    if not params:
+        return
     states = [opt._state_of(p, group) for p in params]
     views = [{k: local(v) for k, v in s.items()} for s in states]
     before = [dict(v) for v in views]
@@ -156,7 +162,15 @@ def elementwise_step(opt: Any, backend: str, group: dict[str, Any], params: list
 
 
 def _full(t: Any) -> Any:
-    return t.full_tensor() if is_dtensor(t) else t
+    if not is_dtensor(t):
+        return t
+    if is_sharded(t):  # an all-gather: this rank's shard goes to every other rank
+        from ._comm import traffic
+        from ._layout import shard_count
+
+        traffic["gather"] += (shard_count(t) - 1) * local(t).numel() * local(t).element_size()
+        traffic["calls"] += 1
+    return t.full_tensor()
 
 
 def gather_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
