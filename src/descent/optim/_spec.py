@@ -13,10 +13,10 @@ or Triton load only when a bucket needs them). The launcher is called with keywo
 arguments only::
 
     launcher(params, grads, <one list per state column, named by its state key>,
-             steps=<list[int]> or <list[Tensor]>, **hyperparameters)
+             steps=<list[int]> or <list[Tensor]>, [capturable=<bool>], **hyperparameters)
 
 where the hyperparameters are exactly the keyword arguments the declaration's
-functional receives. :meth:`Kernel.check` compares the launcher's signature with the
+functional receives (``capturable`` only for a ``Kernel(capturable=True)``). :meth:`Kernel.check` compares the launcher's signature with the
 declaration when the binding is first used, so a renamed column or hyperparameter
 fails loudly instead of passing the wrong float.
 

@@ -313,7 +313,7 @@ def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequen
             maximize: as in :func:`descent.functional.adafactor`.
         capturable: make every scalar on the device (``lr``, ``beta1`` and ``weight_decay``
             may be 0-d device tensors; pass step tensors): no host sync, so a CUDA graph can
-            capture the launches.
+            capture the launches. Step tensors alone imply it.
 
     Raises:
         ValueError: a tensor with neither both factors nor ``variance``, ``beta1`` set
@@ -359,7 +359,8 @@ def adafactor(params: Sequence[Tensor], grads: Sequence[Tensor], row_var: Sequen
     colpart, means = torch.empty(max(n_cp, 1), **f32), torch.empty(max(n_means, 1), **f32)
     usum, psum, scal = torch.zeros(nb, **f32), torch.empty(nb, **f32), torch.empty((count, 3), **f32)
     b1 = 0.0 if beta1 is None else wide(beta1, device)
-    sc = scalars((eps1, clip_threshold, eps2, weight_decay, b1, 1.0 - b1, sign_of(maximize)), device, capturable)
+    on_device = capturable or isinstance(steps[keep[0]], Tensor)  # step tensors: nothing crosses to the device
+    sc = scalars((eps1, clip_threshold, eps2, weight_decay, b1, 1.0 - b1, sign_of(maximize)), device, on_device)
     shapes = dict(ROWS=ROWS, COLS=COLS)
     _af_stats[(nb,)](addr, meta, table, hp, colpart, usum, psum, count, sc, DT=dt, VBLOCK=VBLOCK, **shapes, **LAUNCH)
     if nj:

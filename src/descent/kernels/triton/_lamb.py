@@ -143,6 +143,7 @@ def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Te
             in :func:`descent.functional.lamb`.
         capturable: make every scalar on the device (the hyperparameters may be 0-d device
             tensors; pass step tensors): no host sync, so a CUDA graph can capture the launches.
+            Step tensors alone imply it.
 
     Returns:
         The trust ratios of the non-empty tensors (float32, on the device), or ``None``
@@ -178,8 +179,9 @@ def lamb(params: Sequence[Tensor], grads: Sequence[Tensor], exp_avg: Sequence[Te
     coef = torch.empty(count, dtype=torch.float32, device=device)
     decay = isinstance(weight_decay, Tensor) or weight_decay != 0
     b1, b2 = wide(beta1, device), wide(beta2, device)
+    on_device = capturable or isinstance(steps[keep[0]], Tensor)  # step tensors: nothing crosses to the device
     hp = scalars((b1, 1 - b1, b2, 1 - b2, eps, weight_decay, sign_of(maximize), lr,
-                  0.0 if clamp_value is None else clamp_value), device, capturable)
+                  0.0 if clamp_value is None else clamp_value), device, on_device)
     _lamb_moments[(nb,)](addr, size_t, blocks, bcs, partial, count, hp, DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
     _lamb_ratios[(count,)](partial, first, ratio, coef, hp, CLAMP=clamp_value is not None, RBLOCK=_RBLOCK, **LAUNCH)
     _lamb_apply[(nb,)](addr, size_t, blocks, bcs, coef, count, hp, DT=dt, BLOCK=BLOCK, DECAY=decay, **LAUNCH)
