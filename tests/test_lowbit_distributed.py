@@ -1,5 +1,6 @@
-"""A low-bit (8-bit AdamW) state saved from whole tensors loads into 2 and 4 FSDP2 shards and back,
-through torch.distributed.checkpoint on CPU/gloo, bit for bit against one uninterrupted process.
+"""Low-bit states under FSDP2 (descent.distributed._lowbit), on CPU/gloo: an 8-bit AdamW state saved
+from whole tensors loads into 2 and 4 FSDP2 shards and back through torch.distributed.checkpoint, and
+fresh FSDP2 training with low-bit states equals one process, bit for bit (quantized parameters).
 
 The ranks run tests/lowbit_distributed_worker.py (one subprocess per rank, every rank killed
 at a timeout, as tests/test_distributed.py launches its worker).
@@ -71,20 +72,46 @@ def whole(tmp_path_factory) -> str:
     return ckpt
 
 
-#: Why this fails today (found by this test): under FSDP2 a low-bit state is made from the DTensor's
-#: global numel but stepped on the local shard, so each rank keeps a plain tensor of the global size
-#: whose first local-numel codes are its own shard, quantized in blocks counted from the shard's
-#: start, not the global tensor's. torch.distributed.checkpoint saves such a plain tensor once (as if
-#: replicated) and loads the whole tensor's state into every rank, which then reads the codes of
-#: elements [0, n) for its own shard. Fresh FSDP2 training matches one process only when every
-#: shard starts on a 256-element block (it does not here: 75 and 60 rows over 2 or 4 ranks).
-GAP = ("low-bit state under FSDP2 is a per-rank buffer of the global size, blocked from the shard's "
-       "start, not a DTensor on global blocks (lowbit/optim.py init_quantized + distributed elementwise_step)")
-
-
-@pytest.mark.xfail(strict=True, reason=GAP)
 @pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_whole_checkpoint_loads_into_shards_and_back(whole: str, world: int) -> None:
     for rank, res in launch(world, "shards", whole).items():
         _exact(res, f"whole -> {world} shards, rank {rank}")
     _exact(launch(1, "back", whole, f"shards{world}")[0], f"{world} shards -> whole")
+
+
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_fresh_fsdp2_training_equals_one_process(world: int, tmp_path) -> None:
+    """8-bit AdamW/Adam/Lion/SGD-momentum (lazy state) and 4-bit AdamW, shards off the blocks."""
+    for rank, res in launch(world, "fresh", str(tmp_path)).items():
+        for case in ("adamw8", "adamw4", "adam8", "lion8", "sgd8"):
+            assert res[case]["quantized"] >= 2, (case, res[case])
+            _exact(res[case], f"{case} on {world} shards, rank {rank}")
+        assert "(60, 75)" in res["odd4"] and "4-bit" in res["odd4"], res["odd4"]
+
+
+def test_flat_codes_of_earlier_checkpoints_load_param_shaped() -> None:
+    """Codes saved flat (before they took the parameter's shape) load, and step as the new format does."""
+    import torch
+
+    import descent
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 80)
+    grads = [torch.randn(64, 80) for _ in range(3)]
+    runs = []
+    for flat in (False, True):
+        p = w.clone().requires_grad_()
+        opt = descent.AdamW([p], lr=1e-2, state_bits=8)
+        p.grad = grads[0]
+        opt.step()
+        sd = opt.state_dict()
+        if flat:
+            sd["state"][0] = {k: v.reshape(-1) if k in ("exp_avg", "exp_avg_sq") else v for k, v in sd["state"][0].items()}
+        opt = descent.AdamW([p], lr=1e-2, state_bits=8)
+        opt.load_state_dict(sd)
+        assert opt.state[p]["exp_avg"].shape == (64, 80)
+        for g in grads[1:]:
+            p.grad = g
+            opt.step()
+        runs.append((p.detach().clone(), opt.state[p]["exp_avg"].clone()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

@@ -21,6 +21,7 @@ path dequantizes, runs :mod:`descent.functional` in float32 and quantizes again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from .. import functional as F
 from . import MIN_NUMEL
 from .maps import code_map
 from .quant import quantize
-from .state import QuantState
+from .state import QuantState, codes_shape
 
 __all__ = ["LowBitMixin", "stochastic_round_", "STATE_BITS"]
 
@@ -137,10 +138,10 @@ def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dic
         else:
             new = QuantState.quantize(value, signed, bits)
         if key in present:
-            state[key].copy_(new.codes)
+            state[key].view(-1).copy_(new.codes)
             state[key + "_absmax"].copy_(new.absmax)
         else:
-            state.update(new.entries(key))
+            state.update(new.entries(key, codes_shape(p.shape, bits)))
 
 
 def _launch(algo: _Algo, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
@@ -186,7 +187,8 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
         if fast:
             if first:
                 for i in idx:
-                    states[i].update(QuantState.zeros(params[i].numel(), True, bits, params[i].device).entries(key0))
+                    zero = QuantState.zeros(params[i].numel(), True, bits, params[i].device)
+                    states[i].update(zero.entries(key0, codes_shape(params[i].shape, bits)))
             _launch(algo, [params[i] for i in idx], [grads[i] for i in idx], [states[i] for i in idx], hp, steps,
                     first)
         else:
@@ -201,7 +203,7 @@ def init_quantized(algo: _Algo, p: Tensor, bits: int, with_steps: bool) -> dict[
     state: dict[str, Any] = {"step": torch.zeros((), dtype=torch.float32, device=p.device)} if with_steps else {}
     if not algo.lazy:
         for key, signed in algo.keys.items():
-            state.update(QuantState.zeros(p.numel(), signed, bits, p.device).entries(key))
+            state.update(QuantState.zeros(p.numel(), signed, bits, p.device).entries(key, codes_shape(p.shape, bits)))
     return state
 
 
@@ -317,8 +319,17 @@ class LowBitMixin:
                     shared = code_map(bool(v.min() < 0), 8 if v.numel() == 256 else 4, p.device)
                     v = shared if torch.equal(v.to(shared.device), shared) else v.to(p.device)
                 else:
-                    v = v.to(p.device, copy=True)
+                    v = _param_shaped(k, v.to(p.device, copy=True), p, quant)
                 self.state[p][k] = v  # type: ignore[attr-defined]
+
+
+def _param_shaped(key: str, v: Tensor, p: Tensor, quant: Mapping[str, Tensor]) -> Tensor:
+    """Codes saved flat (before codes took :func:`codes_shape`) viewed in the parameter's codes shape."""
+    qmap = quant.get(key + "_qmap")
+    if key.endswith("_absmax") or qmap is None or type(v) is not torch.Tensor or v.dim() != 1:
+        return v
+    shape = codes_shape(p.shape, 8 if qmap.numel() == 256 else 4)
+    return v.view(shape) if v.numel() == math.prod(shape) else v
 
 
 def _check(owner: str, group: Mapping[str, Any]) -> None:

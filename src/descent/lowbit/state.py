@@ -10,6 +10,7 @@ process loads into 2 or 4 and back bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from .maps import code_map
 from .quant import block_size, codes_numel, dequantize, quantize
 
-__all__ = ["QuantState", "aligned_ranges"]
+__all__ = ["QuantState", "aligned_ranges", "codes_shape"]
 
 
 class QuantState(NamedTuple):
@@ -99,14 +100,38 @@ class QuantState(NamedTuple):
         """Cut into ``parts`` consecutive block-aligned slices (see :func:`aligned_ranges`)."""
         return [self.slice(a, b) for a, b in aligned_ranges(self.numel, parts, block_size(self.bits))]
 
-    def entries(self, key: str) -> dict[str, Tensor]:
-        """The optimizer-state entries of this state under ``key``."""
-        return {key: self.codes, key + "_absmax": self.absmax, key + "_qmap": self.qmap}
+    def entries(self, key: str, shape: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """The optimizer-state entries of this state under ``key``, the codes viewed as ``shape``
+        if given (:func:`codes_shape` of the parameter's shape, as optimizers store them)."""
+        codes = self.codes if shape is None else self.codes.view(tuple(shape))
+        return {key: codes, key + "_absmax": self.absmax, key + "_qmap": self.qmap}
 
     @classmethod
     def from_entries(cls, state: Mapping[str, Any], key: str, numel: int) -> QuantState:
-        """Read the state stored under ``key`` by :meth:`entries`."""
-        return cls(state[key], state[key + "_absmax"], state[key + "_qmap"], numel)
+        """Read the state stored under ``key`` by :meth:`entries` (codes of any shape, read flat)."""
+        return cls(state[key].reshape(-1), state[key + "_absmax"], state[key + "_qmap"], numel)
+
+
+def codes_shape(shape: Sequence[int], bits: int) -> tuple[int, ...]:
+    """The shape an optimizer stores a parameter's codes in: the parameter's own for 8-bit
+    codes; for 4-bit, ``(rows, cols // 2)`` with ``cols`` the elements per dim-0 slice when
+    that is even (packed pairs never straddle two rows), else flat.
+
+    A whole tensor and its FSDP2 ``Shard(0)`` shards then have codes of the same global
+    shape, cut at the same rows, so ``torch.distributed.checkpoint`` reshards them.
+
+    Example:
+        >>> codes_shape((75, 80), 8), codes_shape((75, 80), 4), codes_shape((75, 81), 4)
+        ((75, 80), (75, 40), (3038,))
+    """
+    shape = tuple(int(d) for d in shape)
+    numel = math.prod(shape)
+    if bits == 8:
+        return shape
+    cols = numel // shape[0] if shape and shape[0] else 1
+    if len(shape) >= 2 and cols % 2 == 0:
+        return (shape[0], cols // 2)
+    return (codes_numel(numel, bits),)
 
 
 def aligned_ranges(numel: int, parts: int, block: int) -> list[tuple[int, int]]:

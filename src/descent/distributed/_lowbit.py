@@ -1,0 +1,254 @@
+"""Low-bit optimizer states of FSDP2 parameters, quantized in the blocks of the global tensor.
+
+A parameter sharded ``Shard(0)`` (what ``fully_shard`` makes) holds rows ``[r0, r1)``,
+that is elements ``[s, e)`` of the flattened global tensor. Its quantized state is the
+one-process state (:mod:`descent.lowbit.optim`) cut into shards:
+
+* the codes: a DTensor sharded like the parameter, of the global shape
+  :func:`descent.lowbit.state.codes_shape` (the parameter's shape for 8-bit codes,
+  ``(rows, cols // 2)`` packed pairs for 4-bit), so each rank holds its own elements' codes;
+* the absmax (one float32 per block of the *global* flattened tensor) and the code map:
+  plain tensors, identical on every rank.
+
+``torch.distributed.checkpoint`` therefore saves one global state and reshards it to any
+world size, or to a whole tensor, exactly. A step (:func:`lowbit_step`) dequantizes the
+local elements with their global blocks' absmax, runs the one-process math on them, takes
+each block's absmax over its local elements, reduces those with one ``all_reduce(MAX)``
+per bucket (a block that straddles ranks gets its true max; ranks without a block send
+zeros) and quantizes with it. The result is the one-process step bit for bit: on CPU
+float32/float64 the Numba kernel's operation order, elsewhere the reference path's.
+Replicated absmax costs each rank 4 bytes per block (256 elements for 8-bit states).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..lowbit.maps import code_map
+from ..lowbit.quant import block_size, pack, unpack
+from ..lowbit.state import QuantState, codes_shape
+from ._layout import _dtensor_module, is_sharded, local, local_range, shard_dim, shard_group
+
+__all__ = ["lowbit_split", "lowbit_step"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _bits_of(state: Mapping[str, Any], key: str) -> int:
+    return 8 if state[key + "_qmap"].numel() == 256 else 4
+
+
+def _wanted(opt: Any, algo: Any, group: Mapping[str, Any], p: Tensor, hp: Mapping[str, Any]) -> bool:
+    """Whether ``p``'s state is (or becomes at this step) quantized, as the one-process step decides."""
+    from ..lowbit.optim import _eligible
+
+    state, key0 = opt.state[p], next(iter(algo.keys))
+    if key0 + "_absmax" in state:
+        return True
+    if int(group.get("state_bits", 32)) == 32 or not _eligible(p):
+        return False
+    if algo.lazy:
+        return key0 not in state and hp.get("momentum", 0) != 0
+    return not state
+
+
+def _check(owner: str, p: Tensor, bits: int, label: str) -> None:
+    if shard_dim(p) != 0:
+        raise ValueError(f"{owner}: {label} of shape {tuple(p.shape)} is sharded on dim {shard_dim(p)}; "
+                         f"state_bits={bits} states are kept for Shard(0) (FSDP2's default)")
+    if len(codes_shape(p.shape, bits)) != 2 and bits == 4:
+        raise ValueError(f"{owner}: {label} of shape {tuple(p.shape)} cannot keep a 4-bit state under FSDP2: "
+                         "its dim-0 slices have an odd number of elements (or it is 1-D), so code pairs would "
+                         "straddle shards; use state_bits=8 for it (a param group of its own)")
+
+
+def lowbit_split(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                 overrides: Mapping[str, Any] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    """Step the sharded parameters whose state is (or becomes) quantized; return the others' params, grads."""
+    algo = opt._algo() if hasattr(opt, "_algo") else None
+    if algo is None:
+        return params, grads
+    hp = opt.declaration.hyper(group)
+    if overrides:
+        hp.update((k, v) for k, v in overrides.items() if v is not None)
+    mine = [i for i, p in enumerate(params) if is_sharded(p) and _wanted(opt, algo, group, p, hp)]
+    if not mine:
+        return params, grads
+    lowbit_step(opt, algo, group, [params[i] for i in mine], [grads[i] for i in mine], hp)
+    rest = [i for i in range(len(params)) if i not in set(mine)]
+    return [params[i] for i in rest], [grads[i] for i in rest]
+
+
+def _start(p: Tensor) -> int:
+    """The flat global index of this rank's first element."""
+    return local_range(p)[0] * (p.numel() // p.shape[0])
+
+
+def _entries(p: Tensor, key: str, signed: bool, bits: int, codes: Tensor | None = None) -> dict[str, Tensor]:
+    """``key``'s state entries for a sharded ``p``: codes (zeros' codes unless given) as a DTensor."""
+    lp = local(p)
+    shape = codes_shape(p.shape, bits)
+    if codes is None:
+        codes = QuantState.zeros(lp.numel(), signed, bits, lp.device).codes
+    codes = codes.view((lp.shape[0],) + shape[1:])
+    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
+    dcodes = _dtensor_module().DTensor.from_local(codes, p.device_mesh, p.placements, run_check=False,
+                                                  shape=torch.Size(shape), stride=stride)
+    absmax = torch.zeros(-(-p.numel() // block_size(bits)), dtype=torch.float32, device=lp.device)
+    return {key: dcodes, key + "_absmax": absmax, key + "_qmap": code_map(signed, bits, lp.device)}
+
+
+def _dequantize(state: Mapping[str, Any], key: str, start: int, n: int, dtype: torch.dtype) -> Tensor:
+    """Local elements ``[start, start + n)`` of the global state, each ``qmap[code] * absmax[block]``."""
+    bits, qmap, absmax = _bits_of(state, key), state[key + "_qmap"], state[key + "_absmax"]
+    codes = unpack(local(state[key]).reshape(-1), bits, n)
+    block = torch.arange(start, start + n, device=codes.device) // block_size(bits)
+    return qmap.to(device=codes.device, dtype=dtype)[codes] * absmax.to(dtype)[block]
+
+
+def _kernel_math(algo: Any, p: Tensor, g: Tensor, vals: list[Tensor | None], hp: Mapping[str, Any],
+                 step: int | None) -> list[Tensor | None]:
+    """The update of :mod:`descent.kernels.lowbit` (its compiled per-element math, so its fused
+    multiply-adds, whatever the slice's length), on float ``vals``; hyperparameters as its launchers
+    convert them."""
+    from ..kernels import lowbit as KL
+
+    dt = p.numpy().dtype.type
+    sign = dt(-1.0 if hp.get("maximize") else 1.0)
+    n, lr, wd = p.numel(), hp["lr"], hp.get("weight_decay", 0.0)
+    arrays = [t.numpy() for t in (p, g)]
+    if algo.launcher == "adam_lowbit":
+        b1, b2 = hp["beta1"], hp["beta2"]
+        decoupled = bool(hp.get("decoupled_weight_decay")) and wd != 0
+        c1 = dt(1 - b1)
+        KL._adam_math(*arrays, vals[0].numpy(), vals[1].numpy(), n, dt(1 - lr * wd) if decoupled else dt(1.0),
+                      dt(0.0 if hp.get("decoupled_weight_decay") else wd), bool(c1 < 0.5),
+                      c1 if c1 < 0.5 else c1 - dt(1.0), dt(b2), dt(1 - b2), dt(hp["eps"]), sign,
+                      dt(-lr / (1 - b1**step)), dt((1 - b2**step) ** 0.5))
+    elif algo.launcher == "lion_lowbit":
+        b1, b2 = hp["beta1"], hp["beta2"]
+        KL._lion_math(*arrays, vals[0].numpy(), n, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(b2),
+                      dt(1 - b2), sign)
+    else:
+        first = vals[0] is None
+        buf = torch.empty_like(p) if first else vals[0]
+        KL._sgd_math(*arrays, buf.numpy(), n, dt(lr), dt(wd), dt(hp["momentum"]), dt(1 - hp.get("dampening", 0.0)),
+                     sign, bool(hp.get("nesterov")), first)
+        vals = [buf]
+    return vals
+
+
+def _rounded(group: Mapping[str, Any], p: Tensor, state: dict[str, Any]) -> tuple[Any, Any]:
+    """``(master, write)``: the float weight a local step starts from, and how it goes back into the
+    shard, as :mod:`descent.lowbit.optim` does it (stochastic rounding or Kahan summation for bf16);
+    a Kahan compensation it creates is kept as a DTensor sharded like ``p``."""
+    from ..lowbit import optim as LO
+    from ._layout import like_param
+
+    lp = local(p)
+    if not hasattr(LO, "_rounding"):  # a descent without kahan_summation
+        return (lambda: lp.detach().float()), (lambda w: LO._write_param(lp, w, bool(group.get("stochastic_rounding"))))
+    rounding = LO._rounding(group, lp)
+    view = {k: local(v) for k, v in state.items() if k == LO.KAHAN_KEY}
+
+    def write(w: Tensor) -> None:
+        LO._write_param(lp, w, view, rounding)
+        if LO.KAHAN_KEY in view and LO.KAHAN_KEY not in state:
+            state[LO.KAHAN_KEY] = like_param(view[LO.KAHAN_KEY], p)
+
+    return (lambda: LO._master(lp, view, rounding)), write
+
+
+def _local_update(algo: Any, group: Mapping[str, Any], p: Tensor, g: Tensor, state: dict[str, Any],
+                  hp: dict[str, Any], step: int | None) -> list[Tensor | None]:
+    """The one-process math on this rank's elements; returns each key's new value (float)."""
+    from ..lowbit.optim import _kernel_ok
+
+    lp, lg = local(p), local(g)
+    dtype = lp.dtype if lp.dtype in _FLOATS else torch.float32
+    master, write = _rounded(group, p, state)
+    work = lp.detach().reshape(-1) if lp.dtype in _FLOATS else master().reshape(-1)
+    start = _start(p)
+    vals = [_dequantize(state, k, start, work.numel(), dtype) if k + "_absmax" in state else None
+            for k in algo.keys]
+    grad = lg.reshape(-1).to(dtype)
+    if _kernel_ok(lp, lg) and work.data_ptr() == lp.data_ptr():
+        vals = _kernel_math(algo, work, grad, vals, hp, step)
+    else:
+        out = algo.step(work, grad, vals, hp, step)
+        if algo.lazy and out is not None:
+            vals = [out]
+    write(work)
+    return vals
+
+
+def _partial_absmax(value: Tensor, start: int, bits: int, blocks: int) -> Tensor:
+    """Each global block's absmax over this rank's elements (0 for blocks it has none of)."""
+    block = block_size(bits)
+    out = torch.zeros(blocks, dtype=torch.float32, device=value.device)
+    if value.numel():
+        lead, tail = start % block, (-(start + value.numel())) % block
+        padded = torch.cat([value.new_zeros(lead), value.abs(), value.new_zeros(tail)]).view(-1, block)
+        out[start // block: start // block + padded.shape[0]] = padded.amax(dim=1).to(torch.float32)
+    return out
+
+
+def _quantize(value: Tensor, absmax: Tensor, qmap: Tensor, start: int, bits: int) -> Tensor:
+    """Packed codes of local ``value`` with the global blocks' ``absmax`` (as :func:`descent.lowbit.quantize`)."""
+    scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax).to(value.dtype)
+    block = torch.arange(start, start + value.numel(), device=value.device) // block_size(bits)
+    normalized = (value / scale[block]).to(torch.float32)
+    mids = ((qmap[:-1] + qmap[1:]) / 2).to(device=value.device, dtype=torch.float32)
+    return pack(torch.bucketize(normalized, mids, right=False), bits)
+
+
+def _state(opt: Any, algo: Any, group: dict[str, Any], p: Tensor, i: int) -> dict[str, Any]:
+    """``p``'s state, made sharded on its first step (nothing yet for a lazy state); layout checked."""
+    bits, key0, state = int(group.get("state_bits", 32)), next(iter(algo.keys)), opt.state[p]
+    _check(type(opt).__name__, p, _bits_of(state, key0) if key0 + "_absmax" in state else bits,
+           f"parameter {i} of the bucket")
+    if not state and not algo.lazy:
+        if opt.declaration.steps:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
+        for key, signed in algo.keys.items():
+            state.update(_entries(p, key, signed, bits))
+    return opt._state_of(p, group)
+
+
+def lowbit_step(opt: Any, algo: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                hp: dict[str, Any]) -> None:
+    """Step sharded parameters with quantized state: local math, one ``all_reduce(MAX)`` of the
+    blocks' absmax over the shard group, local quantization (see the module docstring)."""
+    bits_wanted, with_steps = int(group.get("state_bits", 32)), opt.declaration.steps
+    states = [_state(opt, algo, group, p, i) for i, p in enumerate(params)]
+    steps: list[int | None] = [None] * len(params)
+    if with_steps:
+        step_tensors = [s["step"] for s in states]
+        torch._foreach_add_(step_tensors, 1.0)
+        steps = [int(v) for v in torch.stack(step_tensors).tolist()]
+    new = [_local_update(algo, group, p, g, s, hp, t) for p, g, s, t in zip(params, grads, states, steps)]
+    todo = []  # (param, state, key, signed, bits, value)
+    for p, s, vals in zip(params, states, new):
+        for (key, signed), value in zip(algo.keys.items(), vals):
+            if value is not None:
+                todo.append((p, s, key, signed, _bits_of(s, key) if key + "_absmax" in s else bits_wanted, value))
+    if not todo:
+        return
+    parts = [_partial_absmax(v, _start(p), b, -(-p.numel() // block_size(b))) for p, _, _, _, b, v in todo]
+    reduced = torch.cat(parts)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=shard_group(params[0]))
+    for (p, s, key, signed, bits, value), absmax in zip(todo, reduced.split([t.numel() for t in parts])):
+        qmap = s[key + "_qmap"] if key + "_qmap" in s else code_map(signed, bits, value.device)
+        codes = _quantize(value, absmax, qmap, _start(p), bits)
+        if key + "_absmax" in s:
+            local(s[key]).view(-1).copy_(codes)
+            s[key + "_absmax"].copy_(absmax)
+        else:  # a lazy state's first step (SGD's momentum buffer)
+            s.update(_entries(p, key, signed, bits, codes))
+            s[key + "_absmax"].copy_(absmax)
