@@ -1,4 +1,4 @@
-"""Low-bit states and stochastic rounding as options of descent's elementwise optimizers.
+"""Low-bit states, stochastic rounding and Kahan summation as options of descent's elementwise optimizers.
 
 :class:`LowBitMixin` goes before :class:`descent.optim.Optimizer` in a class's bases and
 adds two group options:
@@ -13,6 +13,12 @@ adds two group options:
 * ``stochastic_rounding``: bfloat16 parameters are stepped in float32 and rounded
   stochastically back to bfloat16 (:func:`stochastic_round_`), so updates smaller
   than half a bf16 ulp (weight decay, small lr) survive in expectation.
+* ``kahan_summation``: bfloat16 parameters keep a bfloat16 compensation buffer
+  (state ``"kahan_comp"``, optimi's ``kahan_sum``): each step updates
+  ``w = param + kahan_comp`` in float32, stores ``param = bf16(w)`` (round to nearest)
+  and ``kahan_comp = bf16(w - param)``, so the part of an update a bf16 weight cannot
+  hold is carried to the next step instead of lost: about 16 significant bits instead
+  of 8, deterministic, for 2 more bytes per parameter. Exclusive with ``stochastic_rounding``.
 
 On CPU float32/float64 the quantized step is one Numba kernel call per bucket
 (:mod:`descent.kernels.lowbit`); elsewhere (GPU, bf16, strided tensors) the reference
@@ -35,10 +41,12 @@ from .maps import code_map
 from .quant import quantize
 from .state import QuantState, codes_shape
 
-__all__ = ["LowBitMixin", "stochastic_round_", "STATE_BITS"]
+__all__ = ["LowBitMixin", "stochastic_round_", "STATE_BITS", "KAHAN_KEY"]
 
 #: Accepted values of ``state_bits``.
 STATE_BITS = (32, 8, 4)
+#: State key of the bf16 compensation buffer of ``kahan_summation``.
+KAHAN_KEY = "kahan_comp"
 
 
 def stochastic_round_(dst: Tensor, src: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -109,27 +117,48 @@ def _kernel_ok(p: Tensor, g: Tensor) -> bool:
             and type(p.data) is torch.Tensor and type(g) is torch.Tensor)  # a DTensor's data_ptr() is not its data
 
 
-def _write_param(p: Tensor, value: Tensor, stochastic: bool) -> None:
+def _rounding(group: Mapping[str, Any], p: Tensor) -> str:
+    """How float32 results are written back to ``p``: "stochastic", "kahan" or "nearest"."""
+    if p.dtype != torch.bfloat16:
+        return "nearest"
+    return "stochastic" if group.get("stochastic_rounding") else "kahan" if group.get("kahan_summation") else "nearest"
+
+
+def _master(p: Tensor, state: dict[str, Any], rounding: str) -> Tensor:
+    """The float32 weight a bf16 step starts from: ``param + kahan_comp`` under Kahan summation."""
+    w = p.detach().float()
+    return w.add_(state[KAHAN_KEY].float()) if rounding == "kahan" and KAHAN_KEY in state else w
+
+
+def _write_param(p: Tensor, value: Tensor, state: dict[str, Any], rounding: str) -> None:
     if value.data_ptr() == p.data_ptr() and value.dtype == p.dtype:
         return
-    if stochastic and p.dtype == torch.bfloat16:
-        stochastic_round_(p, value.view(p.shape))
+    value = value.view(p.shape)
+    if rounding == "stochastic":
+        stochastic_round_(p, value)
+    elif rounding == "kahan":
+        p.copy_(value)
+        comp = value - p.float()  # exact in float32: what bf16 could not hold
+        if KAHAN_KEY in state:
+            state[KAHAN_KEY].copy_(comp)
+        else:
+            state[KAHAN_KEY] = comp.to(p.dtype)
     else:
-        p.copy_(value.view(p.shape))
+        p.copy_(value)
 
 
 def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dict[str, Any], step: int | None,
-               bits: int, stochastic: bool) -> None:
+               bits: int, rounding: str) -> None:
     """Dequantize, run the functional in float32 (float64 for float64 params), quantize."""
     dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
-    work = p.detach().reshape(-1).to(dtype)
+    work = _master(p, state, rounding).reshape(-1) if p.dtype == torch.bfloat16 else p.detach().reshape(-1).to(dtype)
     present = [k for k in algo.keys if _quantized(state, k)]
     vals = [QuantState.from_entries(state, k, p.numel()).dequantize(dtype) if k in present else None
             for k in algo.keys]
     out = algo.step(work, g.reshape(-1).to(dtype), vals, hp, step)
     if algo.lazy and out is not None:
         vals = [out]
-    _write_param(p, work, stochastic)
+    _write_param(p, work, state, rounding)
     for (key, signed), value in zip(algo.keys.items(), vals):
         if value is None:
             continue
@@ -177,7 +206,6 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
             rest.append(i)
             continue
         mine.setdefault((bits, first, _kernel_ok(p, grads[i]), maps), []).append(i)
-    stochastic = bool(group.get("stochastic_rounding"))
     for (bits, first, fast, _), idx in mine.items():
         steps = None
         if with_steps:
@@ -194,7 +222,7 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
         else:
             for j, i in enumerate(idx):
                 _reference(algo, params[i], grads[i], states[i], hp, None if steps is None else steps[j], bits,
-                           stochastic)
+                           _rounding(group, params[i]))
     return rest
 
 
@@ -208,15 +236,15 @@ def init_quantized(algo: _Algo, p: Tensor, bits: int, with_steps: bool) -> dict[
 
 
 def _in_float32(update: Callable[..., None], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]]) -> None:
-    """Run ``update`` on float32 copies of bf16 params/grads/states; params come back stochastically rounded."""
-    p32 = [p.detach().float() for p in params]
+                states: list[dict[str, Any]], rounding: str) -> None:
+    """Run ``update`` on float32 copies of bf16 params/grads/states; params come back rounded as ``rounding`` says."""
+    p32 = [_master(p, s, rounding) for p, s in zip(params, states)]
     g32 = [g.float() for g in grads]
     s32 = [{k: v.float() if isinstance(v, Tensor) and v.is_floating_point() and k != "step" else v
-            for k, v in s.items()} for s in states]
+            for k, v in s.items() if k != KAHAN_KEY} for s in states]
     update(p32, g32, s32)
     for p, w, s, t in zip(params, p32, states, s32):
-        stochastic_round_(p, w)
+        _write_param(p, w, s, rounding)
         for k, v in t.items():
             if k == "step" or not isinstance(v, Tensor):
                 s[k] = v
@@ -227,7 +255,8 @@ def _in_float32(update: Callable[..., None], params: list[Tensor], grads: list[T
 
 
 class LowBitMixin:
-    """Adds ``state_bits`` and ``stochastic_rounding`` to an elementwise optimizer (see the module docstring).
+    """Adds ``state_bits``, ``stochastic_rounding`` and ``kahan_summation`` to an elementwise optimizer
+    (see the module docstring).
 
     Example:
         >>> import torch, descent
@@ -236,11 +265,17 @@ class LowBitMixin:
         >>> model(torch.randn(4, 128)).sum().backward(); _ = opt.step()
         >>> opt.state[model.weight]["exp_avg"].dtype, opt.state[model.bias]["exp_avg"].dtype
         (torch.uint8, torch.float32)
+        >>> bf16 = torch.nn.Linear(4, 2).to(torch.bfloat16)
+        >>> opt = descent.AdamW(bf16.parameters(), lr=1e-3, kahan_summation=True)
+        >>> bf16(torch.ones(1, 4, dtype=torch.bfloat16)).sum().backward(); _ = opt.step()
+        >>> opt.state[bf16.weight]["kahan_comp"].dtype
+        torch.bfloat16
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("state_bits", 32)
         defaults.setdefault("stochastic_rounding", False)
+        defaults.setdefault("kahan_summation", False)
         super().__init__(params, defaults)  # type: ignore[call-arg]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -256,9 +291,10 @@ class LowBitMixin:
         return _ALGOS.get(self.declaration.functional)  # type: ignore[attr-defined]
 
     def _takes_grad_scale(self, group: dict[str, Any]) -> bool:
-        """32-bit state without stochastic rounding is the plain declaration path (GradScaler's
-        scale goes into torch's fused kernel)."""
-        return int(group.get("state_bits", 32)) == 32 and not group.get("stochastic_rounding")
+        """32-bit state without stochastic rounding or Kahan summation is the plain declaration path
+        (GradScaler's scale goes into torch's fused kernel)."""
+        return (int(group.get("state_bits", 32)) == 32 and not group.get("stochastic_rounding")
+                and not group.get("kahan_summation"))
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         algo, bits = self._algo(), int(group.get("state_bits", 32))
@@ -279,9 +315,10 @@ class LowBitMixin:
             return
         ps, gs, ss = [params[i] for i in rest], [grads[i] for i in rest], [states[i] for i in rest]
         base = super()._update  # type: ignore[misc]
-        if group.get("stochastic_rounding") and ps[0].dtype == torch.bfloat16:
+        rounding = _rounding(group, ps[0])
+        if rounding != "nearest":
             b32 = self._backend_for(group, ps[0].device)
-            _in_float32(lambda p, g, s: base(b32, group, p, g, s, overrides), ps, gs, ss)
+            _in_float32(lambda p, g, s: base(b32, group, p, g, s, overrides), ps, gs, ss, rounding)
         else:
             base(backend, group, ps, gs, ss, overrides)
 
@@ -340,6 +377,8 @@ def _check(owner: str, group: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid cautious=True with state_bits={bits}: {owner}'s low-bit kernels do not mask")
     if bits < 32 and group.get("amsgrad"):
         raise ValueError(f"Invalid amsgrad=True with state_bits={bits}: {owner} keeps AMSGrad's maximum only in 32 bits")
-    sr = group.get("stochastic_rounding", False)
-    if not isinstance(sr, bool):
-        raise ValueError(f"Invalid stochastic_rounding: {sr!r} (must be True or False)")
+    for name in ("stochastic_rounding", "kahan_summation"):
+        if not isinstance(group.get(name, False), bool):
+            raise ValueError(f"Invalid {name}: {group[name]!r} (must be True or False)")
+    if group.get("stochastic_rounding") and group.get("kahan_summation"):
+        raise ValueError("Invalid kahan_summation=True with stochastic_rounding=True: choose one way to round bf16 weights")

@@ -45,6 +45,8 @@ class Adam(LowBitMixin, Optimizer):
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit AdamW state:
             2.05 bytes/param (``benchmarks/state_memory.py``).
         stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
+        kahan_summation: step bfloat16 parameters in float32 with a bfloat16 compensation
+            buffer (state ``kahan_comp``) carrying what rounding to bfloat16 dropped.
 
     References:
         Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization";
@@ -96,6 +98,7 @@ class Adam(LowBitMixin, Optimizer):
         cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._decoupled
@@ -103,7 +106,8 @@ class Adam(LowBitMixin, Optimizer):
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend, differentiable=differentiable,
                         capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
                         skip_nonfinite=skip_nonfinite, cautious=cautious, state_bits=state_bits,
-                        stochastic_rounding=stochastic_rounding)
+                        stochastic_rounding=stochastic_rounding,
+                        kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -157,11 +161,13 @@ class AdamW(Adam):
         cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious,
-                         state_bits=state_bits, stochastic_rounding=stochastic_rounding)
+                         state_bits=state_bits, stochastic_rounding=stochastic_rounding,
+                         kahan_summation=kahan_summation)
 
 
 class AdamW8bit(AdamW):

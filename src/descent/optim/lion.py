@@ -45,6 +45,8 @@ class Lion(LowBitMixin, Optimizer):
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit Lion state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
         stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
+        kahan_summation: step bfloat16 parameters in float32 with a bfloat16 compensation
+            buffer (state ``kahan_comp``) carrying what rounding to bfloat16 dropped.
         capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
             on the device and the step makes no host sync (the Triton kernel, on CUDA), so
             ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
@@ -90,12 +92,14 @@ class Lion(LowBitMixin, Optimizer):
         cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
         capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         fused=fused, backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious,
                         capturable=capturable,
-                        state_bits=state_bits, stochastic_rounding=stochastic_rounding)
+                        state_bits=state_bits, stochastic_rounding=stochastic_rounding,
+                        kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -46,6 +46,8 @@ class SGD(LowBitMixin, Optimizer):
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit momentum state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
         stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
+        kahan_summation: step bfloat16 parameters in float32 with a bfloat16 compensation
+            buffer (state ``kahan_comp``) carrying what rounding to bfloat16 dropped.
         capturable: a tensor ``lr`` stays on the device and the step makes no host sync (torch's
             fused kernel), so ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`;
             torch's SGD has no such flag: its fused kernel is capturable as it is).
@@ -95,6 +97,7 @@ class SGD(LowBitMixin, Optimizer):
         cautious: bool = False,
         state_bits: int = 32,
         stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
         capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
@@ -102,7 +105,8 @@ class SGD(LowBitMixin, Optimizer):
                         differentiable=differentiable,
                         backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious, state_bits=state_bits,
                         capturable=capturable,
-                        stochastic_rounding=stochastic_rounding)
+                        stochastic_rounding=stochastic_rounding,
+                        kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:
