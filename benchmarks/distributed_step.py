@@ -9,7 +9,9 @@ The parameters are the GPT-shaped list of ``benchmarks/step_speed.py`` (196 tens
 20.1M parameters at ``--width 320``), held by one module that ``fully_shard`` splits
 over the processes (1 process: plain tensors, the one-process baseline). Gradients are
 fixed random tensors, so only the optimizer step is timed: the median over ``--iters``
-steps of the slowest rank. "sent/step" is what descent's own collectives sent, summed
+steps of the slowest rank; "CPU ms" the median CPU time of a step in the busiest process
+(``time.process_time``: less sensitive than wall time to other jobs on a shared machine,
+though it counts gloo's polling too). "sent/step" is what descent's own collectives sent, summed
 over ranks (FSDP2's all-gather/reduce-scatter of the forward and backward are not part
 of an optimizer step and are not counted; the all-gathers of a "gather" scheme are); "x
 matrices" divides it by the bytes of the Muon matrices (float32). For Muon, Shampoo and
@@ -90,21 +92,24 @@ def _worker(args: argparse.Namespace) -> None:
         for p, g in zip(params, grads):
             p.grad = D.shard_like(g, p)
         opt.step()  # state, kernels compiled
-        times = []
+        times, cpu = [], []
         D.reset_traffic()
         _owner.ns_seconds[0] = 0.0
         for _ in range(args.iters):
             if world > 1:
                 dist.barrier()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             opt.step()
             elapsed = torch.tensor([time.perf_counter() - t0])
+            cpu.append(time.process_time() - c0)
             if world > 1:
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             times.append(float(elapsed))
         sent = torch.tensor([float(D.traffic["reduce"] + D.traffic["exchange"] + D.traffic["gather"]) / args.iters])
         ns_ms = torch.tensor([1e3 * _owner.ns_seconds[0] / args.iters])
+        cpu_ms = torch.tensor([1e3 * statistics.median(cpu)])
         if world > 1:
+            dist.all_reduce(cpu_ms, op=dist.ReduceOp.MAX)
             dist.all_reduce(sent)
             dist.all_reduce(ns_ms, op=dist.ReduceOp.MAX)
         share = None
@@ -114,7 +119,8 @@ def _worker(args: argparse.Namespace) -> None:
             for c, o in zip(costs, D.assign_owners(costs, world)):
                 load[o] += c
             share = (max(load) if "gather" not in name else sum(costs)) / sum(costs)
-        rows.append(dict(optimizer=name, nprocs=world, ms=1e3 * statistics.median(times), sent_mb=float(sent) / 1e6,
+        rows.append(dict(optimizer=name, nprocs=world, ms=1e3 * statistics.median(times), cpu_ms=float(cpu_ms),
+                         sent_mb=float(sent) / 1e6,
                          x_matrices=float(sent) / matrix_bytes, ns_share=share,
                          ns_ms=float(ns_ms) if name.startswith("Muon") and world > 1 else None))
         del opt
@@ -175,13 +181,13 @@ def main() -> None:
     head = runs[0]
     print(f"{head['params'] / 1e6:.1f}M parameters in {head['tensors']} tensors; Muon matrices "
           f"{head['matrix_mb']:.1f} MB (float32); CPU/gloo, 1 thread per process")
-    print(f"{'optimizer':16} {'procs':>5} {'ms/step':>9} {'sent/step MB':>13} {'x matrices':>10} {'NS share':>9} "
+    print(f"{'optimizer':16} {'procs':>5} {'ms/step':>9} {'CPU ms':>7} {'sent/step MB':>13} {'x matrices':>10} {'NS share':>9} "
           f"{'NS ms, busiest rank':>20}")
     for run in runs:
         for r in run["rows"]:
             share = "" if r["ns_share"] is None else f"{r['ns_share']:.2f}"
             ns_ms = "" if r.get("ns_ms") is None else f"{r['ns_ms']:.0f}"
-            print(f"{r['optimizer']:16} {r['nprocs']:>5} {r['ms']:>9.1f} {r['sent_mb']:>13.2f} "
+            print(f"{r['optimizer']:16} {r['nprocs']:>5} {r['ms']:>9.1f} {r['cpu_ms']:>7.1f} {r['sent_mb']:>13.2f} "
                   f"{r['x_matrices']:>10.2f} {share:>9} {ns_ms:>20}")
 
 
