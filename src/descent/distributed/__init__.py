@@ -2,11 +2,13 @@
 
 What works with which wrapper is in the README's "Distributed training" section. In
 short: every descent optimizer runs under ``DistributedDataParallel`` and
-``ZeroRedundancyOptimizer`` as in one process (they hand it plain tensors); under FSDP2
+``ZeroRedundancyOptimizer`` as in one process (they hand it plain tensors; K-FAC averages
+its Kronecker factors over a DDP model's ranks, :mod:`._kfac`); under FSDP2
 (``fully_shard``, DTensor parameters) the optimizer's bucket loop calls
 :func:`step_bucket`, which steps elementwise optimizers on the local shards, reduces the
-whole-tensor statistics of LAMB and Adafactor once per bucket, and gives each Muon matrix
-to one owner rank.
+whole-tensor statistics of LAMB, Adafactor and MARS once per bucket, gives each Muon matrix
+to one owner rank for Newton–Schulz, and keeps each Shampoo/SOAP matrix with its
+preconditioners on one owner rank (:mod:`._precond`).
 
 Example:
     >>> import torch, descent
