@@ -10,7 +10,8 @@ WORLD_SIZE, MASTER_ADDR and MASTER_PORT set; each rank writes ``OUT_DIR/rank{r}.
 - ``back`` (1 rank, plain tensors): load ``CKPT_DIR/NAME`` (``shards2``, ``shards4``), 2 more
   steps, compare parameters and quantized state with 6 one-process steps.
 - ``fresh`` (2 or 4 ranks, FSDP2): 4 steps from scratch of each optimizer in :data:`CASES`,
-  compared with one process; and a 4-bit state of a weight with odd rows must be refused.
+  compared with one process; 8-bit AdamW under ZeroRedundancyOptimizer likewise; and a 4-bit
+  state of a weight with odd rows must be refused.
 
 Gradients come from one seeded full gradient per step (as in test_distributed_worker.py), so
 every layout sees the same numbers and must match the one-process run bit for bit.
@@ -156,6 +157,14 @@ def scenario_fresh(ckpt: str) -> dict:
         ref, ref_opt = reference(4, case)
         out[case] = {"diff": diff(model, ref, ref_opt), "state": state_equal(opt, model, ref_opt, ref),
                      "quantized": sum(v.dtype == torch.uint8 for s in opt.state.values() for v in s.values())}
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    model = model_fn()  # ZeRO-1 partitions whole tensors: each rank steps its own with the one-process state
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=descent.AdamW, lr=1e-2, weight_decay=0.1,
+                                  state_bits=8)
+    train(model, opt, 0, 4)
+    ref, _ = reference(4)
+    out["zero"] = max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(model.parameters(), ref.parameters()))
     model = fsdp(model_fn(hidden=75))  # the second weight's rows hold 75 elements: 4-bit pairs would straddle
     opt = make(model, "adamw4")
     try:

@@ -72,8 +72,10 @@ def lowbit_split(opt: Any, group: dict[str, Any], params: list[Tensor], grads: l
                  overrides: Mapping[str, Any] | None = None) -> tuple[list[Tensor], list[Tensor]]:
     """Step the sharded parameters whose state is (or becomes) quantized; return the others' params, grads."""
     algo = opt._algo() if hasattr(opt, "_algo") else None
-    if algo is None:
-        return params, grads
+    key0 = next(iter(algo.keys)) if algo is not None else ""
+    if algo is None or (int(group.get("state_bits", 32)) == 32
+                        and not any(key0 + "_absmax" in opt.state.get(p, ()) for p in params)):
+        return params, grads  # the common case, checked without building the hyperparameters
     hp = opt.declaration.hyper(group)
     if overrides:
         hp.update((k, v) for k, v in overrides.items() if v is not None)
