@@ -22,6 +22,13 @@ The table shows the search too (every trial's hyperparameters and validation los
 ``--out``). Timings are not the point here and are not reported. Runs split across processes
 (``--optimizers`` subsets of one task and budget, each with its own ``--out``) are joined into
 one table, steps-to-target included, with ``--merge a.json b.json``.
+
+``--sweep-lrs`` instead trains each optimizer at each given lr (no warm-up, no weight decay)
+on seeds 0..``--seeds``-1 and prints the final validation loss per lr, e.g. the check of
+ScheduleFreeSGD's default lr::
+
+    python benchmarks/optimizer_quality.py --optimizers schedulefree-sgd --sweep-lrs 0.01 0.03 0.1 0.3 1 \
+        --tasks logistic linear digits-mlp mnist1d digits-cnn rosenbrock quadratic --steps 200 --seeds 2
 """
 
 from __future__ import annotations
@@ -37,6 +44,19 @@ from descent.tasks.tuning import compare_tuned, summarize, table
 
 #: the optimizers of issue 15's table ("sgd" is the registry's Nesterov-momentum preset)
 OPTIMIZERS = ["adamw", "sgd", "muon", "shampoo", "soap", "schedulefree-adamw", "prodigy", "ademamix", "mars", "lion"]
+
+def sweep_line(task_name: str, name: str, lrs: list[float], steps: int, seeds: int) -> str:
+    """One line: ``name`` on ``task_name`` at each lr, final validation loss per seed (inf: diverged)."""
+    from descent.tasks.tuning import run
+
+    cells = []
+    for lr in lrs:
+        losses = [run(task_name, name, {"lr": lr, "weight_decay": 0.0, "warmup": 0.0}, steps, seed, 0)
+                  for seed in range(seeds)]
+        vals = [r["final"].get("val_loss", float("inf")) for r in losses]
+        cells.append(f"lr {lr:g}: " + "/".join(f"{v:.4g}" for v in vals))
+    return f"{task_name} {name} ({steps} steps) " + ", ".join(cells)
+
 
 def merged(paths: list[str]) -> list[dict]:
     """The results in ``paths`` (``--out`` files), one per task, the optimizers of a task joined.
@@ -69,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="print the tables of earlier --out files, joining the optimizers of one task")
+    parser.add_argument("--sweep-lrs", nargs="+", type=float, default=None, metavar="LR",
+                        help="print final validation loss per lr instead of tuning")
     args = parser.parse_args(argv)
+    if args.sweep_lrs:
+        torch.set_num_threads(args.threads)
+        for task_name in args.tasks:
+            for name in args.optimizers:
+                print(sweep_line(task_name, name, args.sweep_lrs, args.steps, args.seeds), flush=True)
+        return 0
     if args.merge:
         for result in merged(args.merge):
             print(table(result["task"], summarize(result)) + "\n")
