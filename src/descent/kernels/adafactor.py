@@ -153,20 +153,6 @@ def _factors(row, col, colsum, rf, cf, n, m, b2, c2):  # pragma: no cover - comp
 
 
 @njit(**_OPTS)
-def _factored_pass_a(p, g, rows, colpart, blocks, k0, k1, n, m, eps1, b2, c2):  # pragma: no cover - compiled
-    """Pass A over one factored tensor's blocks: row update, column partials (zeroed here), sum p^2."""
-    tot_p = 0.0
-    for k in range(k0, k1):
-        lo, hi = blocks[k, 1], blocks[k, 2]
-        r0 = lo // m
-        part = colpart[k - k0, :m]
-        part[:] = 0.0
-        tot_p += _factored_stats(p[lo:hi], g[lo:hi].reshape(((hi - lo) // m, m)), rows[r0:r0 + (hi - lo) // m],
-                                 part, eps1, b2, c2)
-    return tot_p
-
-
-@njit(**_OPTS)
 def _column_sums(colpart, blocks, k0, k1, n, m, batch):  # pragma: no cover - compiled
     """Each matrix's column sums of g^2 + eps1 from its blocks' partials (last block first)."""
     colsum = np.zeros(batch * m)
@@ -178,68 +164,139 @@ def _column_sums(colpart, blocks, k0, k1, n, m, batch):  # pragma: no cover - co
 
 
 @njit(**_OPTS)
-def _tensor_step(ptrs, sizes, meta, blocks, k0, k1, t, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
-                 scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
-    """Every pass over one tensor (its blocks ``k0:k1``): statistics, factors, the sum of
-    U^2, the clipping denominator and step size, the update. The tensor's later passes
-    read it from cache."""
+def _pass_a(ptrs, sizes, meta, blocks, t, k, k0, like, b2s, eps1, colpart):  # pragma: no cover - compiled
+    """Pass A over block ``k`` of tensor ``t``: (sum U^2 (vectors; 0 for a factored block), sum p^2)."""
     dt = like.dtype.type
     n, m, size = meta[t, 0], meta[t, 1], sizes[t]
-    p, g = view(ptrs[0, t], size, like), view(ptrs[1, t], size, like)
-    mom = view(ptrs[5, t], size, like) if use_m else p
+    lo, hi = blocks[k, 1], blocks[k, 2]
+    p, g = view(ptrs[0, t], size, like)[lo:hi], view(ptrs[1, t], size, like)[lo:hi]
     b2 = dt(b2s[t])
-    tot_u = 0.0
     if n > 0:
-        batch = size // (n * m)
-        rows = view(ptrs[2, t], size // m, like)
-        rf, cf = rf_all[meta[t, 2]:meta[t, 2] + size // m], cf_all[meta[t, 3]:meta[t, 3] + batch * m]
-        tot_p = _factored_pass_a(p, g, rows, colpart, blocks, k0, k1, n, m, dt(eps1), b2, dt(1.0) - b2)
-        _factors(rows, view(ptrs[3, t], batch * m, like), _column_sums(colpart, blocks, k0, k1, n, m, batch), rf, cf,
-                 n, m, b2, dt(1.0) - b2)
-        for k in range(k0, k1):
-            lo, hi = blocks[k, 1], blocks[k, 2]
-            c0 = (lo // (n * m)) * m
-            tot_u += _factored_usum(g[lo:hi].reshape(((hi - lo) // m, m)), rf[lo // m:], cf[c0:c0 + m])
-    else:
-        v = view(ptrs[4, t], size, like)
-        tot_p = 0.0
-        for k in range(k0, k1):
-            lo, hi = blocks[k, 1], blocks[k, 2]
-            _vector_variance(g[lo:hi], v[lo:hi], dt(eps1), b2, dt(1.0) - b2)
-            us, ps = _vector_sums(p[lo:hi], g[lo:hi], v[lo:hi])
-            tot_u += us
-            tot_p += ps
+        part = colpart[k - k0, :m]
+        part[:] = 0.0
+        r0 = lo // m
+        rows = view(ptrs[2, t], size // m, like)[r0:r0 + (hi - lo) // m]
+        return 0.0, _factored_stats(p, g.reshape(((hi - lo) // m, m)), rows, part, dt(eps1), b2, dt(1.0) - b2)
+    v = view(ptrs[4, t], size, like)[lo:hi]
+    _vector_variance(g, v, dt(eps1), b2, dt(1.0) - b2)
+    return _vector_sums(p, g, v)
+
+
+@njit(**_OPTS)
+def _tensor_factors(ptrs, sizes, meta, blocks, t, k0, k1, like, b2s, colpart, rf_all, cf_all):  # pragma: no cover
+    """Between passes A and B: the column update and the row and column factors of tensor ``t``."""
+    dt = like.dtype.type
+    n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+    batch = size // (n * m)
+    b2 = dt(b2s[t])
+    _factors(view(ptrs[2, t], size // m, like), view(ptrs[3, t], batch * m, like),
+             _column_sums(colpart, blocks, k0, k1, n, m, batch), rf_all[meta[t, 2]:meta[t, 2] + size // m],
+             cf_all[meta[t, 3]:meta[t, 3] + batch * m], n, m, b2, dt(1.0) - b2)
+
+
+@njit(**_OPTS)
+def _pass_b(ptrs, sizes, meta, blocks, t, k, like, rf_all, cf_all):  # pragma: no cover - compiled
+    """Pass B over block ``k`` of a factored tensor: sum U^2."""
+    n, m = meta[t, 0], meta[t, 1]
+    lo, hi = blocks[k, 1], blocks[k, 2]
+    c0 = meta[t, 3] + (lo // (n * m)) * m
+    g = view(ptrs[1, t], sizes[t], like)[lo:hi].reshape(((hi - lo) // m, m))
+    return _factored_usum(g, rf_all[meta[t, 2] + lo // m:], cf_all[c0:c0 + m])
+
+
+@njit(**_OPTS)
+def _step_size(size, tot_u, tot_p, lr, eps2, clip, wd, scale_parameter):  # pragma: no cover - compiled
+    """(alpha / clipping denominator, decay) of one tensor, in float64."""
     root = math.sqrt(size)
     denom = max(1.0, math.sqrt(tot_u) / root / clip)
-    alpha = lrs[t] * max(eps2, math.sqrt(tot_p) / root) if scale_parameter else lrs[t]
+    alpha = lr * max(eps2, math.sqrt(tot_p) / root) if scale_parameter else lr
     decay = 1.0 - wd * alpha if wd != 0 else 1.0
-    for k in range(k0, k1):  # pass C
-        lo, hi = blocks[k, 1], blocks[k, 2]
-        if n > 0:
-            c0 = (lo // (n * m)) * m
-            shape = ((hi - lo) // m, m)
-            _factored_apply(p[lo:hi].reshape(shape), g[lo:hi].reshape(shape), rf[lo // m:], cf[c0:c0 + m],
-                            dt(alpha / denom), dt(decay), mom[lo:hi].reshape(shape), dt(b1), dt(c1), use_m, dt(sign))
-        else:
-            _vector_apply(p[lo:hi], g[lo:hi], view(ptrs[4, t], size, like)[lo:hi], dt(alpha / denom), dt(decay),
-                          mom[lo:hi], dt(b1), dt(c1), use_m, dt(sign))
+    return alpha / denom, decay
+
+
+@njit(**_OPTS)
+def _pass_c(ptrs, sizes, meta, blocks, t, k, like, rf_all, cf_all, scale, decay, b1, c1, use_m,
+            sign):  # pragma: no cover - compiled
+    """Pass C over block ``k`` of tensor ``t``: the update (and momentum)."""
+    dt = like.dtype.type
+    n, m, size = meta[t, 0], meta[t, 1], sizes[t]
+    lo, hi = blocks[k, 1], blocks[k, 2]
+    p, g = view(ptrs[0, t], size, like)[lo:hi], view(ptrs[1, t], size, like)[lo:hi]
+    mom = view(ptrs[5, t], size, like)[lo:hi] if use_m else p
+    if n > 0:
+        c0 = meta[t, 3] + (lo // (n * m)) * m
+        shape = ((hi - lo) // m, m)
+        _factored_apply(p.reshape(shape), g.reshape(shape), rf_all[meta[t, 2] + lo // m:], cf_all[c0:c0 + m],
+                        dt(scale), dt(decay), mom.reshape(shape), dt(b1), dt(c1), use_m, dt(sign))
+    else:
+        _vector_apply(p, g, view(ptrs[4, t], size, like)[lo:hi], dt(scale), dt(decay), mom, dt(b1), dt(c1), use_m,
+                      dt(sign))
+
+
+@njit(**_OPTS)
+def _tensor_step(ptrs, sizes, meta, blocks, k0, k1, t, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
+                 scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
+    """Every pass over one tensor (its blocks ``k0:k1``) on one thread; its later passes read
+    it from cache. Sums are added in block order."""
+    tot_u = 0.0
+    tot_p = 0.0
+    for k in range(k0, k1):
+        us, ps = _pass_a(ptrs, sizes, meta, blocks, t, k, k0, like, b2s, eps1, colpart)
+        tot_u += us
+        tot_p += ps
+    if meta[t, 0] > 0:
+        _tensor_factors(ptrs, sizes, meta, blocks, t, k0, k1, like, b2s, colpart, rf_all, cf_all)
+        for k in range(k0, k1):
+            tot_u += _pass_b(ptrs, sizes, meta, blocks, t, k, like, rf_all, cf_all)
+    scale, decay = _step_size(sizes[t], tot_u, tot_p, lrs[t], eps2, clip, wd, scale_parameter)
+    for k in range(k0, k1):
+        _pass_c(ptrs, sizes, meta, blocks, t, k, like, rf_all, cf_all, scale, decay, b1, c1, use_m, sign)
 
 
 @njit(parallel=True, **_OPTS)
-def adafactor_multi(ptrs, sizes, meta, blocks, first, bounds, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1, use_m,
-                    scale_parameter, sign, colpart, rf_all, cf_all):  # pragma: no cover - compiled
-    """Adafactor over every tensor (see the module docstring), one parallel region per call:
-    thread ``c`` steps the tensors ``bounds[c]:bounds[c + 1]`` one after the other
-    (:func:`descent.kernels.multi.chunks`).
+def adafactor_multi(ptrs, sizes, meta, blocks, first, large, bounds, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1,
+                    use_m, scale_parameter, sign, colpart, part, rf_all, cf_all, sums):  # pragma: no cover - compiled
+    """Adafactor over every tensor (see the module docstring).
+
+    One parallel region for the bulk of the bucket: thread ``c`` steps the tensors
+    ``bounds[c]:bounds[c + 1]`` one after the other (:func:`descent.kernels.multi.chunks`);
+    then each *large* tensor gets parallel loops over its blocks for passes A, B and C.
 
     ``ptrs`` rows: param, grad, row_var, col_var, variance, exp_avg (0 where absent);
     ``meta[t]`` = (n, m, row offset, column offset): rows per matrix (0 for a vector),
     columns, and where the tensor's factors start in ``rf_all``/``cf_all``; ``first``
-    ``(T + 1,)`` each tensor's first block; ``b2s``/``lrs`` per tensor; ``colpart`` float64
-    scratch of (threads, blocks of the largest factored tensor, columns) at least.
+    ``(T + 1,)`` each tensor's first block; ``large`` the large tensors; ``b2s``/``lrs`` per
+    tensor; ``colpart`` float64 scratch of (threads, blocks of a tensor, columns) at least,
+    ``part`` the same for the large tensors (blocks, columns); ``sums`` float64 scratch of
+    (2, blocks of the largest large tensor).
     """
-    for c in prange(bounds.size - 1):
-        for t in range(bounds[c], bounds[c + 1]):
-            if first[t + 1] > first[t]:
-                _tensor_step(ptrs, sizes, meta, blocks, first[t], first[t + 1], t, like, b2s, lrs, eps1, eps2, clip,
-                             wd, b1, c1, use_m, scale_parameter, sign, colpart[c], rf_all, cf_all)
+    if large.size < sizes.size:  # only large tensors: no region for the runs
+        for c in prange(bounds.size - 1):
+            j = 0
+            for t in range(bounds[c], bounds[c + 1]):
+                while j < large.size and large[j] < t:
+                    j += 1
+                if first[t + 1] > first[t] and not (j < large.size and large[j] == t):
+                    _tensor_step(ptrs, sizes, meta, blocks, first[t], first[t + 1], t, like, b2s, lrs, eps1, eps2,
+                                 clip, wd, b1, c1, use_m, scale_parameter, sign, colpart[c], rf_all, cf_all)
+    for i in range(large.size):
+        t = large[i]
+        k0, k1 = first[t], first[t + 1]
+        for k in prange(k0, k1):
+            us, ps = _pass_a(ptrs, sizes, meta, blocks, t, k, k0, like, b2s, eps1, part)
+            sums[0, k - k0] = us
+            sums[1, k - k0] = ps
+        tot_u = 0.0
+        tot_p = 0.0
+        for k in range(k0, k1):
+            tot_u += sums[0, k - k0]
+            tot_p += sums[1, k - k0]
+        if meta[t, 0] > 0:
+            _tensor_factors(ptrs, sizes, meta, blocks, t, k0, k1, like, b2s, part, rf_all, cf_all)
+            for k in prange(k0, k1):
+                sums[0, k - k0] = _pass_b(ptrs, sizes, meta, blocks, t, k, like, rf_all, cf_all)
+            for k in range(k0, k1):
+                tot_u += sums[0, k - k0]
+        scale, decay = _step_size(sizes[t], tot_u, tot_p, lrs[t], eps2, clip, wd, scale_parameter)
+        for k in prange(k0, k1):
+            _pass_c(ptrs, sizes, meta, blocks, t, k, like, rf_all, cf_all, scale, decay, b1, c1, use_m, sign)

@@ -150,56 +150,99 @@ def _lamb_apply_direct(p, m, v, r1, r2, eps, wd, coef):  # pragma: no cover - co
         p[i] = p[i] - u * coef
 
 
-@njit(parallel=True, **_OPTS)
-def lamb_multi(ptrs, sizes, blocks, first, chunks, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr, clamp,
-               ratio):  # pragma: no cover - compiled
-    """LAMB over every tensor, one parallel region per call: each thread takes a chunk of whole
-    tensors (:func:`descent.kernels.multi.chunks`) and, tensor by tensor, updates the moments,
-    writes the direction into its row of ``scratch`` and sums the block norms, forms the trust
-    ratio, then applies the step while the tensor is still in cache.
+@njit(**_OPTS)
+def _lamb_ratio(sp, su, clamp, like):  # pragma: no cover - compiled
+    """The trust ratio from the float64 sums of p^2 and u^2 (1.0 where a norm is 0); the norms
+    are rounded to the tensor's dtype, as torch's norm() returns them."""
+    wn = np.float64(like.dtype.type(math.sqrt(sp)))
+    un = np.float64(like.dtype.type(math.sqrt(su)))
+    if clamp >= 0 and wn > clamp:
+        wn = clamp
+    if wn > 0 and un > 0:
+        return np.float64(like.dtype.type(wn / un))
+    return 1.0
 
-    ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``first`` (T + 1,) the first block of
-    each tensor; ``chunks`` (C + 1,) tensor bounds, one chunk per thread; ``bc1``/``bc2`` per
-    tensor; ``clamp`` < 0 means no clamp of the weight norm; ``ratio`` (T,) ones, which
-    receives the trust ratios. A tensor larger than a ``scratch`` row (one very large
-    tensor, where nothing stays in cache anyway) computes the direction twice instead. The
-    block sums are float64, added in block order, so no result depends on the thread count.
+
+@njit(**_OPTS)
+def _lamb_tensor(p, g, m, v, u_all, blocks, k0, k1, r1, r2, b1, c1, b2, c2, eps, wd, sign, lr, clamp,
+                 like):  # pragma: no cover - compiled
+    """Every pass over one tensor (blocks ``k0:k1``) on one thread; returns its trust ratio."""
+    n = p.size
+    store = n <= u_all.size
+    sp = 0.0
+    su = 0.0
+    for k in range(k0, k1):
+        lo, hi = blocks[k, 1], blocks[k, 2]
+        if store:
+            a, b = _lamb_block(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], u_all[lo:hi], b1, c1, b2, c2, r1, r2, eps, wd,
+                               sign)
+        else:
+            a, b = _lamb_norms_direct(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], b1, c1, b2, c2, r1, r2, eps, wd, sign)
+        sp += a
+        su += b
+    ratio = _lamb_ratio(sp, su, clamp, like)
+    coef = like.dtype.type(ratio * lr)
+    if store:
+        _lamb_apply(p, u_all[:n], coef)
+    else:
+        _lamb_apply_direct(p, m, v, r1, r2, eps, wd, coef)
+    return ratio
+
+
+@njit(parallel=True, **_OPTS)
+def lamb_multi(ptrs, sizes, blocks, first, large, bounds, like, scratch, bc1, bc2, b1, c1, b2, c2, eps, wd, sign, lr,
+               clamp, ratio, sums):  # pragma: no cover - compiled
+    """LAMB over every tensor: moments, direction and norms; trust ratio; apply.
+
+    One parallel region for the bulk of the bucket: each thread takes a run of whole tensors
+    (:func:`descent.kernels.multi.chunks`) and, tensor by tensor, updates the moments, writes
+    the direction into its row of ``scratch`` and sums the block norms, forms the trust
+    ratio, then applies the step while the tensor is still in cache. Each *large* tensor
+    then gets two parallel loops over its blocks (norms, apply), recomputing the direction
+    rather than storing it (nothing of it stays in cache anyway).
+
+    ``ptrs`` rows: param, grad, exp_avg, exp_avg_sq; ``first`` (T + 1,) each tensor's first
+    block; ``large`` (L,) the large tensors; ``bounds`` (C + 1,) tensor runs, one per
+    thread; ``bc1``/``bc2`` per tensor; ``clamp`` < 0 means no clamp of the weight norm;
+    ``ratio`` (T,) receives the trust ratios; ``sums`` float64 scratch of (blocks of the
+    largest large tensor, 2). Block sums are float64, added in block order, so no result
+    depends on the thread count.
     """
     one = like.dtype.type(1.0)
-    for c in prange(chunks.size - 1):
-        u_all = scratch[c]
-        for t in range(chunks[c], chunks[c + 1]):
-            n = sizes[t]
-            if n == 0:
-                continue
-            p, g = view(ptrs[0, t], n, like), view(ptrs[1, t], n, like)
-            m, v = view(ptrs[2, t], n, like), view(ptrs[3, t], n, like)
-            r1, r2 = one / bc1[t], one / bc2[t]
-            store = n <= u_all.size
-            sp = 0.0
-            su = 0.0
-            for k in range(first[t], first[t + 1]):
-                lo, hi = blocks[k, 1], blocks[k, 2]
-                if store:
-                    a, b = _lamb_block(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], u_all[lo:hi], b1, c1, b2, c2, r1, r2,
-                                       eps, wd, sign)
-                else:
-                    a, b = _lamb_norms_direct(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], b1, c1, b2, c2, r1, r2, eps,
-                                              wd, sign)
-                sp += a
-                su += b
-            # the norms are rounded to the tensor's dtype, as torch's norm() returns them
-            wn = np.float64(like.dtype.type(math.sqrt(sp)))
-            un = np.float64(like.dtype.type(math.sqrt(su)))
-            if clamp >= 0 and wn > clamp:
-                wn = clamp
-            if wn > 0 and un > 0:
-                ratio[t] = np.float64(like.dtype.type(wn / un))
-            coef = like.dtype.type(ratio[t] * lr)
-            if store:
-                _lamb_apply(p, u_all[:n], coef)
-            else:
-                _lamb_apply_direct(p, m, v, r1, r2, eps, wd, coef)
+    if large.size < sizes.size:  # only large tensors: no region for the runs
+        for c in prange(bounds.size - 1):
+            j = 0
+            for t in range(bounds[c], bounds[c + 1]):
+                while j < large.size and large[j] < t:
+                    j += 1
+                n = sizes[t]
+                if n == 0 or (j < large.size and large[j] == t):
+                    continue
+                ratio[t] = _lamb_tensor(view(ptrs[0, t], n, like), view(ptrs[1, t], n, like),
+                                        view(ptrs[2, t], n, like), view(ptrs[3, t], n, like), scratch[c], blocks,
+                                        first[t], first[t + 1], one / bc1[t], one / bc2[t], b1, c1, b2, c2, eps, wd,
+                                        sign, lr, clamp, like)
+    for i in range(large.size):
+        t = large[i]
+        n, k0, k1 = sizes[t], first[t], first[t + 1]
+        p, g = view(ptrs[0, t], n, like), view(ptrs[1, t], n, like)
+        m, v = view(ptrs[2, t], n, like), view(ptrs[3, t], n, like)
+        r1, r2 = one / bc1[t], one / bc2[t]
+        for k in prange(k0, k1):
+            lo, hi = blocks[k, 1], blocks[k, 2]
+            a, b = _lamb_norms_direct(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], b1, c1, b2, c2, r1, r2, eps, wd, sign)
+            sums[k - k0, 0] = a
+            sums[k - k0, 1] = b
+        sp = 0.0
+        su = 0.0
+        for k in range(k0, k1):
+            sp += sums[k - k0, 0]
+            su += sums[k - k0, 1]
+        ratio[t] = _lamb_ratio(sp, su, clamp, like)
+        coef = like.dtype.type(ratio[t] * lr)
+        for k in prange(k0, k1):
+            lo, hi = blocks[k, 1], blocks[k, 2]
+            _lamb_apply_direct(p[lo:hi], m[lo:hi], v[lo:hi], r1, r2, eps, wd, coef)
 
 
 @njit(**_OPTS)

@@ -82,14 +82,18 @@ def lamb(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Tensors,
     t = np.asarray(steps, dtype=np.float64)
     bc1 = (1 - beta1**t if bias_correction else np.ones_like(t)).astype(dtype.dtype)
     bc2 = (1 - beta2**t if bias_correction else np.ones_like(t)).astype(dtype.dtype)
-    first, bounds = multi.chunks(tuple(plan.sizes.tolist()), numba.get_num_threads())
-    # one direction buffer per thread, as large as its largest tensor up to 4 waves (a bigger
-    # tensor recomputes the direction)
-    widest = max((int(plan.sizes[a:b].max()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a), default=0)
+    first, large, bounds = multi.chunks(tuple(plan.sizes.tolist()), numba.get_num_threads())
+    # one direction buffer per thread, as large as its largest (not large) tensor up to 4 waves
+    # (a bigger one recomputes the direction)
+    small = plan.sizes.copy()
+    small[large] = 0
+    widest = max((int(small[a:b].max()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a), default=0)
     scratch = np.empty((len(bounds) - 1, min(widest, 4 * multi.WAVE)), dtype=dtype.dtype)
-    lamb_multi(addresses(params, grads, exp_avg, exp_avg_sq), plan.sizes, plan.blocks, first, bounds, dtype, scratch,
-               bc1, bc2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay),
-               dt(_sign(maximize)), float(lr), -1.0 if clamp_value is None else float(clamp_value), np.ones(len(params)))
+    sums = np.empty((int(np.diff(first)[large].max()) if large.size else 1, 2))
+    lamb_multi(addresses(params, grads, exp_avg, exp_avg_sq), plan.sizes, plan.blocks, first, large, bounds, dtype,
+               scratch, bc1, bc2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps), dt(weight_decay),
+               dt(_sign(maximize)), float(lr), -1.0 if clamp_value is None else float(clamp_value),
+               np.ones(len(params)), sums)
 
 
 def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, variance: Maybe, exp_avg: Maybe, *,
@@ -130,17 +134,22 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
     spans = tuple(int(n * m) if n else int(p.numel()) for (n, m, _, _), p in zip(meta, params))
     rows = tuple(int(m) if n else 1 for n, m, _, _ in meta)
     plan = bucket_plan(params, rows, spans)
-    first, bounds = multi.chunks(tuple(plan.sizes.tolist()), numba.get_num_threads(), rows, spans)
+    first, large, bounds = multi.chunks(tuple(plan.sizes.tolist()), numba.get_num_threads(), rows, spans)
     dtype = like(params[0])
-    per_tensor = int(np.diff(first)[factored].max()) if factored.any() else 1
+    counts, is_large = np.diff(first), np.isin(np.arange(len(params)), large)
+    per_tensor = int(counts[factored & ~is_large].max()) if (factored & ~is_large).any() else 1
+    most = int(counts[is_large].max()) if large.size else 1
+    wide_large = int(meta[factored & is_large, 1].max()) if (factored & is_large).any() else 1
     width = int(meta[factored, 1].max()) if factored.any() else 1
     b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
     b1 = 0.0 if beta1 is None else float(beta1)
     adafactor_multi(addresses(params, grads, row_var, col_var, variance, exp_avg if beta1 is not None else None),
-                    plan.sizes, meta, plan.blocks, first, bounds, dtype, b2s, np.asarray(lrs, dtype=np.float64), eps1,
-                    eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
+                    plan.sizes, meta, plan.blocks, first, large, bounds, dtype, b2s, np.asarray(lrs, dtype=np.float64),
+                    eps1, eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
                     _sign(maximize), np.empty((len(bounds) - 1, per_tensor, width)),
-                    np.empty(max(row_off, 1), dtype=dtype.dtype), np.empty(max(col_off, 1), dtype=dtype.dtype))
+                    np.empty((most if wide_large > 1 else 1, wide_large)),
+                    np.empty(max(row_off, 1), dtype=dtype.dtype), np.empty(max(col_off, 1), dtype=dtype.dtype),
+                    np.empty((2, most)))
 
 
 # ------------------------------------------------------------------ torch's kernels

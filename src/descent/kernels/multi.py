@@ -143,34 +143,47 @@ def plan(sizes: tuple[int, ...], row_lengths: tuple[int, ...] | None = None,
                 int(sum(sizes)))
 
 
-@lru_cache(maxsize=256)
 def chunks(sizes: tuple[int, ...], parts: int, row_lengths: tuple[int, ...] | None = None,
-           spans: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each tensor's first block (in :func:`plan`'s table) and a cut of the tensors into
-    ``parts`` runs of whole tensors with about equal elements (one per thread).
+           spans: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each tensor's first block (in :func:`plan`'s table), the tensors too large to leave to
+    one thread, and a cut of the others into ``parts`` runs of whole tensors with about
+    equal elements (one per thread).
 
     A kernel that runs its passes tensor by tensor inside one parallel loop over the runs
-    (LAMB, Adafactor) needs one parallel region per call instead of several per wave.
-    ``row_lengths`` and ``spans`` are :func:`plan`'s.
+    (LAMB, Adafactor) needs one parallel region per call instead of several per wave; a
+    *large* tensor (more than half a thread's share of the bucket, and more than one block)
+    gets its own parallel loops over its blocks instead, so one big tensor keeps every
+    thread busy. ``row_lengths`` and ``spans`` are :func:`plan`'s.
 
     Returns:
         ``first`` ``(T + 1,)``: tensor ``t``'s blocks are ``first[t]:first[t + 1]``;
-        ``bounds`` ``(parts + 1,)``: run ``c`` holds tensors ``bounds[c]:bounds[c + 1]``.
+        ``large`` ``(L,)``: the large tensors, in order;
+        ``bounds`` ``(parts + 1,)``: run ``c`` holds tensors ``bounds[c]:bounds[c + 1]``
+        (large ones among them are skipped there).
 
     Example:
-        >>> first, bounds = chunks((40000, 10, 0, 30000), 2)
-        >>> first.tolist(), bounds.tolist()
-        ([0, 3, 4, 4, 6], [0, 1, 4])
+        >>> first, large, bounds = chunks((40000, 10, 0, 30000, 5), 2)
+        >>> first.tolist(), large.tolist(), bounds.tolist()
+        ([0, 3, 4, 4, 6, 7], [0, 3], [0, 2, 5])
     """
-    table = plan(sizes, row_lengths, spans).blocks
+    return _chunks(sizes, parts, row_lengths, spans, BLOCK, WAVE)
+
+
+@lru_cache(maxsize=256)
+def _chunks(sizes: tuple[int, ...], parts: int, row_lengths: tuple[int, ...] | None, spans: tuple[int, ...] | None,
+            block: int, wave: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    table = plan(sizes, row_lengths, spans, block, wave).blocks
     first = np.searchsorted(table[:, 0], np.arange(len(sizes) + 1)).astype(np.int64)
-    ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
-    total = int(ends[-1]) if len(sizes) else 0
+    total = sum(sizes)
+    large = [t for t, n in enumerate(sizes) if 2 * parts * n > total and first[t + 1] - first[t] > 1]
+    ends = np.cumsum([0 if t in large else n for t, n in enumerate(sizes)], dtype=np.int64)
+    rest = int(ends[-1]) if len(sizes) else 0
     bounds = [0]
     for c in range(1, parts):  # the tensor boundary nearest to each c/parts of the elements
-        cut = int(np.searchsorted(ends, c * total / parts)) if total else 0
-        if cut < len(sizes) and cut > 0 and abs(ends[cut - 1] - c * total / parts) < abs(ends[cut] - c * total / parts):
+        target = c * rest / parts
+        cut = int(np.searchsorted(ends, target)) if rest else 0
+        if 0 < cut < len(sizes) and abs(ends[cut - 1] - target) < abs(ends[cut] - target):
             cut -= 1
         bounds.append(max(bounds[-1], min(len(sizes), cut + 1)))
     bounds.append(len(sizes))
-    return first, np.asarray(bounds, dtype=np.int64)
+    return first, np.asarray(large, dtype=np.int64), np.asarray(bounds, dtype=np.int64)
