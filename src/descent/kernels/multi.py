@@ -9,9 +9,14 @@ zero-copy array inside the compiled code (:func:`view`) and walks a :class:`Plan
   factored tensors), fixed by the shapes alone, so per-block partial sums, and with
   them every result, do not depend on the thread count;
 * blocks are grouped into *waves* of whole tensors of about :data:`WAVE` elements; a
-  kernel that needs several passes with a per-tensor reduction in between (LAMB's
-  norms, Adafactor's row/column statistics) runs all its passes over one wave before
-  the next, so the later passes read from cache rather than from memory.
+  kernel that needs several passes with a per-tensor reduction in between can run all
+  its passes over one wave before the next, so the later passes read from cache rather
+  than from memory (a parallel region per pass per wave);
+* :func:`chunks` cuts the tensors into one run of whole tensors per thread instead: LAMB
+  and Adafactor make all their passes over one tensor before the next inside a single
+  parallel region (measured on the 2-core machine under load: 5-7x faster than waves,
+  whose many regions each wait for every thread), and give a tensor too large for one
+  thread its own parallel loops over its blocks.
 
 The caller keeps the tensors alive for the duration of the call (they are the
 optimizer's parameters, gradients and state) and passes only contiguous tensors of one
