@@ -123,7 +123,7 @@ def _factored(s: dict[str, Any]) -> bool:
 
 
 def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                   overrides: Mapping[str, Any] | None = None) -> None:
+                   overrides: Mapping[str, Any] | None = None, backend: str | None = None) -> None:
     """Adafactor on local shards: row/column means and RMS values reduced over the mesh (two ``all_reduce``).
 
     The elementwise parts are multi-tensor ops over the bucket; the row/column means are
@@ -137,6 +137,8 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
     steps = advance_steps([s["step"] for s in states])
     beta2 = [1.0 - t ** hp["decay_rate"] for t in steps]
     mesh_group = shard_group(params[0])
+    if backend == "fused" and _adafactor_fused(hp, params, grads, states, steps, mesh_group):
+        return
     gs = [local(g) for g in grads]
     gs = torch._foreach_neg(gs) if hp["maximize"] else gs
     g2s = torch._foreach_mul(gs, gs)
@@ -162,6 +164,33 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
     u_sq = torch.stack(sum_across(square_sums(updates, params), mesh_group))
     p_sq = torch.stack(first[len(partials):])
     _adafactor_apply(hp, params, updates, states, steps, u_sq, p_sq)
+
+
+def _adafactor_fused(hp: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
+                     steps: list[int], mesh_group: Any) -> bool:
+    """The Numba kernel's passes on the local rows (:func:`descent.kernels.sharded.adafactor_sharded`), when
+    every tensor fits it (2-D split by rows or whole, 1-D; CPU float); False (nothing done) otherwise."""
+    from ..kernels import sharded
+    from ._layout import local_range
+
+    fac = [_factored(s) for s in states]
+    ps, gs = [local(p) for p in params], [local(g) for g in grads]
+    cols = {k: [local(s.get(k)) if s.get(k) is not None else None for s in states]
+            for k in ("row_var", "col_var", "variance", "exp_avg")}
+    by_rows = [shard_dim(p) in (None, 0) for p in params]
+    if hp["beta1"] is None:
+        cols["exp_avg"] = [None] * len(params)
+    if not sharded.adafactor_fits(ps + gs, fac + fac, by_rows + by_rows, [t for c in cols.values() for t in c]):
+        return False
+    sharded.adafactor_sharded(ps, gs, cols["row_var"], cols["col_var"], cols["variance"], cols["exp_avg"],
+                              first_row=[local_range(p)[0] if is_sharded(p) else 0 for p in params],
+                              counted=[_counted(p) for p in params], numels=[p.numel() for p in params], steps=steps,
+                              lr=hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"],
+                              decay_rate=float(hp["decay_rate"]), eps1=float(hp["eps1"]), eps2=float(hp["eps2"]),
+                              clip_threshold=float(hp["clip_threshold"]), beta1=hp["beta1"],
+                              weight_decay=float(hp["weight_decay"]), scale_parameter=hp["scale_parameter"],
+                              maximize=hp["maximize"], reduce=lambda ts: sum_across(ts, mesh_group))
+    return True
 
 
 def _rows(r: Tensor, p: Tensor) -> Tensor:

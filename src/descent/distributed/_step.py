@@ -119,7 +119,7 @@ def step_bucket(opt: Any, backend: str | Callable[[torch.device, torch.dtype], s
         mars_step(opt, group, params, grads, overrides)
     else:
         from ._stats import adafactor_step
-        adafactor_step(opt, group, params, grads, overrides)
+        adafactor_step(opt, group, params, grads, overrides, backend=name)
 
 
 def _owner_split(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],

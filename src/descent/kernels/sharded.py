@@ -97,3 +97,77 @@ def lamb_sharded(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg:
     ok = (wn > 0) & (un > 0)
     ratio = np.where(ok, (wn / np.where(ok, un, 1.0)).astype(dtype.dtype).astype(np.float64), 1.0)
     lamb_apply(ptrs, sizes, dtype, bc1, bc2, dt(eps), dt(weight_decay), (ratio * float(lr)).astype(dtype.dtype))
+
+
+def adafactor_fits(params: list[torch.Tensor], factored: list[bool], rows_sharded: list[bool],
+                   states: list[torch.Tensor | None]) -> bool:
+    """Whether :func:`adafactor_sharded` takes these local tensors: 2-D factored ones split by rows
+    (or whole), 1-D unfactored ones, dense float32/float64 on the CPU."""
+    return supports(params) and all(t is None or (t.is_contiguous() and t.dtype == params[0].dtype) for t in states) \
+        and all(
+        (p.ndim == 2 and f and rs) or (p.ndim == 1 and not f) for p, f, rs in zip(params, factored, rows_sharded))
+
+
+def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
+                      counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
+                      warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
+                      beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool,
+                      reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+    """Adafactor over local row blocks with :mod:`descent.kernels.adafactor`'s per-element passes,
+    two ``reduce`` calls (sums over the ranks) between them.
+
+    ``params``... are this rank's rows (``first_row`` their offset in the whole matrix,
+    ``numels`` the whole tensors' sizes);
+    ``row_var``/``col_var`` are the whole statistics (the same on every rank), ``variance``
+    and ``exp_avg`` local like the parameter; ``counted`` says whether this rank's sums count
+    (False for a replicated tensor on ranks other than the first).
+    """
+    from ..functional import adafactor_lr
+    from .adafactor import _factored_apply, _factored_stats, _factored_usum, _factors, _step_size, _vector_apply, \
+        _vector_sums, _vector_variance
+
+    dt = like(params[0]).dtype.type
+    b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
+    n_t = len(params)
+    sq_p, sq_u, parts = np.zeros(n_t), np.zeros(n_t), []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        lp, lg = p.detach().numpy(), g.detach().numpy()
+        if row_var[i] is not None:  # pass A: this rank's row means and column sums (state untouched)
+            n, m = row_var[i].numel(), col_var[i].numel()
+            means, cols = np.zeros(n, dtype=lp.dtype), np.zeros(m)
+            if lp.size:
+                sq_p[i] = _factored_stats(lp.reshape(-1), lg, means[first_row[i]:first_row[i] + lp.shape[0]], cols, dt(eps1),
+                                          dt(0.0), dt(1.0))
+            parts += [torch.from_numpy(means.astype(np.float64) * counted[i]), torch.from_numpy(cols * counted[i])]
+        else:
+            lv = variance[i].detach().numpy()
+            _vector_variance(lg, lv, dt(eps1), dt(b2s[i]), dt(1.0 - b2s[i]))
+            sq_u[i], sq_p[i] = _vector_sums(lp, lg, lv) if lp.size else (0.0, 0.0)
+    mask = np.asarray(counted, dtype=np.float64)
+    summed = reduce(parts + [torch.from_numpy(sq_p * mask)])
+    sq_p = summed[-1].detach().numpy()
+    factors = {}
+    for k, i in enumerate(i for i in range(n_t) if row_var[i] is not None):
+        row, col = row_var[i].detach().numpy().reshape(-1), col_var[i].detach().numpy().reshape(-1)
+        n, m = row.size, col.size
+        row[:] = row * dt(b2s[i]) + summed[2 * k].detach().numpy().astype(row.dtype) * dt(1.0 - b2s[i])
+        rf, cf = np.empty(n, dtype=row.dtype), np.empty(m, dtype=row.dtype)
+        _factors(row, col, summed[2 * k + 1].detach().numpy(), rf, cf, n, m, dt(b2s[i]), dt(1.0 - b2s[i]))
+        lp, lg = params[i].detach().numpy(), grads[i].detach().numpy()
+        factors[i] = (rf[first_row[i]:first_row[i] + lp.shape[0]], cf)
+        sq_u[i] = _factored_usum(lg, *factors[i]) if lp.size else 0.0
+    sq_u = reduce([torch.from_numpy(sq_u * mask)])[0].detach().numpy()
+    use_m, sign = beta1 is not None, dt(-1.0 if maximize else 1.0)
+    b1 = dt(beta1 if use_m else 0.0)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        rate = adafactor_lr(steps[i], lr, relative_step=relative_step, warmup_init=warmup_init)
+        scale, decay = _step_size(max(numels[i], 1), sq_u[i], sq_p[i], rate, eps2, clip_threshold, weight_decay,
+                                  scale_parameter)
+        lp, lg = p.detach().numpy(), g.detach().numpy()
+        mom = exp_avg[i].detach().numpy() if use_m else lp
+        if not lp.size:
+            continue
+        if row_var[i] is not None:
+            _factored_apply(lp, lg, *factors[i], dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
+        else:
+            _vector_apply(lp, lg, variance[i].detach().numpy(), dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
