@@ -166,6 +166,12 @@ def recipe(scenario: str, model: nn.Module, total_steps: int, batch_size: int | 
     (:func:`descent.param_groups`). With ``batch_size`` (and ``base_batch_size``, or the scenario's
     reference batch), the lr is scaled linearly for SGD and by the square root for adaptive methods.
 
+    No scenario uses an optimizer of 2024 (schedule-free, Prodigy, SOAP, AdEMAMix, MARS, ADOPT):
+    the source documents do not cover them, and ``benchmarks/optimizer_quality.py`` (README)
+    found none ahead of tuned AdamW on every built-in task: schedule-free AdamW led on charlm and
+    SOAP on the mnist1d MLP, each in one short run at a small tuning budget, too little to
+    change a scenario the documents' tables set.
+
     Args:
         scenario: one of :data:`SCENARIOS`.
         model: the model to optimize.
