@@ -72,7 +72,7 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int) -
     for step in range(start, stop):
         gen = torch.Generator().manual_seed(100 + step)
         for p in model.parameters():
-            p.grad = D.shard_like(torch.randn(p.shape, generator=gen), p)
+            p.grad = D.shard_like(torch.randn(p.shape, generator=gen).to(p.dtype), p)
         opt.step()
 
 
@@ -157,6 +157,14 @@ def scenario_fresh(ckpt: str) -> dict:
         ref, ref_opt = reference(4, case)
         out[case] = {"diff": diff(model, ref, ref_opt), "state": state_equal(opt, model, ref_opt, ref),
                      "quantized": sum(v.dtype == torch.uint8 for s in opt.state.values() for v in s.values())}
+    bf16 = lambda ps: descent.AdamW(ps, lr=1e-2, weight_decay=0.1, state_bits=8, kahan_summation=True)  # noqa: E731
+    model, ref = fsdp(model_fn().to(torch.bfloat16)), model_fn().to(torch.bfloat16)
+    opt, ref_opt = bf16(model.parameters()), bf16(ref.parameters())
+    train(model, opt, 0, 3)
+    train(ref, ref_opt, 0, 3)  # bf16 weights + kahan_comp (a DTensor under FSDP2): the reference path's math
+    out["bf16kahan"] = {"diff": diff(model, ref, ref_opt), "state": state_equal(opt, model, ref_opt, ref),
+                        "quantized": sum(v.dtype == torch.uint8 for s in opt.state.values() for v in s.values())}
+
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     model = model_fn()  # ZeRO-1 partitions whole tensors: each rank steps its own with the one-process state

@@ -154,8 +154,6 @@ def _rounded(group: Mapping[str, Any], p: Tensor, state: dict[str, Any]) -> tupl
     from ._layout import like_param
 
     lp = local(p)
-    if not hasattr(LO, "_rounding"):  # a descent without kahan_summation
-        return (lambda: lp.detach().float()), (lambda w: LO._write_param(lp, w, bool(group.get("stochastic_rounding"))))
     rounding = LO._rounding(group, lp)
     view = {k: local(v) for k, v in state.items() if k == LO.KAHAN_KEY}
 
