@@ -45,6 +45,7 @@ OPTIMIZERS = [
     ("LAMB", "lamb", dict(lr=1e-2, weight_decay=0.01), 1e-6),
     ("Adafactor", "adafactor", dict(), 1e-6),
     ("Adafactor-loop-b1", "adafactor", dict(beta1=0.9, backend="loop", weight_decay=0.01), 1e-6),
+    ("Adafactor-b1-max", "adafactor", dict(beta1=0.9, weight_decay=0.01, maximize=True), 1e-6),  # FSDP2: Numba passes
     ("Muon", "muon", dict(lr=0.02, backend="loop", ns_dtype=torch.float32), 0.0),
     ("Muon-default", "muon", dict(lr=0.02), 1e-5),
     ("Shampoo", "shampoo", dict(lr=1e-2, update_freq=2), 0.0),
