@@ -33,6 +33,7 @@ from torch import Tensor
 from ..lowbit.maps import code_map
 from ..lowbit.quant import block_size, pack, unpack
 from ..lowbit.state import QuantState, codes_shape
+from ._comm import traffic
 from ._layout import _dtensor_module, is_sharded, local, local_range, shard_dim, shard_group
 
 __all__ = ["lowbit_split", "lowbit_step"]
@@ -241,8 +242,12 @@ def lowbit_step(opt: Any, algo: Any, group: dict[str, Any], params: list[Tensor]
     if not todo:
         return
     parts = [_partial_absmax(v, _start(p), b, -(-p.numel() // block_size(b))) for p, _, _, _, b, v in todo]
-    reduced = torch.cat(parts)
-    dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=shard_group(params[0]))
+    reduced, group = torch.cat(parts), shard_group(params[0])
+    world = dist.get_world_size(group)
+    if world > 1:
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
+        traffic["reduce"] += 2 * (world - 1) * reduced.numel() * reduced.element_size() // world  # as _comm counts
+        traffic["calls"] += 1
     for (p, s, key, signed, bits, value), absmax in zip(todo, reduced.split([t.numel() for t in parts])):
         qmap = s[key + "_qmap"] if key + "_qmap" in s else code_map(signed, bits, value.device)
         codes = _quantize(value, absmax, qmap, _start(p), bits)
