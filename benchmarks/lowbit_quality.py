@@ -32,6 +32,7 @@ CONFIGS = {
     "sgd momentum state_bits=8": ("sgd", dict(momentum=0.9, state_bits=8), torch.float32),
     "adamw bf16 round-to-nearest": ("adamw", dict(), torch.bfloat16),
     "adamw bf16 stochastic_rounding": ("adamw", dict(stochastic_rounding=True), torch.bfloat16),
+    "adamw bf16 kahan_summation": ("adamw", dict(kahan_summation=True), torch.bfloat16),
 }
 CLASSES = {"adamw": descent.AdamW, "lion": descent.Lion, "sgd": descent.SGD}
 
