@@ -352,3 +352,18 @@ def test_trains_mlp_on_digits(name):
                 opt.update_hessian()
     acc = (model(X[te]).argmax(1) == y[te]).float().mean().item()
     assert acc >= target, f"{name}: held-out accuracy {acc:.3f} < {target}"
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba is needed")
+def test_a_kernel_step_keeps_the_users_torch_thread_count():
+    # Numba's OpenMP layer shares the OpenMP default with torch: without care, a user's
+    # torch.set_num_threads(1) became 2 after the first large kernel step.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        p = torch.zeros(2 * K.PARALLEL_MIN, requires_grad=True)
+        p.grad = torch.ones_like(p)
+        descent.Lion([p], lr=1e-3).step()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -76,8 +76,17 @@ def like(t: torch.Tensor):  # -> numpy.ndarray
 
 
 def threads_for(numel: int) -> None:
-    """Use one Numba thread for a small bucket, all of them for a large one."""
+    """Use one Numba thread for a small bucket, all of them for a large one.
+
+    With Numba's OpenMP threading layer, ``numba.set_num_threads`` also sets the OpenMP
+    default that torch's intra-op pool reads, so a user's ``torch.set_num_threads(1)``
+    would silently become 2 after the first kernel step; torch's count is put back
+    (Numba passes its own count to each parallel region, so it is unaffected).
+    """
+    before = torch.get_num_threads()
     numba.set_num_threads(1 if numel < PARALLEL_MIN else numba.config.NUMBA_NUM_THREADS)
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 def addresses(*tensors: list[torch.Tensor] | None) -> np.ndarray:
