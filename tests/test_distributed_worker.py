@@ -53,6 +53,7 @@ OPTIMIZERS = [
     ("SOAP-cautious", "soap", dict(lr=1e-2, cautious=True), 0.0),  # the vectors' mask is global: owner-rank too
     ("MARS", "mars", dict(lr=1e-2), 1e-6),  # FSDP2: the norm of c_t is reduced over the ranks
     ("MARS-cautious", "mars", dict(lr=1e-2, cautious=True, weight_decay=0.1), 1e-6),
+    ("MARS-wd-max", "mars", dict(lr=1e-2, weight_decay=0.1, maximize=True), 1e-6),  # FSDP2: Numba passes
     ("Prodigy", "prodigy", dict(), 1e-6),  # FSDP2: its d-estimate sums are reduced over the ranks
 ]
 

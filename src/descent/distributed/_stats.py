@@ -233,17 +233,28 @@ def _adafactor_apply(hp: dict[str, Any], params: list[Tensor], updates: list[Ten
 
 
 def mars_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-              overrides: Mapping[str, Any] | None = None) -> None:
+              overrides: Mapping[str, Any] | None = None, backend: str | None = None) -> None:
     """MARS on local shards: the norms of :math:`c_t` in one ``all_reduce`` (the cautious counts in a second).
 
-    The rest of :func:`descent.functional.mars` is elementwise and runs on the local rows.
+    The rest of :func:`descent.functional.mars` is elementwise and runs on the local rows: on the
+    ``"fused"`` backend (CPU) with the Numba kernel's passes (:func:`descent.kernels.sharded.mars_sharded`).
     """
+    from ..kernels import sharded
     from ..optim._base import advance_steps
 
     hp = _hyper(opt, group, overrides)
     states = [opt._state_of(p, group) for p in params]
     steps = advance_steps([s["step"] for s in states])
     b1, b2, mesh_group = hp["beta1"], hp["beta2"], shard_group(params[0])
+    cols = [[local(s[k]) for s in states] for k in ("exp_avg", "exp_avg_sq", "last_grad")]
+    if backend == "fused" and not hp.get("cautious", False) and sharded.supports(
+            [local(p) for p in params], [local(g) for g in grads], *cols):
+        sharded.mars_sharded([local(p) for p in params], [local(g) for g in grads], *cols,
+                             counted=[_counted(p) for p in params], steps=steps, lr=float(hp["lr"]), beta1=float(b1),
+                             beta2=float(b2), eps=float(hp["eps"]), gamma=float(hp["gamma"]),
+                             weight_decay=float(hp["weight_decay"]), maximize=hp["maximize"],
+                             reduce=lambda ts: sum_across(ts, mesh_group))
+        return
     gs = [-local(g) if hp["maximize"] else local(g) for g in grads]
     cs = [(g - local(s["last_grad"])).mul_(hp["gamma"] * b1 / (1 - b1)).add_(g) for g, s in zip(gs, states)]
     for c, n, s in zip(cs, sum_across(square_sums(cs, params), mesh_group), states):

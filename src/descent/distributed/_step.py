@@ -116,7 +116,7 @@ def step_bucket(opt: Any, backend: str | Callable[[torch.device, torch.dtype], s
         lamb_step(opt, group, params, grads, overrides, backend=name)
     elif mode == "mars":
         from ._stats import mars_step
-        mars_step(opt, group, params, grads, overrides)
+        mars_step(opt, group, params, grads, overrides, backend=name)
     else:
         from ._stats import adafactor_step
         adafactor_step(opt, group, params, grads, overrides, backend=name)

@@ -1,4 +1,7 @@
-"""Numba kernels for LAMB on sharded tensors: the one-process kernel's two passes, split around an all-reduce.
+"""Numba kernels on sharded tensors: the one-process kernels' passes, split around the all-reduces.
+
+LAMB below; Adafactor (:func:`adafactor_sharded`) and MARS (:func:`mars_sharded`) the same way,
+with the per-element functions of :mod:`descent.kernels.adafactor` and :mod:`descent.kernels.modern`.
 
 :func:`descent.kernels.elementwise.lamb_multi` needs every tensor's norms between its
 moment pass and its apply pass; under FSDP2 a rank holds a shard of each tensor, so the
@@ -23,7 +26,8 @@ from . import addresses, like, threads_for
 from .elementwise import _lamb_apply_direct, _lamb_norms_direct
 from .multi import view
 
-__all__ = ["lamb_sharded", "lamb_partial_sums", "lamb_apply"]
+__all__ = ["lamb_sharded", "lamb_partial_sums", "lamb_apply", "adafactor_fits", "adafactor_sharded", "mars_sharded",
+           "supports"]
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
@@ -136,8 +140,8 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
             n, m = row_var[i].numel(), col_var[i].numel()
             means, cols = np.zeros(n, dtype=lp.dtype), np.zeros(m)
             if lp.size:
-                sq_p[i] = _factored_stats(lp.reshape(-1), lg, means[first_row[i]:first_row[i] + lp.shape[0]], cols, dt(eps1),
-                                          dt(0.0), dt(1.0))
+                own = means[first_row[i]:first_row[i] + lp.shape[0]]  # receives the row means (b2 = 0, c2 = 1)
+                sq_p[i] = _factored_stats(lp.reshape(-1), lg, own, cols, dt(eps1), dt(0.0), dt(1.0))
             parts += [torch.from_numpy(means.astype(np.float64) * counted[i]), torch.from_numpy(cols * counted[i])]
         else:
             lv = variance[i].detach().numpy()
@@ -170,4 +174,33 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
         if row_var[i] is not None:
             _factored_apply(lp, lg, *factors[i], dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
         else:
-            _vector_apply(lp, lg, variance[i].detach().numpy(), dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
+            lv = variance[i].detach().numpy()
+            _vector_apply(lp, lg, lv, dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
+
+
+def mars_sharded(params, grads, exp_avg, exp_avg_sq, last_grad, *, counted: list[bool], steps: list[int], lr: float,
+                 beta1: float, beta2: float, eps: float, gamma: float, weight_decay: float, maximize: bool,
+                 reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+    """MARS over local shards with :mod:`descent.kernels.modern`'s per-element passes: the corrected
+    gradients and this rank's sums of :math:`c^2`, one ``reduce`` (sums over the ranks), the step."""
+    import math
+
+    from .modern import _mars_apply, _mars_correct, _sumsq
+
+    dt = like(params[0]).dtype.type
+    sign = dt(-1.0 if maximize else 1.0)
+    sums = np.zeros(len(params))
+    for i, (g, last) in enumerate(zip(grads, last_grad)):
+        if g.numel():
+            lst = last.detach().numpy().reshape(-1)
+            _mars_correct(g.detach().numpy().reshape(-1), lst, dt(gamma * beta1 / (1 - beta1)), sign)
+            sums[i] = _sumsq(lst) if counted[i] else 0.0
+    total = reduce([torch.from_numpy(sums)])[0].numpy()
+    for i, p in enumerate(params):
+        if not p.numel():
+            continue
+        norm = dt(math.sqrt(total[i]))
+        flat = [t.detach().numpy().reshape(-1) for t in (p, grads[i], exp_avg[i], exp_avg_sq[i], last_grad[i])]
+        _mars_apply(*flat, norm, norm > dt(1.0), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+                    dt(math.sqrt(1 - beta2 ** steps[i])), dt(1 - beta1 ** steps[i]), dt(eps), dt(weight_decay), dt(lr),
+                    sign)
