@@ -57,15 +57,17 @@ class KFAC(Optimizer):
     default statistics) :math:`G` grows with the residuals, not with the curvature: on a
     least squares :math:`G = 4\,\mathrm{loss}\cdot I`, so the step above is the
     Gauss-Newton step divided by :math:`2\,\mathrm{loss}` and a large loss barely moves.
-    So the empirical :math:`G` is divided by its mean eigenvalue :math:`c = \mathrm{tr}\,G/d`,
-    the damping is relative, :math:`\lambda\,\mathrm{tr}A/d_A`, and the KL clip measures
-    :math:`\sum\tilde\nabla\cdot\nabla / c` (the unnormalised Fisher's quantity, which is
-    free of the loss's scale). Factors from :meth:`fisher_backward` (the true Fisher) keep
-    their scale. Measured (``tests/test_defaults_progress.py``, defaults, 60 full-batch steps):
-    an ill-conditioned least squares with targets ~100x the inputs ends at 0.088 of its start
-    (``fisher_scale="none"``: 0.9999; SGD-momentum at the same lr along the exact Newton
-    direction: 0.33); a 3-class MLP classifier at 0.041 (``"none"``: 0.0044; the test asks
-    < 0.2); the digits MLP of ``tests/test_matrix_optim.py`` still reaches >= 95 %.
+    So the empirical :math:`G` is divided by :math:`c = \max(1, \mathrm{tr}\,G/d)`: its mean
+    eigenvalue is kept at most 1, the scale of the Fisher of a softmax or of a unit-variance
+    Gaussian, and the KL clip measures :math:`\sum\tilde\nabla\cdot\nabla / c` (the
+    unnormalised Fisher's quantity, free of the loss's scale). Where :math:`\mathrm{tr}\,G/d
+    \le 1` (e.g. cross-entropy) nothing changes; factors from :meth:`fisher_backward` (the true
+    Fisher) keep their scale. Measured (``tests/test_defaults_progress.py``, defaults, 60
+    full-batch steps): an ill-conditioned least squares with targets ~100x the inputs ends at
+    0.089 of its start (``fisher_scale="none"``: 0.9999; SGD-momentum at the same lr along the
+    exact Newton direction: 0.33); a 3-class MLP classifier at 0.0044 with either setting; the
+    MLP regression of that file at 0.0034 after 200 steps; digits-mlp (``descent train``, 120
+    steps, lr 1e-3) validation loss 0.072 with either setting.
 
     Every other parameter (norms, embeddings, grouped or padded-by-mode convs) takes plain
     SGD-momentum with the same lr. Each supported layer is its own param group (keys
@@ -91,7 +93,7 @@ class KFAC(Optimizer):
             (default 100). stat_decay: :math:`\rho` (default 0.95).
         kl_clip: :math:`\kappa`, or ``None`` for no clipping (default 1e-3).
         fisher_scale: ``"trace"`` (default, see **Scale**) or ``"none"`` (the empirical
-            Fisher's own scale and an absolute damping, as before).
+            Fisher's own scale, as before).
         skip_nonfinite: see :class:`descent.SGD`.
         process_group: under data parallelism, the ranks whose Kronecker factors are averaged
             (each rank sees its own part of the batch); default: a ``DistributedDataParallel``
@@ -256,12 +258,11 @@ class KFAC(Optimizer):
             mat = torch.cat([mat, gb[:, None]], dim=1)
         dG, damping, scale = s["dG"], group["damping"], 1.0
         if group.get("fisher_scale", "none") == "trace" and getattr(self, "_empirical", {}).get(id(weight), True):
-            scale = float(dG.mean())
-            dG = dG / scale if scale > 0 else torch.ones_like(dG)
-            damping = damping * float(s["dA"].mean())
+            # the empirical G's scale is the residuals' (loss-sized), not the curvature's
+            scale = max(1.0, float(dG.mean()))  # G's mean eigenvalue, capped below at 1
+            dG = dG / scale
         nat = K.kfac_precondition(mat, s["QA"], s["dA"], s["QG"], dG, damping)
-        if scale > 0:
-            self._fisher_scales[id(weight)] = scale
+        self._fisher_scales[id(weight)] = scale
         out = {id(weight): nat[:, : mat.shape[1] - has_bias].reshape(gw.shape)}
         if has_bias:
             out[id(bias)] = nat[:, -1].contiguous()
