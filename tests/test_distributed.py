@@ -135,6 +135,7 @@ def test_kfac_under_ddp_averages_its_factors(two_ranks) -> None:
         assert k["group_found"]  # the DDP model's process group, found without an argument
         assert k["averaged"] <= 1e-5, (rank, k)  # one process on the global batch, to float rounding
         assert k["not_averaged"] > 1e-3, (rank, k)  # per-rank factors alone: a different step
+        assert k["mismatch"].startswith("RuntimeError: KFAC: the ranks collected different"), k  # every rank, no hang
 
 
 def test_data_parallel_training_logs_once_and_checkpoints(two_ranks) -> None:

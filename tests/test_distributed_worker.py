@@ -270,6 +270,14 @@ def scenario_kfac_ddp(_: str) -> dict:
             nn.functional.mse_loss(ref(x), y).backward()
             one.step()
         out[label] = max(float((a - b).abs().max()) for a, b in zip(ddp.module.parameters(), ref.parameters()))
+    from descent.distributed._kfac import average_factors
+
+    stats = {1: {"A": torch.ones(2, 2)}, 2: {"A": torch.ones(3, 3)}}  # the last rank collected one factor more
+    try:
+        average_factors(stats if rank == world - 1 else {1: stats[1]}, [1, 2], dist.group.WORLD)
+        out["mismatch"] = "no error"
+    except RuntimeError as exc:
+        out["mismatch"] = f"RuntimeError: {exc}"
     return out
 
 
