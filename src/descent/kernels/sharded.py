@@ -127,8 +127,7 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
     (False for a replicated tensor on ranks other than the first).
     """
     from ..functional import adafactor_lr
-    from .adafactor import _factored_apply, _factored_stats, _factored_usum, _factors, _step_size, _vector_apply, \
-        _vector_sums, _vector_variance
+    from .adafactor import _factored_stats, _factored_usum, _factors, _step_size, _vector_sums, _vector_variance
 
     dt = like(params[0]).dtype.type
     b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
@@ -161,17 +160,26 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
         factors[i] = (rf[first_row[i]:first_row[i] + lp.shape[0]], cf)
         sq_u[i] = _factored_usum(lg, *factors[i]) if lp.size else 0.0
     sq_u = reduce([torch.from_numpy(sq_u * mask)])[0].detach().numpy()
-    use_m, sign = beta1 is not None, dt(-1.0 if maximize else 1.0)
+    rates = [adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in steps]
+    steps_sizes = [_step_size(max(numels[i], 1), sq_u[i], sq_p[i], rates[i], eps2, clip_threshold, weight_decay,
+                              scale_parameter) for i in range(n_t)]
+    _adafactor_apply(params, grads, variance, exp_avg, factors, steps_sizes, beta1, dt(-1.0 if maximize else 1.0))
+
+
+def _adafactor_apply(params, grads, variance, exp_avg, factors, steps_sizes, beta1, sign) -> None:
+    """The last pass of :func:`adafactor_sharded`: each tensor's update with its (scale, decay)."""
+    from .adafactor import _factored_apply, _vector_apply
+
+    dt = like(params[0]).dtype.type
+    use_m = beta1 is not None
     b1 = dt(beta1 if use_m else 0.0)
     for i, (p, g) in enumerate(zip(params, grads)):
-        rate = adafactor_lr(steps[i], lr, relative_step=relative_step, warmup_init=warmup_init)
-        scale, decay = _step_size(max(numels[i], 1), sq_u[i], sq_p[i], rate, eps2, clip_threshold, weight_decay,
-                                  scale_parameter)
+        scale, decay = steps_sizes[i]
         lp, lg = p.detach().numpy(), g.detach().numpy()
         mom = exp_avg[i].detach().numpy() if use_m else lp
         if not lp.size:
             continue
-        if row_var[i] is not None:
+        if i in factors:
             _factored_apply(lp, lg, *factors[i], dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
         else:
             lv = variance[i].detach().numpy()
