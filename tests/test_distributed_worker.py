@@ -37,6 +37,8 @@ OPTIMIZERS = [
     ("RMSprop", "rmsprop", dict(lr=1e-2, momentum=0.5), 0.0),
     ("Lion", "lion", dict(lr=1e-2, weight_decay=0.1), 0.0),
     ("Lion-loop", "lion", dict(lr=1e-2, backend="loop"), 0.0),
+    ("Lion-cautious", "lion", dict(lr=1e-2, cautious=True), 0.0),  # the mask's rescale counts the whole tensor
+    ("AdamW-cautious", "adamw", dict(lr=1e-2, weight_decay=0.1, cautious=True), 0.0),
     ("SophiaG", "sophiag", dict(lr=1e-2), 0.0),
     ("ADOPT", "adopt", dict(lr=1e-2), 0.0),
     ("AdEMAMix", "ademamix", dict(lr=1e-2), 0.0),

@@ -15,7 +15,8 @@ bucket holds DTensors (FSDP2's ``fully_shard``). It picks how with :func:`mode_o
   one owner rank, which runs the one-process step on it; parameter and state rows go
   there and back by all-to-all (:mod:`._precond`).
 * ``"gather"``: every rank gathers the full tensors and runs the one-process step
-  (replicated work; the fallback for an optimizer with no declaration).
+  (replicated work; the fallback for an optimizer with no declaration, and for a
+  ``cautious=True`` group of an elementwise optimizer, whose mask is rescaled by a whole-tensor count).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def mode_of(opt: Any, group: dict[str, Any]) -> str:
         mode = MODE_BY_NAME.get(name, "gather")
     if mode == "matrix" and group.get("use_muon", True) is False:
         mode = "elementwise"  # Muon's auxiliary AdamW groups
+    if mode == "elementwise" and group.get("cautious", False):
+        mode = "gather"  # the mask's rescale n / (sum(mask) + 1) counts the whole tensor, not a shard
     if mode not in MODES + ("unsupported",):
         raise ValueError(f"Invalid _distributed declaration of {type(opt).__name__}: {mode!r} (one of {MODES})")
     return mode
