@@ -170,15 +170,15 @@ def find_lr(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterabl
     ``method``'s reading of that curve (:func:`suggest_lr`): it sits near the edge of stability
     of the sweep, which is often 5-25x above what a full run wants.
 
-    **Suggestion for a run** (``total_steps`` given). The edge :math:`\eta_e` is the lr of the
+    **Suggestion for a run** (``total_steps`` given). The edge :math:`\\eta_e` is the lr of the
     lowest smoothed loss. Probe runs of :math:`P` = 50 % of ``total_steps`` steps (30 to 500)
     start from the same weights and optimizer state, use ``schedule`` (``step -> multiplier`` over
     ``total_steps``, e.g. :class:`descent.schedules.WarmupCosine`) compressed to :math:`P` steps,
     and are scored by their mean training loss over their last quarter. They run at
-    :math:`\eta_e 10^{-k/4}` for :math:`k = 0, 2, 4, 6, 8`, extended downward (at most two more
+    :math:`\\eta_e 10^{-k/4}` for :math:`k = 0, 2, 4, 6, 8`, extended downward (at most two more
     half decades) while the lowest is best, then at the two quarter-decade neighbours of the
     best. The suggestion (``method="probe"``) is the best probe's lr times
-    :math:`\sqrt{P/T}`: a short run's best lr is too high for a longer one (and training loss
+    :math:`\\sqrt{P/T}`: a short run's best lr is too high for a longer one (and training loss
     favours high lrs). ``low``/``high``: the probes within 5 % of the best, scaled the same way.
     Cost: 7-9 probes, about 4x ``total_steps`` steps. The constants were chosen on calibration
     problems only, never on the seeds 0-2 that ``benchmarks/lr_suggestion.py`` reports: a
@@ -187,7 +187,7 @@ def find_lr(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterabl
     and AdamW, and Lion and Muon on digits-mlp seed 100 (``python benchmarks/lr_suggestion.py --calibrate
     --tasks ... --seeds ...``). Over those 22 runs, the suggestion's validation loss against the
     grid's best (within 25 % / geometric-mean ratio / worst): probes of 50 % and
-    :math:`\alpha = 1/2` 17/22, 1.14, 1.88; 50 % and :math:`\alpha = 0`: 19/22, 1.12, 2.84 (Lion's
+    :math:`\\alpha = 1/2` 17/22, 1.14, 1.88; 50 % and :math:`\\alpha = 0`: 19/22, 1.12, 2.84 (Lion's
     full run diverges at the probes' best lr); 50 % and 1/4: 19/22, 1.17, 3.27; 25 % and 1/2
     (the previous default, too low on digits-mlp): 13/22, 1.22, 1.96; 25 % and 0: 17/22, 1.16,
     2.84. The worst with 50 % and 1/2 is the synthetic regression under AdamW (1.88: every
