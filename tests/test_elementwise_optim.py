@@ -367,3 +367,20 @@ def test_a_kernel_step_keeps_the_users_torch_thread_count():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
+@pytest.mark.parametrize("name", ["LAMB", "Adafactor"])
+@pytest.mark.parametrize("shapes", [[(2, 4, 1, 1), (2,), (2,), (2,)], [(6, 1), (3, 1, 5), (4,)], [(1, 1, 9)]],
+                         ids=["conv1x1-bn", "unit-dims", "one"])
+def test_tiny_buckets_whose_tensors_count_as_large_match_the_functional(name, shapes):
+    """A bucket so small that one tensor is over half a thread's share takes the kernels' "large
+    tensor" loops; their scratch once was sized for a factored side of 1 and corrupted the heap."""
+    cls, kw = OPTIMS[name]
+    runs = []
+    for backend in ("loop", "fused"):
+        ps = _params(torch.float64, shapes=shapes)
+        _run(cls(ps, backend=backend, **kw), ps, 3)
+        runs.append(ps)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=KERNEL_TOL[name])

@@ -147,7 +147,7 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
                     plan.sizes, meta, plan.blocks, first, large, bounds, dtype, b2s, np.asarray(lrs, dtype=np.float64),
                     eps1, eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
                     _sign(maximize), np.empty((len(bounds) - 1, per_tensor, width)),
-                    np.empty((most if wide_large > 1 else 1, wide_large)),
+                    np.empty((most, wide_large) if (factored & is_large).any() else (1, 1)),
                     np.empty(max(row_off, 1), dtype=dtype.dtype), np.empty(max(col_off, 1), dtype=dtype.dtype),
                     np.empty((2, most)))
 
