@@ -64,7 +64,10 @@ def test_lowbit_state_resumes_bit_exactly_in_a_new_process(tmp_path: Path) -> No
         descent.checkpoint.save(tmp_path / kind, step=CUT, model=model, optimizer=opt)
         train(model, opt, CUT, STOP)
         expected[kind] = result(model, opt)
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    # the same intra-op thread count as this process: a matmul's sums may be split differently
+    # with another count (other tests in this worker may have changed it), so the gradients would differ
+    code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()}); "
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"import test_lowbit_resume as t; t.resume({str(tmp_path)!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
