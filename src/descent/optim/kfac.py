@@ -128,7 +128,9 @@ class KFAC(Optimizer):
         columns=("momentum_buffer",),
         loop_returns="momentum_buffer",
         meta=Meta("kfac", adaptive=True, state_bytes=4.0, paper="Martens & Grosse (2015), arXiv:1503.05671",
-                  lr={"classification": 1e-2, "language": 1e-3, "convex": 1e-3, "function": 1e-3},
+                  # classification 1e-3: `descent train --optimizer kfac --lr X` (300 steps, seed 0) ends at
+                  # val loss 0.039 / 0.26 / 0.31 on digits-mlp and 1.60 / 2.00 / 2.34 on mnist1d at 1e-3 / 3e-3 / 1e-2
+                  lr={"classification": 1e-3, "language": 1e-3, "convex": 1e-3, "function": 1e-3},
                   kind="matrix", takes_model=True),
     )
 
