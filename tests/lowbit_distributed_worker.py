@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 import descent
 import descent.distributed as D
+from test_distributed_worker import fsdp, full  # the same wrapping and gathering (this folder is on sys.path)
 
 
 def model_fn(hidden: int = 76) -> nn.Module:
@@ -53,19 +54,6 @@ CASES = {
 
 def make(model: nn.Module, case: str = "adamw8") -> torch.optim.Optimizer:
     return CASES[case](model.parameters())
-
-
-def fsdp(model: nn.Module) -> nn.Module:
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    return fully_shard(model)
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if D.is_dtensor(t) else t.detach()
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int) -> None:

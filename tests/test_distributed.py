@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 WORKER = Path(__file__).with_name("test_distributed_worker.py")
 sys.path.insert(0, str(WORKER.parent))
+from gloo_ranks import run_ranks  # noqa: E402
 from test_distributed_worker import CHECKPOINTED, FSDP_GAPS, OPTIMIZERS  # noqa: E402
 
 #: torch's fused CPU kernels (SGD with momentum, Adam, AdamW) run a tensor's last
@@ -41,35 +39,7 @@ RESHARD_TOL = {"adamw": TORCH_FUSED_ULP, "adafactor": 1e-6, "muon": 0.0, "shampo
 
 def launch(world: int, scenarios: str, arg: str = "", timeout: float = 240.0) -> dict[int, dict]:
     """Run the worker on ``world`` ranks; every rank is killed at ``timeout`` seconds (never a hang)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    out_dir = tempfile.mkdtemp(prefix="descent-dist-")
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), scenarios, out_dir, arg], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    hung = [r for r, p in enumerate(procs) if p.poll() is None]
-    for r in hung:
-        procs[r].kill()
-    results = {}
-    for rank, p in enumerate(procs):
-        path = Path(out_dir, f"rank{rank}.json")
-        log = p.stdout.read().decode(errors="replace")[-3000:] if p.stdout else ""
-        if rank in hung or not path.exists():
-            pytest.fail(f"rank {rank} of {world} {'hung' if rank in hung else 'wrote no result'} "
-                        f"(rc={p.returncode}):\n{log}")
-        results[rank] = json.loads(path.read_text())
-    return results
+    return run_ranks(WORKER, world, lambda out_dir: [scenarios, out_dir, arg], timeout, "descent-dist-")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,7 @@ at a timeout, as tests/test_distributed.py launches its worker).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -25,36 +19,16 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 pytest.importorskip("numba")
 
 WORKER = Path(__file__).with_name("lowbit_distributed_worker.py")
+sys.path.insert(0, str(WORKER.parent))
+from gloo_ranks import run_ranks  # noqa: E402
 
 
 def launch(world: int, scenario: str, ckpt: str, name: str = "", timeout: float = 180.0) -> dict[int, dict]:
     """Run the worker on ``world`` ranks; ranks still running at ``timeout`` are killed."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    out_dir = tempfile.mkdtemp(prefix="descent-lowbit-dist-")
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), scenario, ckpt, out_dir, name], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-    results = {}
-    for rank, p in enumerate(procs):
-        p.wait()
-        path = Path(out_dir, f"rank{rank}.json")
-        log = p.stdout.read().decode(errors="replace")[-3000:] if p.stdout else ""
-        if not path.exists():
-            pytest.fail(f"rank {rank} of {world} wrote no result (rc={p.returncode}):\n{log}")
-        results[rank] = json.loads(path.read_text())
-        assert "fatal" not in results[rank], results[rank]["trace"]
+    results = run_ranks(WORKER, world, lambda out_dir: [scenario, ckpt, out_dir, name], timeout,
+                        "descent-lowbit-dist-")
+    for res in results.values():
+        assert "fatal" not in res, res["trace"]
     return results
 
 
