@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import subprocess
 import sys
 
 import pytest
@@ -24,8 +22,7 @@ import torch
 
 import descent
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interp = pytest.mark.skipif(not INTERPRETED, reason="run by test_interpreter_suite (TRITON_INTERPRET=1 subprocess)")
+from interp_child import INTERPRETED, interp, run_interpreted  # noqa: E402
 
 SHAPES = [(7, 3), (1,), (0,), (2500,), (5, 33)]  # odd sizes, one element, zero-size, two blocks
 
@@ -47,16 +44,7 @@ _IDS = [c.__name__ for c, _, _ in TRITON_OPTIMIZERS + TORCH_OPTIMIZERS]
 
 def test_interpreter_suite(request):
     """This file's ``interp`` tests in a child process under Triton's interpreter."""
-    if INTERPRETED:
-        pytest.skip("this is the child")
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    marks = request.config.getoption("markexpr")
-    marks = f"({marks}) and not gpu" if marks else "not gpu"
-    out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", "-m", marks], capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout, out.stdout[-2000:]
+    run_interpreted(__file__, request)
 
 
 def _params(dtype, device="cpu", seed=0):

@@ -80,18 +80,6 @@ def test_fused_kernel_matches_functional(name, dtype):
 MANY = [(7, 5), (0,), (30, 23), (3, 4, 6), (11,), (2, 50, 3), (), (120,), (13, 1), (1, 17), (0, 4), (9, 40), (50, 30)]
 
 
-@pytest.fixture
-def tiny_plan(monkeypatch):
-    """Blocks of ~40 elements and waves of ~300: every tensor above is cut, waves hold several tensors."""
-    from descent.kernels import multi
-
-    monkeypatch.setattr(multi, "BLOCK", 40)
-    monkeypatch.setattr(multi, "WAVE", 300)
-    multi.plan.cache_clear()
-    yield
-    multi.plan.cache_clear()
-
-
 @pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
 @pytest.mark.parametrize("name", list(OPTIMS))
 def test_multi_tensor_kernel_over_many_blocks_and_waves(name, tiny_plan):

@@ -70,18 +70,6 @@ def test_kernel_matches_functional(name, dtype):
     _assert_same(opt_a, opt_b, a, b, FP64_TOL.get(name, 1e-13) if dtype == torch.float64 else fp32)
 
 
-@pytest.fixture
-def tiny_plan(monkeypatch):
-    """Blocks of ~40 elements and waves of ~300: tensors are cut, waves hold several tensors."""
-    from descent.kernels import multi
-
-    monkeypatch.setattr(multi, "BLOCK", 40)
-    monkeypatch.setattr(multi, "WAVE", 300)
-    multi.plan.cache_clear()
-    yield
-    multi.plan.cache_clear()
-
-
 @pytest.mark.parametrize("name", list(OPTIMS))
 def test_kernel_over_many_blocks_and_waves(name, tiny_plan):
     cls, kw = OPTIMS[name]

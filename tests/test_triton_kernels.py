@@ -26,8 +26,7 @@ from descent import functional as F  # noqa: E402
 #: or launched, whether it interprets; one process cannot mix the two modes. So the
 #: interpreter tests run in a child pytest started with TRITON_INTERPRET=1
 #: (test_interpreter_suite); in this process they are skipped.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interp = pytest.mark.skipif(not INTERPRETED, reason="run by test_interpreter_suite (TRITON_INTERPRET=1 subprocess)")
+from interp_child import INTERPRETED, interp, run_interpreted  # noqa: E402
 if INTERPRETED:
     from descent.kernels.triton import _adafactor as KA  # noqa: E402
     from descent.kernels.triton import _common as KC  # noqa: E402
@@ -38,15 +37,7 @@ if INTERPRETED:
 def test_interpreter_suite(request):
     """Every kernel through Triton's interpreter: this file's ``interp`` tests in a child process
     (with this run's ``-m`` selection, e.g. ``-m "not slow"``)."""
-    if INTERPRETED:
-        pytest.skip("this is the child")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    marks = request.config.getoption("markexpr")
-    marks = f"({marks}) and not gpu" if marks else "not gpu"
-    out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", "-m", marks], capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout, out.stdout[-2000:]
+    run_interpreted(__file__, request)
 
 
 def _store_kernel():
