@@ -118,31 +118,26 @@ def _dequantize(state: Mapping[str, Any], key: str, start: int, n: int, dtype: t
 def _kernel_math(algo: Any, p: Tensor, g: Tensor, vals: list[Tensor | None], hp: Mapping[str, Any],
                  step: int | None) -> list[Tensor | None]:
     """The update of :mod:`descent.kernels.lowbit` (its compiled per-element math, so its fused
-    multiply-adds, whatever the slice's length), on float ``vals``; hyperparameters as its launchers
-    convert them."""
+    multiply-adds, whatever the slice's length), on float ``vals``; hyperparameters from the same
+    builders as its launchers."""
     from ..kernels import lowbit as KL
 
     dt = p.numpy().dtype.type
-    sign = dt(-1.0 if hp.get("maximize") else 1.0)
-    n, lr, wd = p.numel(), hp["lr"], hp.get("weight_decay", 0.0)
+    n, lr, wd, maximize = p.numel(), hp["lr"], hp.get("weight_decay", 0.0), bool(hp.get("maximize"))
     arrays = [t.numpy() for t in (p, g)]
     if algo.launcher == "adam_lowbit":
         b1, b2 = hp["beta1"], hp["beta2"]
-        decoupled = bool(hp.get("decoupled_weight_decay")) and wd != 0
-        c1 = dt(1 - b1)
-        KL._adam_math(*arrays, vals[0].numpy(), vals[1].numpy(), n, dt(1 - lr * wd) if decoupled else dt(1.0),
-                      dt(0.0 if hp.get("decoupled_weight_decay") else wd), bool(c1 < 0.5),
-                      c1 if c1 < 0.5 else c1 - dt(1.0), dt(b2), dt(1 - b2), dt(hp["eps"]), sign,
-                      dt(-lr / (1 - b1**step)), dt((1 - b2**step) ** 0.5))
+        step_size, bc2 = KL.adam_step_terms([step], lr, b1, b2)
+        KL._adam_math(*arrays, vals[0].numpy(), vals[1].numpy(), n,
+                      *KL.adam_hp(dt, lr, b1, b2, hp["eps"], wd, maximize, hp.get("decoupled_weight_decay", False)),
+                      dt(step_size[0]), dt(bc2[0]))
     elif algo.launcher == "lion_lowbit":
-        b1, b2 = hp["beta1"], hp["beta2"]
-        KL._lion_math(*arrays, vals[0].numpy(), n, dt(1 - lr * wd), dt(lr), dt(b1), dt(1 - b1), dt(b2),
-                      dt(1 - b2), sign)
+        KL._lion_math(*arrays, vals[0].numpy(), n, *KL.lion_hp(dt, lr, hp["beta1"], hp["beta2"], wd, maximize))
     else:
         first = vals[0] is None
         buf = torch.empty_like(p) if first else vals[0]
-        KL._sgd_math(*arrays, buf.numpy(), n, dt(lr), dt(wd), dt(hp["momentum"]), dt(1 - hp.get("dampening", 0.0)),
-                     sign, bool(hp.get("nesterov")), first)
+        KL._sgd_math(*arrays, buf.numpy(), n, *KL.sgd_hp(dt, lr, hp["momentum"], hp.get("dampening", 0.0), wd,
+                                                        bool(hp.get("nesterov")), maximize), first)
         vals = [buf]
     return vals
 

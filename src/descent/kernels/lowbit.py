@@ -21,6 +21,7 @@ state's plain tensors (:class:`descent.lowbit.QuantState`).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -270,6 +271,37 @@ def _launch(kernel, columns: list[list[torch.Tensor]], qmap: torch.Tensor, *extr
            np.int64(bits), *extra)
 
 
+# -------------------------------------------------------------- hyperparameters as the kernels take them
+# (also used by descent.distributed._lowbit, which runs the same per-element math on shards)
+def adam_step_terms(steps: list[int], lr: float, beta1: float, beta2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per step number: Adam's signed step size ``-lr / (1 - beta1^s)`` and ``sqrt(1 - beta2^s)``."""
+    step_size = np.array([-lr / (1 - beta1**s) for s in steps], dtype=np.float64)
+    bc2s = np.array([(1 - beta2**s) ** 0.5 for s in steps], dtype=np.float64)
+    return step_size, bc2s
+
+
+def adam_hp(dt: Any, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, maximize: bool,
+            decoupled_weight_decay: bool) -> tuple:
+    """The per-element Adam kernel's hyperparameter tuple in dtype ``dt``."""
+    decoupled = bool(decoupled_weight_decay) and weight_decay != 0
+    c1 = dt(1 - beta1)
+    return (dt(1 - lr * weight_decay) if decoupled else dt(1.0), dt(0.0 if decoupled_weight_decay else weight_decay),
+            bool(c1 < 0.5), c1 if c1 < 0.5 else c1 - dt(1.0), dt(beta2), dt(1 - beta2), dt(eps),
+            dt(-1.0 if maximize else 1.0))
+
+
+def lion_hp(dt: Any, lr: float, beta1: float, beta2: float, weight_decay: float, maximize: bool) -> tuple:
+    """The per-element Lion kernel's hyperparameter tuple in dtype ``dt``."""
+    return (dt(1 - lr * weight_decay), dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
+            dt(-1.0 if maximize else 1.0))
+
+
+def sgd_hp(dt: Any, lr: float, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
+           maximize: bool) -> tuple:
+    """The per-element SGD-momentum kernel's hyperparameter tuple in dtype ``dt``."""
+    return (dt(lr), dt(weight_decay), dt(momentum), dt(1 - dampening), dt(-1.0 if maximize else 1.0), bool(nesterov))
+
+
 def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                 exp_avg_absmax: list[torch.Tensor], exp_avg_qmap: list[torch.Tensor], exp_avg_sq: list[torch.Tensor],
                 exp_avg_sq_absmax: list[torch.Tensor], exp_avg_sq_qmap: list[torch.Tensor], *, steps: list[int],
@@ -282,14 +314,8 @@ def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
     """
     if amsgrad:
         raise ValueError("Invalid amsgrad=True: low-bit Adam states do not support AMSGrad")
-    dt = like(params[0]).dtype.type
-    step_size = np.array([-lr / (1 - beta1**s) for s in steps], dtype=np.float64)
-    bc2s = np.array([(1 - beta2**s) ** 0.5 for s in steps], dtype=np.float64)
-    decoupled = bool(decoupled_weight_decay) and weight_decay != 0
-    c1 = dt(1 - beta1)
-    hp = (dt(1 - lr * weight_decay) if decoupled else dt(1.0), dt(0.0 if decoupled_weight_decay else weight_decay),
-          bool(c1 < 0.5), c1 if c1 < 0.5 else c1 - dt(1.0), dt(beta2), dt(1 - beta2), dt(eps),
-          dt(-1.0 if maximize else 1.0))
+    step_size, bc2s = adam_step_terms(steps, lr, beta1, beta2)
+    hp = adam_hp(like(params[0]).dtype.type, lr, beta1, beta2, eps, weight_decay, maximize, decoupled_weight_decay)
     b = like(params[0])
     plan = bucket_plan(params)
     bits = _bits(exp_avg_qmap[0])
@@ -302,9 +328,7 @@ def lion_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
                 exp_avg_absmax: list[torch.Tensor], exp_avg_qmap: list[torch.Tensor], *, lr: float, beta1: float,
                 beta2: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
     """Lion with a quantized ``exp_avg``, in place (hyperparameters of :func:`descent.functional.lion`)."""
-    dt = like(params[0]).dtype.type
-    hp = (dt(1 - lr * weight_decay), dt(lr), dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2),
-          dt(-1.0 if maximize else 1.0))
+    hp = lion_hp(like(params[0]).dtype.type, lr, beta1, beta2, weight_decay, maximize)
     _launch(lion_lowbit_multi, [params, grads, exp_avg, exp_avg_absmax], exp_avg_qmap[0], hp)
 
 
@@ -317,7 +341,6 @@ def sgd_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_b
     ``first=True`` is the first step of these tensors: the buffer becomes the
     gradient, as torch initialises it (the codes passed in are overwritten).
     """
-    dt = like(params[0]).dtype.type
-    hp = (dt(lr), dt(weight_decay), dt(momentum), dt(1 - dampening), dt(-1.0 if maximize else 1.0), bool(nesterov))
+    hp = sgd_hp(like(params[0]).dtype.type, lr, momentum, dampening, weight_decay, nesterov, maximize)
     _launch(sgd_lowbit_multi, [params, grads, momentum_buffer, momentum_buffer_absmax], momentum_buffer_qmap[0],
             hp, bool(first))
