@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .multi import view
+from .multi import large_mask, view
 
 __all__ = ["adafactor_multi"]
 
@@ -271,12 +271,10 @@ def adafactor_multi(ptrs, sizes, meta, blocks, first, large, bounds, like, b2s, 
     (2, blocks of the largest large tensor).
     """
     if large.size < sizes.size:  # only large tensors: no region for the runs
+        skip = large_mask(large, sizes.size)
         for c in prange(bounds.size - 1):
-            j = 0
             for t in range(bounds[c], bounds[c + 1]):
-                while j < large.size and large[j] < t:
-                    j += 1
-                if first[t + 1] > first[t] and not (j < large.size and large[j] == t):
+                if first[t + 1] > first[t] and not skip[t]:
                     _tensor_step(ptrs, sizes, meta, blocks, first[t], first[t + 1], t, like, b2s, lrs, eps1, eps2,
                                  clip, wd, b1, c1, use_m, scale_parameter, sign, colpart[c], rf_all, cf_all)
     for i in range(large.size):

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .multi import fma, view
+from .multi import fma, large_mask, view
 
 __all__ = ["lion_multi", "sophia_multi", "lamb_multi", "rmsprop_multi"]
 
@@ -210,13 +210,11 @@ def lamb_multi(ptrs, sizes, blocks, first, large, bounds, like, scratch, bc1, bc
     """
     one = like.dtype.type(1.0)
     if large.size < sizes.size:  # only large tensors: no region for the runs
+        skip = large_mask(large, sizes.size)
         for c in prange(bounds.size - 1):
-            j = 0
             for t in range(bounds[c], bounds[c + 1]):
-                while j < large.size and large[j] < t:
-                    j += 1
                 n = sizes[t]
-                if n == 0 or (j < large.size and large[j] == t):
+                if n == 0 or skip[t]:
                     continue
                 ratio[t] = _lamb_tensor(view(ptrs[0, t], n, like), view(ptrs[1, t], n, like),
                                         view(ptrs[2, t], n, like), view(ptrs[3, t], n, like), scratch[c], blocks,

@@ -71,6 +71,15 @@ def view(address, size, like):  # pragma: no cover - compiled
     return carray(_pointer(address, like), (size,))
 
 
+@njit(nogil=True, cache=True)
+def large_mask(large, count):  # pragma: no cover - compiled
+    """A ``(count,)`` bool array, True at the tensors :func:`chunks` lists as large (the runs skip them)."""
+    mask = np.zeros(count, dtype=np.bool_)
+    for i in range(large.size):
+        mask[large[i]] = True
+    return mask
+
+
 class Plan(NamedTuple):
     """Blocks and waves over a list of tensors (see the module docstring).
 
