@@ -225,9 +225,9 @@ def lowbit_step(opt: Any, algo: Any, group: dict[str, Any], params: list[Tensor]
     states = [_state(opt, algo, group, p, i) for i, p in enumerate(params)]
     steps: list[int | None] = [None] * len(params)
     if with_steps:
-        step_tensors = [s["step"] for s in states]
-        torch._foreach_add_(step_tensors, 1.0)
-        steps = [int(v) for v in torch.stack(step_tensors).tolist()]
+        from ..optim._run import advance_steps
+
+        steps = advance_steps([s["step"] for s in states])
     new = [_local_update(algo, group, p, g, s, hp, t) for p, g, s, t in zip(params, grads, states, steps)]
     todo = []  # (param, state, key, signed, bits, value)
     for p, s, vals in zip(params, states, new):

@@ -209,9 +209,9 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
     for (bits, first, fast, _), idx in mine.items():
         steps = None
         if with_steps:
-            step_tensors = [states[i]["step"] for i in idx]
-            torch._foreach_add_(step_tensors, 1.0)
-            steps = [int(v) for v in torch.stack(step_tensors).tolist()]
+            from ..optim._run import advance_steps
+
+            steps = advance_steps([states[i]["step"] for i in idx])
         if fast:
             if first:
                 for i in idx:
