@@ -27,7 +27,7 @@ def _dtensor_module() -> Any:
     return sys.modules.get("torch.distributed.tensor")
 
 __all__ = ["is_dtensor", "any_dtensor", "local", "is_sharded", "shard_dim", "shard_group", "shard_rank",
-           "shard_count", "local_range", "local_slice", "like_param", "check_bucket"]
+           "shard_count", "local_range", "shard_shape", "local_slice", "like_param", "check_bucket"]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -96,6 +96,13 @@ def local_range(p: Tensor, rank: int | None = None) -> tuple[int, int]:
     chunk = -(-n // count) if n else 0
     start = min(rank * chunk, n)
     return start, min(chunk, n - start)
+
+
+def shard_shape(p: Tensor, rank: int) -> torch.Size:
+    """The shape of the shard of ``p`` that ``rank`` holds (:func:`local_range` along :func:`shard_dim`)."""
+    shape = list(p.shape)
+    shape[shard_dim(p)] = local_range(p, rank)[1]
+    return torch.Size(shape)
 
 
 def local_slice(full: Tensor, p: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..functional.muon import muon_lr_scale, muon_ns_dtype, newton_schulz
 from ._comm import assign_owners, exchange
-from ._layout import is_sharded, local, local_range, shard_count, shard_dim, shard_group, shard_rank
+from ._layout import is_sharded, local, local_range, shard_count, shard_dim, shard_group, shard_rank, shard_shape
 
 __all__ = ["muon_step", "ns_cost", "routes_to_matrix", "SCHEMES"]
 
@@ -31,13 +31,6 @@ SCHEMES = ("owner", "gather")
 _scheme = "owner"
 #: Seconds this process spent in Newton–Schulz for sharded matrices (read by benchmarks/distributed_step.py).
 ns_seconds = [0.0]
-
-
-def _shard_shape(p: Tensor, rank: int) -> torch.Size:
-    dim = shard_dim(p)
-    shape = list(p.shape)
-    shape[dim] = local_range(p, rank)[1]
-    return torch.Size(shape)
 
 
 def ns_cost(p: Tensor) -> float:
@@ -104,12 +97,12 @@ def _sharded(params: list[Tensor], idx: list[int], updates: dict[int, Tensor], h
         owners = dict(zip(idx, assign_owners([ns_cost(params[i]) for i in idx], world)))
     mine = [i for i in idx if owners[i] in (me, None)]
     send = [[updates[i] for i in idx if owners[i] in (r, None)] for r in range(world)]
-    recv = [[_shard_shape(params[i], s).numel() for i in mine] for s in range(world)]
+    recv = [[shard_shape(params[i], s).numel() for i in mine] for s in range(world)]
     got = exchange(send, recv, updates[idx[0]].dtype, group)
     results: dict[int, Tensor] = {}
     for k, i in enumerate(mine):
         p = params[i]
-        pieces = [got[s][k].view(_shard_shape(p, s)) for s in range(world)]
+        pieces = [got[s][k].view(shard_shape(p, s)) for s in range(world)]
         full = torch.cat(pieces, dim=shard_dim(p))
         results[i] = _ns(full, local(p), hp).reshape(p.shape)
     if _scheme == "gather":

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._comm import assign_owners, exchange
 from ._layout import is_dtensor, is_sharded, like_param, local, local_range, local_slice, shard_count, \
-    shard_dim, shard_group, shard_rank
+    shard_dim, shard_group, shard_rank, shard_shape
 
 __all__ = ["SCHEMES", "owner_step", "precond_cost", "routes_to_owner"]
 
@@ -59,12 +59,6 @@ def _owners(group: dict[str, Any], first: Tensor) -> dict[int, int]:
     mesh = first.device_mesh
     ps = [q for q in group["params"] if is_dtensor(q) and q.device_mesh == mesh and routes_to_owner(q, group)]
     return dict(zip((id(q) for q in ps), assign_owners([precond_cost(q) for q in ps], shard_count(first))))
-
-
-def _shard_shape(p: Tensor, rank: int) -> torch.Size:
-    shape = list(p.shape)
-    shape[shard_dim(p)] = local_range(p, rank)[1]
-    return torch.Size(shape)
 
 
 def _state(opt: Any, p: Tensor, group: dict[str, Any], owned: bool) -> dict[str, Any]:
@@ -100,7 +94,7 @@ def owner_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tenso
     parts = [[local(params[i]), local(grads[i])] + [local(states[i][k]) for k in keys[i]] for i in n]
     mine = [i for i in n if owners[i] == me]
     got = exchange([[t for i in n if owners[i] == r for t in parts[i]] for r in range(world)],
-                   [[_shard_shape(params[i], src).numel() for i in mine for _ in parts[i]] for src in range(world)],
+                   [[shard_shape(params[i], src).numel() for i in mine for _ in parts[i]] for src in range(world)],
                    dtype, pg)
     cursor = [0] * world
     full_p, full_g, views = [], [], []
@@ -108,7 +102,7 @@ def owner_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tenso
         p, dim = params[i], shard_dim(params[i])
         fulls = []
         for _ in parts[i]:
-            fulls.append(torch.cat([got[s][cursor[s]].view(_shard_shape(p, s)) for s in range(world)], dim=dim))
+            fulls.append(torch.cat([got[s][cursor[s]].view(shard_shape(p, s)) for s in range(world)], dim=dim))
             cursor = [c + 1 for c in cursor]
         full_p.append(fulls[0])
         full_g.append(fulls[1])
