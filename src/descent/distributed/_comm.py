@@ -1,31 +1,103 @@
 """The collectives of the distributed step, each counted in :data:`traffic`.
 
-Every helper sends one collective for a whole bucket (never one per tensor), and adds
-the bytes this rank sent to :data:`traffic`, which ``benchmarks/distributed_step.py``
-reads. Counting is a Python integer add per collective.
+Every helper sends one collective for a whole bucket, or for one of its waves (never one per
+tensor), and adds the bytes this rank sent to :data:`traffic`, which
+``benchmarks/distributed_step.py`` reads. Counting is a Python integer add per collective.
+
+Overlap: :func:`start_sum` and :func:`start_exchange` issue a collective with ``async_op=True``
+and return a :class:`Pending`; the step splits a bucket into :func:`waves` and computes the next
+wave while the previous one's collective is in flight (:func:`run_stages` for the statistics of
+LAMB, Adafactor and MARS; the Muon owner step in :mod:`._owner`). ``DESCENT_OVERLAP=0`` in the
+environment (or ``_comm.overlap = False``) runs one wave and blocking collectives, for comparison;
+the numbers are the same either way. :data:`waited` adds up the seconds spent blocked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["traffic", "reset_traffic", "sum_across", "any_across", "assign_owners", "exchange"]
+__all__ = ["traffic", "reset_traffic", "sum_across", "any_across", "assign_owners", "exchange", "Pending",
+           "start_sum", "start_exchange", "waves", "run_stages", "overlap", "waited"]
 
 #: Bytes this process sent through descent's collectives, by kind ("reduce", "exchange", "gather": the
 #: all-gathers of the "gather" mode, ``full_tensor()``).
 traffic: dict[str, int] = {"reduce": 0, "exchange": 0, "gather": 0, "calls": 0}
 
 
+#: Whether collectives overlap compute (async, in waves); ``DESCENT_OVERLAP=0`` switches it off.
+overlap = os.environ.get("DESCENT_OVERLAP", "1") != "0"
+#: How many waves a bucket is split into when overlapping (the first wave's collective is not hidden).
+WAVES = 4
+#: Seconds this process spent blocked in descent's collectives (``[seconds]``; read by the benchmark).
+waited = [0.0]
+
+
 def reset_traffic() -> dict[str, int]:
-    """Zero the counters and return the old values."""
+    """Zero the counters (and :data:`waited`) and return the old values."""
     old = dict(traffic)
     for k in traffic:
         traffic[k] = 0
+    waited[0] = 0.0
     return old
+
+
+class Pending:
+    """A collective in flight: :meth:`wait` blocks until it is done and returns its result."""
+
+    def __init__(self, work: Any, finish: Callable[[], Any]) -> None:
+        self._work, self._finish = work, finish
+
+    def wait(self) -> Any:
+        if self._work is not None:
+            start = time.perf_counter()
+            self._work.wait()
+            waited[0] += time.perf_counter() - start
+            self._work = None
+        return self._finish()
+
+
+def _issue(call: Callable[..., Any]) -> Any:
+    """Run a collective: async (its work handle) when overlapping, else blocking (timed in :data:`waited`)."""
+    if overlap:
+        return call(async_op=True)
+    start = time.perf_counter()
+    call(async_op=False)
+    waited[0] += time.perf_counter() - start
+    return None
+
+
+def start_sum(partials: Sequence[Tensor], group) -> Pending:
+    """Start summing each tensor over the ranks of ``group`` (one ``all_reduce`` of their concatenation).
+
+    Returns:
+        A :class:`Pending` whose ``wait()`` gives new tensors of the same shapes holding the sums.
+    """
+    if not partials:
+        return Pending(None, list)
+    flat = torch.cat([t.reshape(-1) for t in partials])
+    world = dist.get_world_size(group)
+    work = None
+    if world > 1:
+        work = _issue(lambda async_op: dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=async_op))
+        # ring all-reduce: each rank sends about 2 (N-1)/N of the buffer
+        traffic["reduce"] += 2 * (world - 1) * flat.numel() * flat.element_size() // world
+        traffic["calls"] += 1
+
+    def finish() -> list[Tensor]:
+        out, at = [], 0
+        for t in partials:
+            out.append(flat[at: at + t.numel()].view(t.shape))
+            at += t.numel()
+        return out
+
+    return Pending(work, finish)
 
 
 def sum_across(partials: Sequence[Tensor], group) -> list[Tensor]:
@@ -38,20 +110,45 @@ def sum_across(partials: Sequence[Tensor], group) -> list[Tensor]:
     Returns:
         New tensors of the same shapes holding the sums.
     """
-    if not partials:
-        return []
-    flat = torch.cat([t.reshape(-1) for t in partials])
-    world = dist.get_world_size(group)
-    if world > 1:
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        # ring all-reduce: each rank sends about 2 (N-1)/N of the buffer
-        traffic["reduce"] += 2 * (world - 1) * flat.numel() * flat.element_size() // world
-        traffic["calls"] += 1
-    out, at = [], 0
-    for t in partials:
-        out.append(flat[at: at + t.numel()].view(t.shape))
-        at += t.numel()
-    return out
+    return start_sum(partials, group).wait()
+
+
+def waves(weights: Sequence[float], count: int | None = None) -> list[list[int]]:
+    """Split ``range(len(weights))`` into at most ``count`` (default :data:`WAVES`; 1 without overlap)
+    consecutive runs of about equal weight. Use global sizes: every rank must split alike.
+
+    Example:
+        >>> waves([1, 1, 1, 1, 4], 2)
+        [[0, 1, 2, 3], [4]]
+    """
+    count = (WAVES if overlap else 1) if count is None else count
+    total = float(sum(weights)) or 1.0
+    out: list[list[int]] = [[]]
+    acc = 0.0
+    for i, w in enumerate(weights):
+        if out[-1] and acc >= total * len(out) / count and len(out) < count:
+            out.append([])
+        out[-1].append(i)
+        acc += w
+    return out if out[0] else []
+
+
+def run_stages(stages: Sequence[Generator[list[Tensor], list[Tensor], None]], group) -> None:
+    """Drive per-wave generators that yield this rank's partial sums and receive the sums over ``group``.
+
+    Every wave's first pass runs, each starting its ``all_reduce`` at once, before the first
+    wait; then round by round each wave gets its sums and starts its next reduction. Every
+    generator must yield the same number of times on every rank (the collectives' order).
+    """
+    pending = [(g, start_sum(next(g), group)) for g in stages]
+    while pending:
+        ahead = []
+        for g, p in pending:
+            try:
+                ahead.append((g, start_sum(g.send(p.wait()), group)))
+            except StopIteration:
+                pass
+        pending = ahead
 
 
 def any_across(flags: Sequence[bool], group) -> list[bool]:
@@ -88,7 +185,14 @@ def _wire(t: Tensor) -> Tensor:
 
 def exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Sequence[int]], dtype: torch.dtype,
              group) -> list[list[Tensor]]:
-    """All-to-all of lists of tensors: ``send[r]`` goes to rank ``r``; returns what each rank sent here.
+    """All-to-all of lists of tensors: ``send[r]`` goes to rank ``r``; returns what each rank sent here
+    (:func:`start_exchange`, waited for)."""
+    return start_exchange(send, recv_numels, dtype, group).wait()
+
+
+def start_exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Sequence[int]], dtype: torch.dtype,
+                   group) -> Pending:
+    """Start an all-to-all of lists of tensors: ``send[r]`` goes to rank ``r``.
 
     Args:
         send: for each destination rank, the tensors to send it (any shapes; flattened).
@@ -97,7 +201,8 @@ def exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Sequence[in
         group: the process group.
 
     Returns:
-        For each source rank, flat tensors with ``recv_numels[r]`` elements.
+        A :class:`Pending` whose ``wait()`` gives, for each source rank, flat tensors with
+        ``recv_numels[r]`` elements.
     """
     world = dist.get_world_size(group)
     me = dist.get_rank(group)
@@ -106,19 +211,25 @@ def exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Sequence[in
     out_sizes = [sum(n) for n in recv_numels]
     src = torch.cat(flat_send).to(dtype)
     dst = torch.empty(sum(out_sizes), dtype=dtype)
+    work = None
     if world > 1 and (sum(in_sizes) or sum(out_sizes)):
         size = src.element_size()
-        dist.all_to_all_single(_wire(dst), _wire(src), [n * size for n in out_sizes], [n * size for n in in_sizes],
-                               group=group)
+        work = _issue(lambda async_op: dist.all_to_all_single(
+            _wire(dst), _wire(src), [n * size for n in out_sizes], [n * size for n in in_sizes], group=group,
+            async_op=async_op))
         traffic["exchange"] += (sum(in_sizes) - in_sizes[me]) * src.element_size()
         traffic["calls"] += 1
     else:
         dst.copy_(src)
-    out, at = [], 0
-    for numels in recv_numels:
-        row = []
-        for n in numels:
-            row.append(dst[at: at + n])
-            at += n
-        out.append(row)
-    return out
+
+    def finish() -> list[list[Tensor]]:
+        out, at = [], 0
+        for numels in recv_numels:
+            row = []
+            for n in numels:
+                row.append(dst[at: at + n])
+                at += n
+            out.append(row)
+        return out
+
+    return Pending(work, finish)

@@ -5,7 +5,8 @@ then one all-to-all sends each matrix's shards to its owner, the owner runs Newt
 on the whole matrix, and a second all-to-all returns each rank its rows of the result.
 Owners are assigned largest-first to the least-loaded rank by Newton–Schulz cost
 (:func:`descent.distributed.assign_owners`), so each rank's share of the iteration falls
-as 1/N. Bytes sent per step, summed over ranks: at most the matrices once in the
+as 1/N. The matrices go in waves (:func:`descent.distributed._comm.waves`, the exchanges
+asynchronous): while one wave's rows travel, the owners orthogonalize the previous wave. Bytes sent per step, summed over ranks: at most the matrices once in the
 parameter dtype and once in the iteration dtype (``(N-1)/N`` of each), i.e. at most 2x
 the matrices' bytes whatever N. The result equals one process's ``backend="loop"`` step
 bit for bit (the same iteration on the same matrix).
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..functional.muon import muon_lr_scale, muon_ns_dtype, newton_schulz
-from ._comm import assign_owners, exchange
+from ._comm import Pending, assign_owners, start_exchange, waves
 from ._layout import is_sharded, local, local_range, shard_count, shard_dim, shard_group, shard_rank, shard_shape
 
 __all__ = ["muon_step", "ns_cost", "routes_to_matrix", "SCHEMES"]
@@ -89,34 +90,71 @@ def muon_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tensor
 
 
 def _sharded(params: list[Tensor], idx: list[int], updates: dict[int, Tensor], hp: dict[str, Any]) -> None:
+    """Owner-rank Newton–Schulz of the sharded matrices ``idx``, pipelined in :func:`waves`: while one wave's
+    rows travel to their owners, the owners orthogonalize the previous wave (and its results travel back)."""
     first = params[idx[0]]
-    world, me, group = shard_count(first), shard_rank(first), shard_group(first)
+    world, group = shard_count(first), shard_group(first)
     if _scheme == "gather":
         owners = {i: None for i in idx}
     else:
         owners = dict(zip(idx, assign_owners([ns_cost(params[i]) for i in idx], world)))
-    mine = [i for i in idx if owners[i] in (me, None)]
-    send = [[updates[i] for i in idx if owners[i] in (r, None)] for r in range(world)]
-    recv = [[shard_shape(params[i], s).numel() for i in mine] for s in range(world)]
-    got = exchange(send, recv, updates[idx[0]].dtype, group)
+    runs = [[idx[k] for k in run] for run in waves([params[i].numel() for i in idx])]
+    ahead = _to_owners(params, runs[0], owners, updates, world, group)
+    returning = []
+    for k, run in enumerate(runs):
+        pending, ahead = ahead, (_to_owners(params, runs[k + 1], owners, updates, world, group)
+                                 if k + 1 < len(runs) else None)
+        results = _orthogonalize(params, run, owners, pending.wait(), hp)
+        if _scheme == "gather":
+            for i in run:
+                p = params[i]
+                _apply(local(p), p.shape, results[i].narrow(shard_dim(p), *local_range(p)), hp)
+        else:
+            returning.append((run, _from_owners(params, run, owners, results, hp, world, group)))
+    for run, pending in returning:
+        _apply_returned(params, run, owners, pending.wait(), hp, world)
+
+
+def _mine(params: list[Tensor], run: list[int], owners: dict[int, int | None]) -> list[int]:
+    me = shard_rank(params[run[0]])
+    return [i for i in run if owners[i] in (me, None)]
+
+
+def _to_owners(params: list[Tensor], run: list[int], owners: dict[int, int | None], updates: dict[int, Tensor],
+               world: int, group: Any) -> Pending:
+    """Start the all-to-all that sends every rank's rows of the matrices of ``run`` to their owners."""
+    send = [[updates[i] for i in run if owners[i] in (r, None)] for r in range(world)]
+    recv = [[shard_shape(params[i], s).numel() for i in _mine(params, run, owners)] for s in range(world)]
+    return start_exchange(send, recv, updates[run[0]].dtype, group)
+
+
+def _orthogonalize(params: list[Tensor], run: list[int], owners: dict[int, int | None], got: list[list[Tensor]],
+                   hp: dict[str, Any]) -> dict[int, Tensor]:
+    """Newton–Schulz of the whole matrices this rank owns in ``run``, assembled from every rank's rows."""
     results: dict[int, Tensor] = {}
-    for k, i in enumerate(mine):
+    for k, i in enumerate(_mine(params, run, owners)):
         p = params[i]
-        pieces = [got[s][k].view(shard_shape(p, s)) for s in range(world)]
+        pieces = [got[s][k].view(shard_shape(p, s)) for s in range(len(got))]
         full = torch.cat(pieces, dim=shard_dim(p))
         results[i] = _ns(full, local(p), hp).reshape(p.shape)
-    if _scheme == "gather":
-        for i in idx:
-            p = params[i]
-            _apply(local(p), p.shape, results[i].narrow(shard_dim(p), *local_range(p)), hp)
-        return
-    ns_dtype = muon_ns_dtype(hp["ns_dtype"], local(first))
-    back_send = [[results[i].narrow(shard_dim(params[i]), *local_range(params[i], r)) for i in mine]
-                 for r in range(world)]
-    back_recv = [[local(params[i]).numel() for i in idx if owners[i] == s] for s in range(world)]
-    back = exchange(back_send, back_recv, ns_dtype, group)
+    return results
+
+
+def _from_owners(params: list[Tensor], run: list[int], owners: dict[int, int | None], results: dict[int, Tensor],
+                 hp: dict[str, Any], world: int, group: Any) -> Pending:
+    """Start the all-to-all that returns each rank its rows of the orthogonalized matrices of ``run``."""
+    ns_dtype = muon_ns_dtype(hp["ns_dtype"], local(params[run[0]]))
+    mine = _mine(params, run, owners)
+    send = [[results[i].narrow(shard_dim(params[i]), *local_range(params[i], r)) for i in mine]
+            for r in range(world)]
+    recv = [[local(params[i]).numel() for i in run if owners[i] == s] for s in range(world)]
+    return start_exchange(send, recv, ns_dtype, group)
+
+
+def _apply_returned(params: list[Tensor], run: list[int], owners: dict[int, int | None], back: list[list[Tensor]],
+                    hp: dict[str, Any], world: int) -> None:
     cursor = [0] * world
-    for i in idx:
+    for i in run:
         s = owners[i]
         p = params[i]
         _apply(local(p), p.shape, back[s][cursor[s]].view(local(p).shape), hp)
