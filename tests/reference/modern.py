@@ -224,8 +224,29 @@ class ProdigyReference(torch.optim.Optimizer):
             p.copy_(torch.from_numpy(x))
 
 
+def _soap_merge(shape: tuple, limit: int) -> tuple:
+    """The authors' ``merge_dims`` (github.com/nikhilvyas/SOAP ``soap.py``), transcribed."""
+    new_shape, curr = [], 1
+    for sh in shape:
+        if curr * sh > limit:
+            if curr > 1:
+                new_shape.append(curr)
+                curr = sh
+            else:
+                new_shape.append(sh)
+                curr = 1
+        else:
+            curr = curr * sh
+    if curr > 1 or len(new_shape) == 0:
+        new_shape.append(curr)
+    return tuple(new_shape)
+
+
 def soap_rule(x: np.ndarray, g: np.ndarray, st: dict, hp: dict) -> None:
-    """SOAP (Vyas et al. 2024, Alg. 3): Adam in the eigenbasis of L = E[G G^T], R = E[G^T G].
+    """SOAP (Vyas et al. 2024, Alg. 3; the authors' code for tensors of any order): Adam in the
+    eigenbasis of one statistic per dimension, L_d = E[G_(d) G_(d)^T] (for a matrix L = E[G G^T],
+    R = E[G^T G]); dimensions over ``max_precond_dim`` are not rotated, ``merge_dims`` merges
+    consecutive small dimensions first (2-D and up), ``precondition_1d`` rotates vectors.
 
     The momentum stays in the original coordinates and is projected every step; the
     second moment lives in the rotated coordinates and is permuted with the columns of
@@ -236,28 +257,27 @@ def soap_rule(x: np.ndarray, g: np.ndarray, st: dict, hp: dict) -> None:
     bs = b2 if hp["shampoo_beta"] is None else hp["shampoo_beta"]
     g = -g if hp.get("maximize") else g
     shape = x.shape
-    mat = x.ndim >= 2 and x.size > 0
-    gm = g.reshape(shape[0], -1) if mat else g
+    pshape = _soap_merge(shape, hp["max_precond_dim"]) if hp.get("merge_dims") and x.ndim >= 2 else shape
+    gm = g.reshape(pshape)
     if not st:
-        st.update(step=0, exp_avg=np.zeros_like(x), exp_avg_sq=np.zeros(gm.shape))
+        st.update(step=0, exp_avg=np.zeros_like(x), exp_avg_sq=np.zeros(pshape))
         st["sides"] = {}
-        if mat:
-            for dim, n in enumerate(gm.shape):
+        if x.size and (x.ndim >= 2 or (x.ndim == 1 and hp.get("precondition_1d"))):
+            for dim, n in enumerate(pshape):
                 if n <= hp["max_precond_dim"]:
                     st["sides"][dim] = [np.zeros((n, n)), None]
     st["step"] += 1
     t = st["step"]
 
-    def rot(a: np.ndarray, back: bool) -> np.ndarray:
+    def rot(a: np.ndarray, back: bool) -> np.ndarray:  # a x_d Q_d^T (x_d Q_d back), as the authors' tensordot
         for dim, (_, q) in st["sides"].items():
-            qq = q if back else q.T
-            a = qq @ a if dim == 0 else a @ qq.T
+            a = np.moveaxis(np.tensordot(a, q, axes=([dim], [1 if back else 0])), -1, dim)
         return a
 
     s = t - 1 if st["sides"] else t  # a tensor without a rotation runs Adam from its first step
     if s >= 1 and x.size:
         st["exp_avg"] = b1 * st["exp_avg"] + (1 - b1) * g
-        m = st["exp_avg"].reshape(gm.shape)
+        m = st["exp_avg"].reshape(pshape)
         st["exp_avg_sq"] = b2 * st["exp_avg_sq"] + (1 - b2) * rot(gm, False) ** 2
         d = rot(rot(m, False) / (np.sqrt(st["exp_avg_sq"]) + hp["eps"]), True)
         if hp.get("cautious"):
@@ -266,7 +286,8 @@ def soap_rule(x: np.ndarray, g: np.ndarray, st: dict, hp: dict) -> None:
         x -= size * d.reshape(shape)
         x *= 1 - hp["lr"] * hp["weight_decay"]
     for dim, side in st["sides"].items():
-        side[0] = bs * side[0] + (1 - bs) * (gm @ gm.T if dim == 0 else gm.T @ gm)
+        others = [k for k in range(gm.ndim) if k != dim]
+        side[0] = bs * side[0] + (1 - bs) * np.tensordot(gm, gm, axes=(others, others))
         if t == 1:
             w, q = np.linalg.eigh(side[0])
             side[1] = q[:, ::-1].copy()

@@ -23,7 +23,7 @@ from .adopt import adopt
 from .ademamix import ademamix, ademamix_schedule
 from .mars import mars
 from .prodigy import prodigy_accumulate, prodigy_apply, prodigy_d
-from .soap import soap, soap_eigenbasis, soap_matrix_view
+from .soap import soap, soap_eigenbasis, soap_matrix_view, soap_nd, soap_shape
 from .schedule_free import (schedule_free_adamw, schedule_free_sgd, schedule_free_to_eval, schedule_free_to_train,
                             schedule_free_weight)
 
@@ -32,4 +32,4 @@ __all__ += ["muon", "muon_batched", "newton_schulz", "gram_newton_schulz", "sham
 __all__ += ["lion", "lamb", "lamb_direction", "trust_ratio", "adafactor", "adafactor_lr", "sophia", "sophia_hessian_ema"]
 __all__ += ["cautious", "adopt", "ademamix", "ademamix_schedule", "mars", "prodigy_accumulate", "prodigy_apply",
             "prodigy_d", "schedule_free_weight", "schedule_free_sgd", "schedule_free_adamw", "schedule_free_to_eval",
-            "schedule_free_to_train", "soap", "soap_eigenbasis", "soap_matrix_view"]
+            "schedule_free_to_train", "soap", "soap_eigenbasis", "soap_matrix_view", "soap_nd", "soap_shape"]

@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from .cautious import cautious as _cautious
 
-__all__ = ["soap", "soap_matrix_view", "soap_eigenbasis"]
+__all__ = ["soap", "soap_nd", "soap_shape", "soap_matrix_view", "soap_eigenbasis"]
 
 
 def soap_matrix_view(t: Tensor) -> Tensor:
-    """The 2-D view SOAP preconditions: ``(shape[0], prod(rest))`` (a 1-D tensor stays 1-D)."""
+    """The 2-D view :func:`soap` preconditions: ``(shape[0], prod(rest))`` (a 1-D tensor stays 1-D)."""
     return t.reshape(t.shape[0], -1) if t.ndim > 2 else t
+
+
+def soap_shape(shape: Sequence[int], max_precond_dim: int, merge_dims: bool = False) -> tuple[int, ...]:
+    """The shape :func:`soap_nd` preconditions, one basis per dimension of at most ``max_precond_dim``.
+
+    Without ``merge_dims`` the tensor's own shape. With it (tensors of 2 or more dimensions), as
+    the authors' ``merge_dims``: consecutive dimensions are merged while their product stays
+    <= ``max_precond_dim``; a dimension that does not fit starts a new group, and groups of size 1
+    are dropped (pytorch-optimizer's ``merge_small_dims`` keeps a leading 1 before a dimension over
+    the limit and gives ``[1]`` when everything merges into one dimension).
+
+    Example:
+        >>> soap_shape((64, 32, 3, 3), 10000, merge_dims=True)
+        (6144, 3)
+        >>> soap_shape((4, 3, 2, 2), 8, merge_dims=True), soap_shape((4, 3, 2, 2), 8)
+        ((4, 6, 2), (4, 3, 2, 2))
+    """
+    shape = tuple(int(n) for n in shape)
+    if not merge_dims or len(shape) < 2:
+        return shape
+    out: list[int] = []
+    run = 1
+    for n in shape:
+        if run * n <= max_precond_dim:
+            run *= n
+        elif run > 1:
+            out.append(run)
+            run = n
+        else:
+            out.append(n)
+    if run > 1 or not out:
+        out.append(run)
+    return tuple(out)
 
 
 def soap_eigenbasis(gg: Tensor) -> Tensor:
@@ -31,12 +65,26 @@ def _refresh(gg: Tensor, q: Tensor, exp_avg_sq: Tensor, dim: int) -> None:
     q.copy_(torch.linalg.qr(gg @ q[:, order]).Q)
 
 
-def _rotate(x: Tensor, q_left: Tensor | None, q_right: Tensor | None, back: bool) -> Tensor:
-    if q_left is not None:
-        x = q_left @ x if back else q_left.mT @ x
-    if q_right is not None:
-        x = x @ q_right.mT if back else x @ q_right
+def _rotate(x: Tensor, qs: Sequence[Tensor | None], back: bool) -> Tensor:
+    """``x`` times each basis along its dimension (``Q^T`` forward, ``Q`` back); None: the identity.
+
+    Dimension 0 as ``Q^T X`` on the ``(n_0, rest)`` view and the others as ``X Q`` on the last axis,
+    so a matrix is rotated by exactly the products ``Q_L^T X Q_R`` (and back ``Q_L X Q_R^T``).
+    """
+    for d, q in enumerate(qs):
+        if q is None:
+            continue
+        if d == 0:
+            x = ((q if back else q.mT) @ x.reshape(x.shape[0], -1)).reshape(x.shape)
+        else:
+            x = (x.movedim(d, -1) @ (q.mT if back else q)).movedim(-1, d)
     return x
+
+
+def _statistic(g: Tensor, d: int) -> Tensor:
+    """``G_(d) G_(d)^T``: the gradient's mode-``d`` unfolding times its transpose."""
+    x = g.movedim(d, 0).reshape(g.shape[d], -1)
+    return x @ x.mT
 
 
 def soap(
@@ -114,31 +162,92 @@ def soap(
         tensor([[0.9500, 0.8400],
                 [0.8700, 1.0500]])
     """
+    shape = soap_matrix_view(param).shape
+    soap_nd(param, grad, exp_avg, exp_avg_sq, (gg_left, gg_right)[:len(shape)],
+            (q_left, q_right)[:len(shape)], shape=shape, step=step, lr=lr,
+            beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency, correct_bias=correct_bias, cautious=cautious,
+            maximize=maximize)
+
+
+def soap_nd(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    gg: Sequence[Tensor | None],
+    q: Sequence[Tensor | None],
+    *,
+    shape: Sequence[int] | None = None,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    shampoo_beta: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    precondition_frequency: int = 10,
+    correct_bias: bool = True,
+    cautious: bool = False,
+    maximize: bool = False,
+) -> None:
+    r"""One SOAP step on ``param`` viewed as ``shape``, one basis per dimension, in place.
+
+    :func:`soap` with :math:`k` bases instead of two, as the authors' code preconditions a
+    tensor of any order: for each dimension :math:`d` of ``shape`` with a basis,
+    :math:`L_d \leftarrow \beta_s L_d + (1-\beta_s) G_{(d)} G_{(d)}^\top` (the mode-:math:`d`
+    unfolding), and the rotation is :math:`G' = G \times_1 Q_1^\top \cdots \times_k Q_k^\top`;
+    everything else (first step, refresh, bias correction, decay) as :func:`soap`. On a matrix
+    with ``shape`` its own shape this is :func:`soap` exactly (the same products in the same order).
+
+    Args:
+        param, grad, exp_avg: as :func:`soap`; ``exp_avg_sq`` (rotated coordinates) must be contiguous
+            (it is updated through its ``shape`` view).
+        gg, q: :math:`L_d` and :math:`Q_d` per dimension of ``shape`` (``None``: no basis, the identity),
+            updated in place.
+        shape: the shape preconditioned (default ``param.shape``; e.g. :func:`soap_shape` with ``merge_dims``).
+        step, lr, beta1, beta2, shampoo_beta, eps, weight_decay, precondition_frequency, correct_bias,
+        cautious, maximize: as :func:`soap`.
+
+    Example:
+        >>> p, g = torch.ones(2, 3, 2), torch.arange(12.0).reshape(2, 3, 2)
+        >>> m, v = torch.zeros(2, 3, 2), torch.zeros(2, 3, 2)
+        >>> gg = [torch.zeros(n, n) for n in p.shape]
+        >>> q = [torch.zeros(n, n) for n in p.shape]
+        >>> kw = dict(lr=0.1, beta1=0.9, beta2=0.95, shampoo_beta=0.95, eps=1e-8)
+        >>> soap_nd(p, g, m, v, gg, q, step=1, **kw)  # collects statistics only
+        >>> soap_nd(p, g, m, v, gg, q, step=2, **kw)
+        >>> [tuple(x.shape) for x in q], bool((p < 1).any())
+        ([(2, 2), (3, 3), (2, 2)], True)
+    """
+    shape = tuple(param.shape if shape is None else shape)
+    if len(gg) != len(shape) or len(q) != len(shape):
+        raise ValueError(f"Invalid gg/q for shape {shape}: {len(gg)} and {len(q)} bases (one per dimension)")
     g = -grad if maximize else grad
     # the rotations run in the statistics' dtype (float32 for bf16/fp16 parameters)
-    cd = next((t.dtype for t in (gg_left, gg_right) if t is not None), param.dtype)
+    cd = next((t.dtype for t in gg if t is not None), param.dtype)
     # contiguous: the statistics of a rank-deficient G have an arbitrary null-space basis, so the
     # products must not depend on the gradient's memory layout (strided grads give the same numbers)
-    gm = soap_matrix_view(g).to(cd).contiguous()
-    s = step - 1 if (q_left is not None or q_right is not None) else step  # updates so far
+    gm = g.reshape(shape).to(cd).contiguous()
+    s = step - 1 if any(t is not None for t in q) else step  # updates so far
     if s >= 1 and param.numel():
         exp_avg.lerp_(g, 1 - beta1)
-        m = soap_matrix_view(exp_avg).to(cd).contiguous()
-        v = soap_matrix_view(exp_avg_sq)
-        gr = _rotate(gm, q_left, q_right, False).to(v.dtype)
+        m = exp_avg.reshape(shape).to(cd).contiguous()
+        v = exp_avg_sq.view(shape)
+        gr = _rotate(gm, q, False).to(v.dtype)
         v.mul_(beta2).addcmul_(gr, gr, value=1 - beta2)
-        direction = _rotate(_rotate(m, q_left, q_right, False) / v.to(cd).sqrt().add_(eps), q_left, q_right, True)
+        direction = _rotate(_rotate(m, q, False) / v.to(cd).sqrt().add_(eps), q, True)
         if cautious:
             direction = _cautious(direction, gm)
         size = lr * math.sqrt(1 - beta2**s) / (1 - beta1**s) if correct_bias else lr
         param.add_(direction.reshape(param.shape).to(param.dtype), alpha=-size)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
-    for gg, q, dim in ((gg_left, q_left, 0), (gg_right, q_right, 1)):
-        if gg is None or q is None:
+    for dim, (gg_d, q_d) in enumerate(zip(gg, q)):
+        if gg_d is None or q_d is None:
             continue
-        gg.lerp_(gm @ gm.mT if dim == 0 else gm.mT @ gm, 1 - shampoo_beta)
+        gg_d.lerp_(_statistic(gm, dim), 1 - shampoo_beta)
         if step == 1:
-            q.copy_(soap_eigenbasis(gg))
+            q_d.copy_(soap_eigenbasis(gg_d))
         elif (step - 1) % precondition_frequency == 0:
-            _refresh(gg, q, soap_matrix_view(exp_avg_sq), dim)
+            _refresh(gg_d, q_d, exp_avg_sq.view(shape), dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -9,7 +10,8 @@ from torch import Tensor
 
 from .. import functional as F
 from ._validate import check_betas, check_nonneg, check_unit_interval
-from ._base import Optimizer
+from ._base import Optimizer, run_declaration
+from ._run import _advanced_ints
 from ._spec import Declaration, Meta, zeros
 
 
@@ -80,11 +82,13 @@ class SOAP(Optimizer):
 
     def __init__(self, params: Any, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),
                  shampoo_beta: float | None = None, eps: float = 1e-8, weight_decay: float = 0.01, *,
-                 precondition_frequency: int = 10, max_precond_dim: int = 10000, correct_bias: bool = True,
+                 precondition_frequency: int = 10, max_precond_dim: int = 10000, merge_dims: bool = False,
+                 precondition_1d: bool = False, correct_bias: bool = True,
                  cautious: bool = False, maximize: bool = False, foreach: bool | None = None,
                  fused: bool | None = None, backend: str | None = None, skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
                         precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
+                        merge_dims=merge_dims, precondition_1d=precondition_1d,
                         correct_bias=correct_bias, cautious=cautious, maximize=maximize, foreach=foreach,
                         fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
@@ -98,19 +102,104 @@ class SOAP(Optimizer):
         check_nonneg("weight_decay", group["weight_decay"])
         _positive_int("precondition_frequency", group["precondition_frequency"])
         _positive_int("max_precond_dim", group["max_precond_dim"])
+        for key in ("merge_dims", "precondition_1d"):
+            if not isinstance(group.get(key, False), bool):
+                raise ValueError(f"Invalid {key}: {group[key]!r} (must be a bool)")
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         if p.is_complex():
             raise ValueError(f"Invalid parameter for SOAP: a complex tensor of shape {tuple(p.shape)} "
                              "(SOAP's eigenbases are real; pass torch.view_as_real(p) as the parameter)")
         state = self.declaration.init_state(p, group)
-        # V is updated through its matrix view, which must be a view: keep it contiguous
+        # V is updated through its matrix (or per-dimension) view, which must be a view: keep it contiguous
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        if p.ndim >= 2 and p.numel():
-            rows, cols = F.soap_matrix_view(p).shape
-            dtype = torch.promote_types(p.dtype, torch.float32)  # eigh/QR need float32 at least
-            for side, n in (("left", rows), ("right", cols)):
-                if n <= group["max_precond_dim"]:
-                    state[f"gg_{side}"] = torch.zeros(n, n, dtype=dtype, device=p.device)
-                    state[f"q_{side}"] = torch.zeros(n, n, dtype=dtype, device=p.device)
+        dtype = torch.promote_types(p.dtype, torch.float32)  # eigh/QR need float32 at least
+        shape = _per_dim_shape(p, group)
+        if shape is not None:
+            sides = [(str(d), n) for d, n in enumerate(shape)]
+        elif p.ndim == 2 and p.numel():
+            sides = list(zip(("left", "right"), p.shape))
+        else:
+            sides = []
+        for side, n in sides:
+            if n <= group["max_precond_dim"]:
+                state[f"gg_{side}"] = torch.zeros(n, n, dtype=dtype, device=p.device)
+                state[f"q_{side}"] = torch.zeros(n, n, dtype=dtype, device=p.device)
         return state
+
+    def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                states: list[dict[str, Any]], overrides: Mapping[str, Any] | None = None) -> None:
+        """Matrices, vectors and empty tensors on the declaration; per-dimension tensors one by one."""
+        shapes = [_checked_layout(p, s, group) for p, s in zip(params, states)]
+        rest = [i for i, shape in enumerate(shapes) if shape is None]
+        if len(rest) == len(params):
+            return run_declaration(self.declaration, backend, group, params, grads, states, overrides)
+        if rest:
+            run_declaration(self.declaration, backend, group, [params[i] for i in rest], [grads[i] for i in rest],
+                            [states[i] for i in rest], overrides)
+        per_dim = [i for i, shape in enumerate(shapes) if shape is not None]
+        hp = self.declaration.hyper(group)
+        if overrides:
+            hp.update((k, v) for k, v in overrides.items() if v is not None)
+        for i, step in zip(per_dim, _advanced_ints(states, per_dim)):
+            s, shape = states[i], shapes[i]
+            F.soap_nd(params[i], grads[i], s["exp_avg"], s["exp_avg_sq"], [s.get(f"gg_{d}") for d in range(len(shape))],
+                      [s.get(f"q_{d}") for d in range(len(shape))], shape=shape, step=step, **hp)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, then a check that every loaded state has this SOAP's layout (see :func:`_checked_layout`)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if self.state.get(p):
+                    _checked_layout(p, self.state[p], group, loading=True)
+
+
+def _per_dim_shape(p: Tensor, group: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The shape ``p`` is preconditioned as when it has one basis per dimension (keys ``gg_k``/``q_k``);
+    None for the matrix layout (``gg_left``/``gg_right``): matrices whose shape ``merge_dims`` keeps,
+    vectors without ``precondition_1d``, scalars and empty tensors."""
+    if not p.numel() or p.ndim == 0:
+        return None
+    if p.ndim == 1:
+        return tuple(p.shape) if group.get("precondition_1d") and p.shape[0] <= group["max_precond_dim"] else None
+    shape = F.soap_shape(p.shape, group["max_precond_dim"], bool(group.get("merge_dims")))
+    return None if p.ndim == 2 and shape == tuple(p.shape) else shape
+
+
+_MATRIX_KEYS = ("gg_left", "gg_right", "q_left", "q_right")
+
+
+def _checked_layout(p: Tensor, s: Mapping[str, Any], group: Mapping[str, Any],
+                    loading: bool = False) -> tuple[int, ...] | None:
+    """:func:`_per_dim_shape`, after checking that the state ``s`` holds the bases of that layout.
+
+    ``loading``: a state without any basis passes (the ranks that do not own a sharded matrix under
+    FSDP2 hold none).
+
+    Raises:
+        ValueError: the state has the other layout or other sizes (a checkpoint of a descent release that
+            preconditioned tensors with more than 2 dimensions as their ``(shape[0], prod(rest))`` matrix, or
+            ``max_precond_dim``/``merge_dims``/``precondition_1d`` changed since the state was made).
+    """
+    shape = _per_dim_shape(p, group)
+    found = sorted(k for k in s if k[:3] == "gg_" or k[:2] == "q_")
+    if shape is None:
+        want = [k for k in _MATRIX_KEYS if k in s] if p.ndim == 2 else []
+    else:
+        want = sorted(f"{x}_{d}" for d, n in enumerate(shape) if n <= group["max_precond_dim"] for x in ("gg", "q"))
+    ok = found == sorted(want)
+    if ok and shape is not None:
+        ok = all(s[f"q_{d}"].shape == (n, n) for d, n in enumerate(shape) if f"q_{d}" in s)
+    if ok or (loading and not found):
+        return shape
+    old = p.ndim > 2 and any(k in s for k in _MATRIX_KEYS)
+    raise ValueError(
+        f"Invalid SOAP state for a parameter of shape {tuple(p.shape)}: it holds the bases {found}, but "
+        + (f"SOAP now preconditions each of the dimensions {shape} (bases {want}); this state is the "
+           "(shape[0], prod(rest)) matrix layout of an earlier descent SOAP, which cannot be converted: drop "
+           "this parameter's entry from the state_dict to restart its statistics"
+           if old else
+           f"this group's max_precond_dim={group['max_precond_dim']}, merge_dims={bool(group.get('merge_dims'))}, "
+           f"precondition_1d={bool(group.get('precondition_1d'))} give {want}; these options cannot change "
+           "once the state exists"))
