@@ -4,7 +4,7 @@ The float64 parity with the paper references, the state_dict round trip and the
 convergence facts run from the rows in ``tests/optim_db.py``; this file checks what
 those rows cannot: parity with the peer packages (``schedulefree``, ``prodigyopt``,
 pytorch-optimizer), schedule-free's modes, checkpoints and BatchNorm recalibration,
-Prodigy's d on the built-in tasks, and cautious masking.
+Prodigy's d on the built-in tasks, and cautious masking (SOAP: tests/test_soap.py).
 """
 
 from __future__ import annotations
@@ -279,53 +279,6 @@ def test_cautious_option_changes_the_step_only_where_signs_disagree(cls):
     _simple_run(plain, a, steps=6)
     _simple_run(caut, b, steps=6)
     assert not torch.equal(a[0], b[0])
-
-
-# ------------------------------------------------------------------ SOAP
-def test_soap_matches_pytorch_optimizer_on_matrices():
-    """pytorch-optimizer's SOAP on 2-D tensors (it skips the first step of 1-D ones too; descent runs Adam there).
-
-    It takes eigenvectors and QR in float32 (as the authors' code) also for float64
-    parameters, descent in the parameter's precision: ~1e-8 apart after 20 steps.
-    """
-    po = pytest.importorskip("pytorch_optimizer")
-    shapes = ((6, 5), (4, 3))
-    a, b = _pair(shapes)
-    kw = dict(lr=0.01, betas=(0.9, 0.95), weight_decay=0.01, precondition_frequency=3)
-    ours, peer = descent.SOAP(a, **kw), po.SOAP(b, **kw)
-    _simple_run(ours, a, steps=20)
-    _simple_run(peer, b, steps=20)
-    for pa, pb in zip(a, b):
-        _close(pa.detach(), pb.detach(), 1e-6)
-
-
-def test_soap_sides_above_max_precond_dim_match_pytorch_optimizer():
-    """A side longer than the limit gets no preconditioner (the identity), as in the authors' code and
-    pytorch-optimizer's ``max_precondition_dim``: rows over it, columns over it (limit 5 here)."""
-    po = pytest.importorskip("pytorch_optimizer")
-    a, b = _pair(((9, 4), (3, 8), (5, 5)))
-    kw = dict(lr=0.01, betas=(0.9, 0.95), weight_decay=0.01, precondition_frequency=3)
-    ours, peer = descent.SOAP(a, max_precond_dim=5, **kw), po.SOAP(b, max_precondition_dim=5, **kw)
-    _simple_run(ours, a, steps=20)
-    _simple_run(peer, b, steps=20)
-    assert [sorted(k for k in ours.state[p] if k.startswith("q_")) for p in a] == [
-        ["q_right"], ["q_left"], ["q_left", "q_right"]]
-    for pa, pb in zip(a, b):
-        _close(pa.detach(), pb.detach(), 1e-6)
-
-
-def test_soap_bases_are_the_statistics_eigenvectors_and_large_sides_are_not_rotated():
-    w = torch.nn.Parameter(torch.randn(6, 20, dtype=torch.float64))
-    opt = descent.SOAP([w], max_precond_dim=10, precondition_frequency=1000)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        w.grad = torch.randn(6, 20, generator=g, dtype=torch.float64)
-        opt.step()
-    st = opt.state[w]
-    assert "q_right" not in st and st["q_left"].shape == (6, 6)
-    # Q_L diagonalizes the statistics it was taken from (at the first step) and is orthogonal
-    q = st["q_left"]
-    torch.testing.assert_close(q.T @ q, torch.eye(6, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 # ------------------------------------------------------------------ fair comparison (--tune)
