@@ -18,7 +18,10 @@ matrices" divides it by the bytes of the Muon matrices (float32). For Muon, Sham
 SOAP, "owner" (each matrix stepped by one rank) runs beside "gather" (every rank gathers
 and steps every matrix); "NS share" is the
 largest fraction of the Newton-Schulz cost that one rank carries (1/N is perfect) and
-"NS ms" the Newton-Schulz time measured on the busiest rank (sharded runs only).
+"NS ms" the Newton-Schulz time measured on the busiest rank (sharded runs only). "wait ms" is the
+time the busiest rank spent blocked in descent's collectives per step
+(``descent.distributed._comm.waited``); ``--overlap off`` runs the collectives blocking in one
+wave (``DESCENT_OVERLAP=0``), ``--overlap both`` runs each optimizer both ways (an "overlap" column).
 
 Every process gets ``OMP_NUM_THREADS=1`` and ``NUMBA_NUM_THREADS=1``: on a 2-core
 machine 4 processes oversubscribe it, so times for 4 processes measure contention too.
@@ -60,7 +63,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     import descent
     import descent.distributed as D
-    from descent.distributed import _owner, _precond
+    from descent.distributed import _comm, _owner, _precond
     from descent.reporting.bench import gpt_shapes
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,7 +83,9 @@ def _worker(args: argparse.Namespace) -> None:
     mats = [p for p in params[2:] if p.ndim == 2]
     matrix_bytes = sum(p.numel() * 4 for p in mats)
     rows = []
-    for name in args.only:
+    for name, on in ((n, on) for n in args.only for on in {"on": [True], "off": [False], "both": [True, False]}[
+            args.overlap]):
+        _comm.overlap = on
         kwargs = OPTIMIZERS[name]
         if name.startswith("Muon"):
             rest = [p for p in params if not (p.ndim == 2 and any(p is m for m in mats))]
@@ -107,11 +112,13 @@ def _worker(args: argparse.Namespace) -> None:
             times.append(float(elapsed))
         sent = torch.tensor([float(D.traffic["reduce"] + D.traffic["exchange"] + D.traffic["gather"]) / args.iters])
         ns_ms = torch.tensor([1e3 * _owner.ns_seconds[0] / args.iters])
+        wait_ms = torch.tensor([1e3 * _comm.waited[0] / args.iters])
         cpu_ms = torch.tensor([1e3 * statistics.median(cpu)])
         if world > 1:
             dist.all_reduce(cpu_ms, op=dist.ReduceOp.MAX)
             dist.all_reduce(sent)
             dist.all_reduce(ns_ms, op=dist.ReduceOp.MAX)
+            dist.all_reduce(wait_ms, op=dist.ReduceOp.MAX)
         share = None
         if name.startswith("Muon"):
             costs = [_owner.ns_cost(p) for p in mats]
@@ -119,7 +126,7 @@ def _worker(args: argparse.Namespace) -> None:
             for c, o in zip(costs, D.assign_owners(costs, world)):
                 load[o] += c
             share = (max(load) if "gather" not in name else sum(costs)) / sum(costs)
-        rows.append(dict(optimizer=name, nprocs=world, ms=1e3 * statistics.median(times), cpu_ms=float(cpu_ms),
+        rows.append(dict(optimizer=name, overlap=on, wait_ms=float(wait_ms), nprocs=world, ms=1e3 * statistics.median(times), cpu_ms=float(cpu_ms),
                          sent_mb=float(sent) / 1e6,
                          x_matrices=float(sent) / matrix_bytes, ns_share=share,
                          ns_ms=float(ns_ms) if name.startswith("Muon") and world > 1 else None))
@@ -139,7 +146,7 @@ def _launch(n: int, args: argparse.Namespace) -> dict:
     sock.close()
     out = tempfile.mktemp(suffix=".json")
     cmd = [sys.executable, __file__, "--worker", "--out", out, "--width", str(args.width), "--iters", str(args.iters),
-           "--only", *args.only]
+           "--overlap", args.overlap, "--only", *args.only]
     procs = []
     for r in range(n):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -167,6 +174,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320, help="model width (320: the 20.1M list)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process count")
+    parser.add_argument("--overlap", choices=("on", "off", "both"), default="on",
+                        help="collectives async in waves (on, the default), blocking in one wave (off), or both")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -181,13 +190,14 @@ def main() -> None:
     head = runs[0]
     print(f"{head['params'] / 1e6:.1f}M parameters in {head['tensors']} tensors; Muon matrices "
           f"{head['matrix_mb']:.1f} MB (float32); CPU/gloo, 1 thread per process")
-    print(f"{'optimizer':16} {'procs':>5} {'ms/step':>9} {'CPU ms':>7} {'sent/step MB':>13} {'x matrices':>10} {'NS share':>9} "
-          f"{'NS ms, busiest rank':>20}")
+    print(f"{'optimizer':16} {'overlap':>7} {'procs':>5} {'ms/step':>9} {'CPU ms':>7} {'wait ms':>7} {'sent/step MB':>13} "
+          f"{'x matrices':>10} {'NS share':>9} {'NS ms, busiest rank':>20}")
     for run in runs:
         for r in run["rows"]:
             share = "" if r["ns_share"] is None else f"{r['ns_share']:.2f}"
             ns_ms = "" if r.get("ns_ms") is None else f"{r['ns_ms']:.0f}"
-            print(f"{r['optimizer']:16} {r['nprocs']:>5} {r['ms']:>9.1f} {r['cpu_ms']:>7.1f} {r['sent_mb']:>13.2f} "
+            print(f"{r['optimizer']:16} {'on' if r['overlap'] else 'off':>7} {r['nprocs']:>5} {r['ms']:>9.1f} "
+                  f"{r['cpu_ms']:>7.1f} {r['wait_ms']:>7.1f} {r['sent_mb']:>13.2f} "
                   f"{r['x_matrices']:>10.2f} {share:>9} {ns_ms:>20}")
 
 

@@ -45,7 +45,7 @@ def launch(world: int, scenarios: str, arg: str = "", timeout: float = 240.0) ->
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[dict[int, dict], str]:
     ckpt = str(tmp_path_factory.mktemp("dcp"))
-    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,kfac_ddp,zero_muon", ckpt), ckpt
+    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,kfac_ddp,overlap,zero_muon", ckpt), ckpt
 
 
 def _check(entry: dict, label: str, tol: float) -> None:
@@ -85,6 +85,15 @@ def test_errors_are_raised_on_every_rank(two_ranks) -> None:
     assert all(e["clip_norm_error"] < 1e-6 and e["clip_grads_error"] < 1e-6 for e in errs), errs
     outcomes = {res["zero_muon"]["zero_muon"] for res in results.values()}  # ZeRO + Muon on plain params: works, or fails the same everywhere
     assert outcomes == {"ok"} or (len(outcomes) == 1 and "ValueError" in outcomes.pop()), outcomes
+
+
+def test_overlapped_collectives_give_the_same_bits(two_ranks) -> None:
+    results, _ = two_ranks
+    for rank, res in results.items():
+        for label, entry in res["overlap"].items():
+            _check(entry, f"overlap rank {rank} {label}", 0.0)  # waves + async against one wave, blocking
+            on, off = entry["calls"]
+            assert on > off, (label, entry)  # the bucket really went in several waves
 
 
 def test_preconditioners_live_on_one_owner_rank(two_ranks) -> None:

@@ -33,8 +33,10 @@ traffic: dict[str, int] = {"reduce": 0, "exchange": 0, "gather": 0, "calls": 0}
 
 #: Whether collectives overlap compute (async, in waves); ``DESCENT_OVERLAP=0`` switches it off.
 overlap = os.environ.get("DESCENT_OVERLAP", "1") != "0"
-#: How many waves a bucket is split into when overlapping (the first wave's collective is not hidden).
+#: How many waves a bucket is split into when overlapping (the first wave's collective is not hidden),
+#: and the fewest elements a wave should hold (smaller buckets go in fewer waves: a collective has a latency).
 WAVES = 4
+MIN_WAVE_NUMEL = 1 << 16
 #: Seconds this process spent blocked in descent's collectives (``[seconds]``; read by the benchmark).
 waited = [0.0]
 
@@ -114,15 +116,19 @@ def sum_across(partials: Sequence[Tensor], group) -> list[Tensor]:
 
 
 def waves(weights: Sequence[float], count: int | None = None) -> list[list[int]]:
-    """Split ``range(len(weights))`` into at most ``count`` (default :data:`WAVES`; 1 without overlap)
-    consecutive runs of about equal weight. Use global sizes: every rank must split alike.
+    """Split ``range(len(weights))`` into at most ``count`` consecutive runs of about equal weight.
+
+    The default ``count`` is :data:`WAVES`, fewer for a total under ``WAVES *`` :data:`MIN_WAVE_NUMEL`
+    (the weights are element counts then), 1 without :data:`overlap`. Use global sizes: every
+    rank must split alike.
 
     Example:
         >>> waves([1, 1, 1, 1, 4], 2)
         [[0, 1, 2, 3], [4]]
     """
-    count = (WAVES if overlap else 1) if count is None else count
     total = float(sum(weights)) or 1.0
+    if count is None:
+        count = max(1, min(WAVES, int(total // max(MIN_WAVE_NUMEL, 1)))) if overlap else 1
     out: list[list[int]] = [[]]
     acc = 0.0
     for i, w in enumerate(weights):

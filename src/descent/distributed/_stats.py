@@ -8,6 +8,11 @@ concatenated and reduced with one ``all_reduce`` (Adafactor needs a second for t
 its update, which depends on the first), and the step goes on locally. Only the order
 of the additions differs from one process, so results agree to float rounding (about
 1e-7 relative in float32), not bit for bit.
+
+On the ``"fused"`` backend (CPU, the Numba passes) a bucket runs in waves
+(:func:`._comm.waves`): every wave's first pass, each starting its ``all_reduce`` at once, then
+the later passes as the sums arrive (:func:`._comm.run_stages`), so the reductions overlap the
+passes; each tensor's sums, hence the numbers, are the same as in one wave.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
-from ._comm import sum_across
+from ._comm import run_stages, sum_across, waves
 from ._layout import is_sharded, local, shard_dim, shard_group, shard_rank
 
 __all__ = ["lamb_step", "adafactor_step", "mars_step", "square_sums"]
@@ -64,12 +69,12 @@ def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list
     ps, gs = [local(p) for p in params], [local(g) for g in grads]
     ms, vs = [local(s["exp_avg"]) for s in states], [local(s["exp_avg_sq"]) for s in states]
     if backend == "fused" and sharded.supports(ps, gs, ms, vs):
-        counted = torch.tensor([[1.0] if _counted(p) else [0.0] for p in params], dtype=torch.float64)
-        mesh = shard_group(params[0])
-        sharded.lamb_sharded(ps, gs, ms, vs, steps=steps, lr=float(hp["lr"]), beta1=b1, beta2=b2, eps=eps,
-                             weight_decay=wd, clamp_value=hp["clamp_value"], bias_correction=hp["bias_correction"],
-                             maximize=hp["maximize"],
-                             reduce=lambda a: sum_across([torch.from_numpy(a) * counted], mesh)[0].numpy())
+        run_stages([sharded.lamb_stages(
+            *([ts[i] for i in run] for ts in (ps, gs, ms, vs)), steps=[steps[i] for i in run], lr=float(hp["lr"]),
+            beta1=b1, beta2=b2, eps=eps, weight_decay=wd, clamp_value=hp["clamp_value"],
+            bias_correction=hp["bias_correction"], maximize=hp["maximize"],
+            counted=[_counted(params[i]) for i in run]) for run in waves([p.numel() for p in params])],
+            shard_group(params[0]))
         return
     if hp["maximize"]:
         gs = torch._foreach_neg(gs)
@@ -182,14 +187,15 @@ def _adafactor_fused(hp: dict[str, Any], params: list[Tensor], grads: list[Tenso
         cols["exp_avg"] = [None] * len(params)
     if not sharded.adafactor_fits(ps + gs, fac + fac, by_rows + by_rows, [t for c in cols.values() for t in c]):
         return False
-    sharded.adafactor_sharded(ps, gs, cols["row_var"], cols["col_var"], cols["variance"], cols["exp_avg"],
-                              first_row=[local_range(p)[0] if is_sharded(p) else 0 for p in params],
-                              counted=[_counted(p) for p in params], numels=[p.numel() for p in params], steps=steps,
-                              lr=hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"],
-                              decay_rate=float(hp["decay_rate"]), eps1=float(hp["eps1"]), eps2=float(hp["eps2"]),
-                              clip_threshold=float(hp["clip_threshold"]), beta1=hp["beta1"],
-                              weight_decay=float(hp["weight_decay"]), scale_parameter=hp["scale_parameter"],
-                              maximize=hp["maximize"], reduce=lambda ts: sum_across(ts, mesh_group))
+    first_row = [local_range(p)[0] if is_sharded(p) else 0 for p in params]
+    counted, numels = [_counted(p) for p in params], [p.numel() for p in params]
+    run_stages([sharded.adafactor_stages(
+        *([ts[i] for i in run] for ts in (ps, gs, *cols.values())), first_row=[first_row[i] for i in run],
+        counted=[counted[i] for i in run], numels=[numels[i] for i in run], steps=[steps[i] for i in run],
+        lr=hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"],
+        decay_rate=float(hp["decay_rate"]), eps1=float(hp["eps1"]), eps2=float(hp["eps2"]),
+        clip_threshold=float(hp["clip_threshold"]), beta1=hp["beta1"], weight_decay=float(hp["weight_decay"]),
+        scale_parameter=hp["scale_parameter"], maximize=hp["maximize"]) for run in waves(numels)], mesh_group)
     return True
 
 
@@ -247,13 +253,14 @@ def mars_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list
     steps = advance_steps([s["step"] for s in states])
     b1, b2, mesh_group = hp["beta1"], hp["beta2"], shard_group(params[0])
     cols = [[local(s[k]) for s in states] for k in ("exp_avg", "exp_avg_sq", "last_grad")]
-    if backend == "fused" and not hp.get("cautious", False) and sharded.supports(
-            [local(p) for p in params], [local(g) for g in grads], *cols):
-        sharded.mars_sharded([local(p) for p in params], [local(g) for g in grads], *cols,
-                             counted=[_counted(p) for p in params], steps=steps, lr=float(hp["lr"]), beta1=float(b1),
-                             beta2=float(b2), eps=float(hp["eps"]), gamma=float(hp["gamma"]),
-                             weight_decay=float(hp["weight_decay"]), maximize=hp["maximize"],
-                             reduce=lambda ts: sum_across(ts, mesh_group))
+    ps, gs = [local(p) for p in params], [local(g) for g in grads]
+    if backend == "fused" and not hp.get("cautious", False) and sharded.supports(ps, gs, *cols):
+        counted = [_counted(p) for p in params]
+        run_stages([sharded.mars_stages(
+            *([ts[i] for i in run] for ts in (ps, gs, *cols)), counted=[counted[i] for i in run],
+            steps=[steps[i] for i in run], lr=float(hp["lr"]), beta1=float(b1), beta2=float(b2), eps=float(hp["eps"]),
+            gamma=float(hp["gamma"]), weight_decay=float(hp["weight_decay"]), maximize=hp["maximize"])
+            for run in waves([p.numel() for p in params])], mesh_group)
         return
     gs = [-local(g) if hp["maximize"] else local(g) for g in grads]
     cs = [(g - local(s["last_grad"])).mul_(hp["gamma"] * b1 / (1 - b1)).add_(g) for g, s in zip(gs, states)]

@@ -12,11 +12,17 @@ trust ratios and the apply). The per-element arithmetic is ``elementwise.py``'s 
 (``_lamb_norms_direct``, ``_lamb_apply_direct``), so a rank's rows change exactly as one
 process's kernel changes them, given the same ratio; the ratio differs from one
 process's by the order of the additions only.
+
+Each ``*_sharded`` function takes a ``reduce`` callback (the caller's blocking collective); the
+same passes are also generators (:func:`lamb_stages`, :func:`adafactor_stages`,
+:func:`mars_stages`) that yield this rank's partial sums (a list of float64 tensors) and
+receive the sums over the ranks, so that the caller can run several waves of a bucket with
+their reductions in flight (:func:`descent.distributed._comm.run_stages`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
@@ -26,8 +32,21 @@ from . import addresses, like, threads_for
 from .elementwise import _lamb_apply_direct, _lamb_norms_direct
 from .multi import view
 
-__all__ = ["lamb_sharded", "lamb_partial_sums", "lamb_apply", "adafactor_fits", "adafactor_sharded", "mars_sharded",
-           "supports"]
+__all__ = ["lamb_sharded", "lamb_stages", "lamb_partial_sums", "lamb_apply", "adafactor_fits", "adafactor_sharded",
+           "adafactor_stages", "mars_sharded", "mars_stages", "supports", "drive"]
+
+#: What a stage generator yields (this rank's partial sums) and receives (their sums over the ranks).
+Stages = Generator[list[torch.Tensor], list[torch.Tensor], None]
+
+
+def drive(stages: Stages, reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+    """Run a stage generator to its end, ``reduce`` turning each yielded list of partial sums into the sums."""
+    try:
+        parts = next(stages)
+        while True:
+            parts = stages.send(reduce(parts))
+    except StopIteration:
+        pass
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
@@ -73,6 +92,8 @@ def lamb_sharded(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg:
                  reduce: Callable[[np.ndarray], np.ndarray]) -> None:
     """LAMB over local shards; ``reduce`` sums a ``(T, 2)`` float64 array over the ranks (the caller's collective).
 
+    The passes are :func:`lamb_stages` (one reduction); this runs them with ``reduce``.
+
     Example:
         >>> p, g = [torch.ones(3)], [torch.ones(3)]
         >>> lamb_sharded(p, g, [torch.zeros(3)], [torch.zeros(3)], steps=[1], lr=0.1, beta1=0.9, beta2=0.999,
@@ -81,6 +102,17 @@ def lamb_sharded(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg:
         >>> [round(x, 4) for x in p[0].tolist()]
         [0.9, 0.9, 0.9]
     """
+    drive(lamb_stages(params, grads, exp_avg, exp_avg_sq, steps=steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                      weight_decay=weight_decay, clamp_value=clamp_value, bias_correction=bias_correction,
+                      maximize=maximize), lambda parts: [torch.from_numpy(np.asarray(reduce(parts[0].numpy())))])
+
+
+def lamb_stages(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                exp_avg_sq: list[torch.Tensor], *, steps: list[int], lr: float, beta1: float, beta2: float,
+                eps: float, weight_decay: float, clamp_value: float | None, bias_correction: bool, maximize: bool,
+                counted: list[bool] | None = None) -> Stages:
+    """:func:`lamb_sharded`'s passes as a generator: yields ``[sums]`` (``(T, 2)``: this rank's sums of
+    :math:`\\theta^2` and :math:`u^2`, zero where ``counted`` is False), receives the totals, applies."""
     dtype = like(params[0])
     dt = dtype.dtype.type
     t = np.asarray(steps, dtype=np.float64)
@@ -92,7 +124,9 @@ def lamb_sharded(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg:
     sums = np.zeros((len(params), 2))
     lamb_partial_sums(ptrs, sizes, dtype, bc1, bc2, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
                       dt(weight_decay), dt(-1.0 if maximize else 1.0), sums)
-    total = reduce(sums)
+    if counted is not None:
+        sums *= np.asarray(counted, dtype=np.float64)[:, None]
+    total = (yield [torch.from_numpy(sums)])[0].numpy()
     # the norms rounded to the tensors' dtype, as lamb_multi does
     wn = np.sqrt(total[:, 0]).astype(dtype.dtype).astype(np.float64)
     un = np.sqrt(total[:, 1]).astype(dtype.dtype).astype(np.float64)
@@ -118,7 +152,7 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
                       beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool,
                       reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
     """Adafactor over local row blocks with :mod:`descent.kernels.adafactor`'s per-element passes,
-    two ``reduce`` calls (sums over the ranks) between them.
+    two ``reduce`` calls (sums over the ranks) between them (:func:`adafactor_stages`, run with ``reduce``).
 
     ``params``... are this rank's rows (``first_row`` their offset in the whole matrix,
     ``numels`` the whole tensors' sizes);
@@ -126,6 +160,18 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
     and ``exp_avg`` local like the parameter; ``counted`` says whether this rank's sums count
     (False for a replicated tensor on ranks other than the first).
     """
+    drive(adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, first_row=first_row, counted=counted,
+                           numels=numels, steps=steps, lr=lr, relative_step=relative_step, warmup_init=warmup_init,
+                           decay_rate=decay_rate, eps1=eps1, eps2=eps2, clip_threshold=clip_threshold, beta1=beta1,
+                           weight_decay=weight_decay, scale_parameter=scale_parameter, maximize=maximize), reduce)
+
+
+def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
+                     counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
+                     warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
+                     beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool) -> Stages:
+    """:func:`adafactor_sharded`'s passes as a generator (two yields: row/column means and
+    :math:`\\sum\\theta^2`, then :math:`\\sum U^2`)."""
     from ..functional import adafactor_lr
     from .adafactor import _factored_stats, _factored_usum, _factors, _step_size, _vector_sums, _vector_variance
 
@@ -147,7 +193,7 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
             _vector_variance(lg, lv, dt(eps1), dt(b2s[i]), dt(1.0 - b2s[i]))
             sq_u[i], sq_p[i] = _vector_sums(lp, lg, lv) if lp.size else (0.0, 0.0)
     mask = np.asarray(counted, dtype=np.float64)
-    summed = reduce(parts + [torch.from_numpy(sq_p * mask)])
+    summed = yield parts + [torch.from_numpy(sq_p * mask)]
     sq_p = summed[-1].detach().numpy()
     factors = {}
     for k, i in enumerate(i for i in range(n_t) if row_var[i] is not None):
@@ -159,7 +205,7 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
         lp, lg = params[i].detach().numpy(), grads[i].detach().numpy()
         factors[i] = (rf[first_row[i]:first_row[i] + lp.shape[0]], cf)
         sq_u[i] = _factored_usum(lg, *factors[i]) if lp.size else 0.0
-    sq_u = reduce([torch.from_numpy(sq_u * mask)])[0].detach().numpy()
+    sq_u = (yield [torch.from_numpy(sq_u * mask)])[0].detach().numpy()
     rates = [adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in steps]
     steps_sizes = [_step_size(max(numels[i], 1), sq_u[i], sq_p[i], rates[i], eps2, clip_threshold, weight_decay,
                               scale_parameter) for i in range(n_t)]
@@ -190,7 +236,15 @@ def mars_sharded(params, grads, exp_avg, exp_avg_sq, last_grad, *, counted: list
                  beta1: float, beta2: float, eps: float, gamma: float, weight_decay: float, maximize: bool,
                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
     """MARS over local shards with :mod:`descent.kernels.modern`'s per-element passes: the corrected
-    gradients and this rank's sums of :math:`c^2`, one ``reduce`` (sums over the ranks), the step."""
+    gradients and this rank's sums of :math:`c^2`, one ``reduce`` (sums over the ranks), the step
+    (:func:`mars_stages`, run with ``reduce``)."""
+    drive(mars_stages(params, grads, exp_avg, exp_avg_sq, last_grad, counted=counted, steps=steps, lr=lr, beta1=beta1,
+                      beta2=beta2, eps=eps, gamma=gamma, weight_decay=weight_decay, maximize=maximize), reduce)
+
+
+def mars_stages(params, grads, exp_avg, exp_avg_sq, last_grad, *, counted: list[bool], steps: list[int], lr: float,
+                beta1: float, beta2: float, eps: float, gamma: float, weight_decay: float, maximize: bool) -> Stages:
+    """:func:`mars_sharded`'s passes as a generator (one yield: this rank's sums of :math:`c^2`)."""
     import math
 
     from .modern import _mars_apply, _mars_correct, _sumsq
@@ -203,7 +257,7 @@ def mars_sharded(params, grads, exp_avg, exp_avg_sq, last_grad, *, counted: list
             lst = last.detach().numpy().reshape(-1)
             _mars_correct(g.detach().numpy().reshape(-1), lst, dt(gamma * beta1 / (1 - beta1)), sign)
             sums[i] = _sumsq(lst) if counted[i] else 0.0
-    total = reduce([torch.from_numpy(sums)])[0].numpy()
+    total = (yield [torch.from_numpy(sums)])[0].numpy()
     for i, p in enumerate(params):
         if not p.numel():
             continue
