@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -45,9 +46,43 @@ STEPS = {"digits-mlp": 120, "digits-cnn": 100, "mnist1d": 120, "charlm": 60, "lo
 TASKS = ["digits-mlp", "digits-cnn", "mnist1d", "charlm", "logistic", "linear"]
 
 
+#: ``--cache``: validation losses of full runs keyed by task|optimizer|seed|steps|lr (JSON file), so that a
+#: change of the method reruns only the suggestion and its full run
+_CACHE: dict[str, float] = {}
+_CACHE_PATH: list[str] = []
+#: ``--floor``: the grid's best lr times these factors (how much a few % of lr moves the final loss)
+FLOOR = (0.94, 0.97, 0.999, 1.001, 1.03, 1.06)
+
+
+def use_cache(path: str) -> None:
+    """Read (and from now on write) the full-run cache ``path`` (merged with what is already there)."""
+    _CACHE_PATH[:] = [path]
+    if os.path.exists(path):
+        with open(path) as f:
+            _CACHE.update(json.load(f))
+
+
+def _save_cache() -> None:
+    path = _CACHE_PATH[0]
+    if os.path.exists(path):  # merge what parallel processes wrote meanwhile
+        with open(path) as f:
+            _CACHE.update({k: v for k, v in json.load(f).items() if k not in _CACHE})
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(_CACHE, f)
+    os.replace(tmp, path)
+
+
 def _val(task: Task, opt: str, lr: float, steps: int, seed: int) -> float:
-    res = train(task, opt, lr, steps, seed=seed)
-    v = float(res.final.get("val_loss", math.nan))
+    key = f"{task.name}|{opt}|{seed}|{steps}|{lr:.10g}"
+    if key in _CACHE:
+        v = float(_CACHE[key])
+    else:
+        res = train(task, opt, lr, steps, seed=seed)
+        v = float(res.final.get("val_loss", math.nan))
+        if _CACHE_PATH:
+            _CACHE[key] = v if math.isfinite(v) else float("inf")
+            _save_cache()
     return v if math.isfinite(v) else math.inf
 
 
@@ -76,7 +111,8 @@ def grid(task: Task, opt: str, steps: int, seed: int, scan: Any = None) -> dict[
     return out
 
 
-def row(name: str, opt_label: str, seed: int, steps: int | None = None, scan: Any = None) -> dict[str, Any]:
+def row(name: str, opt_label: str, seed: int, steps: int | None = None, scan: Any = None,
+        floor: bool = False) -> dict[str, Any]:
     """One benchmark row: the grid, the suggestion and their validation losses."""
     opt = OPTIMIZERS[opt_label]
     task = make_task(name, seed)
@@ -89,11 +125,13 @@ def row(name: str, opt_label: str, seed: int, steps: int | None = None, scan: An
     used = sugg if sugg is not None else task.lr_for(opt)  # what the CLI does without a suggestion
     loss = _val(task, opt, used, steps, seed)
     best = g[qbest]
+    near = {f"{c:g}": _val(task, opt, c * 10.0 ** (qbest / 4), steps, seed) for c in FLOOR} if floor else {}
     return {"task": name, "optimizer": opt_label, "seed": seed, "steps": steps, "best_lr": 10.0 ** (qbest / 4),
             "best_loss": best, "suggestion": sugg, "used_lr": used, "low": res.low, "high": res.high, "reason": res.reason,
             "loss": loss, "ratio": loss / best if best > 0 else math.inf,
             "within10": loss <= 1.10 * best + 0.02, "within25": loss <= 1.25 * best,
-            "grid": {f"{10.0 ** (q / 4):.3g}": v for q, v in sorted(g.items())}, "seconds": time.perf_counter() - t0}
+            "grid": {f"{10.0 ** (q / 4):.3g}": v for q, v in sorted(g.items())}, "floor": near,
+            "probes": {f"{k:.6g}": v for k, v in res.probes.items()}, "seconds": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------ synthetic problems (calibration only)
@@ -190,6 +228,28 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def floor_markdown(rows: list[dict[str, Any]]) -> str:
+    """The noise floor: on rows that miss (or whose grid's best lr misses when moved by a few %), the
+    final loss at the grid's best lr times each of :data:`FLOOR`, as a ratio to the grid's best."""
+    rows = [r for r in rows if r.get("floor")]
+    head = " | ".join(f"x{c}" for c in rows[0]["floor"]) if rows else ""
+    out = [f"| row | best lr | loss at best | {head} | suggestion's ratio |",
+           "|---|---|---|" + "---|" * (len(rows[0]["floor"]) + 1 if rows else 1)]
+    worse = 0
+    for r in rows:
+        ratios = [v / r["best_loss"] for v in r["floor"].values()]
+        worse += max(ratios) > 1.25
+        if r["within25"] and max(ratios) <= 1.25:
+            continue
+        cells = " | ".join(f"{v:.4f} ({q:.2f})" if q <= 1.25 else f"**{v:.4f} ({q:.2f})**"
+                           for v, q in zip(r["floor"].values(), ratios))
+        out.append(f"| {r['task']} {r['optimizer']} seed {r['seed']} | {r['best_lr']:.3g} | {r['best_loss']:.4f} | "
+                   f"{cells} | {r['ratio']:.2f} |")
+    out.append(f"\nOn {worse}/{len(rows)} rows the grid's own best lr, moved by one of these factors, ends more "
+               "than 25 % above the grid's best.")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(TASKS))
@@ -200,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", action="store_true", help="variants of the constants on the synthetic problems, "
                    "seeds 1000,1001 (or --tasks/--seeds, never seeds 0-2)")
     p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--cache", help="JSON cache of full runs (task|optimizer|seed|steps|lr -> validation loss), "
+                   "read and extended: a change of the method reruns only the suggestion")
+    p.add_argument("--floor", action="store_true", help="also run the grid's best lr x FLOOR (0.94 to 1.06)")
     p.add_argument("--markdown", nargs="+", metavar="JSON", help="print the rows of these --json files as a table")
     args = p.parse_args(argv)
     if args.markdown:
@@ -208,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             with open(path) as f:
                 rows += json.load(f)
         print(markdown(rows))
+        if any(r.get("floor") for r in rows):
+            print("\n" + floor_markdown(rows))
         return 0
     torch.set_num_threads(1)
+    if args.cache:
+        use_cache(args.cache)
     opts = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     bad = [o for o in opts if o not in OPTIMIZERS]
     if bad:
@@ -230,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         for label in opts:
             for seed in seeds:
-                r = row(name, label, seed, 60 if args.quick else args.steps)
+                r = row(name, label, seed, 60 if args.quick else args.steps, floor=args.floor)
                 rows.append(r)
                 rng = f"{r['low']:.2e}-{r['high']:.2e}" if r["low"] else "-"
                 print(f"{name:11} {label:13} {seed:>4} {r['steps']:>5} {r['best_lr']:>12.3g} {r['best_loss']:>9.4f} "
