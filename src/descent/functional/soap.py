@@ -133,6 +133,8 @@ def soap(
     refreshed by one power iteration and a QR decomposition, reordering :math:`V` to match.
     A side without a basis (``q_left``/``q_right`` None: a 1-D tensor or a dimension above
     the size limit) is the identity, so 1-D tensors run plain Adam.
+    :class:`descent.SOAP` steps tensors with more than 2 dimensions with :func:`soap_nd`, one
+    basis per dimension, instead of this matrix view.
 
     Args:
         param: the parameter, updated in place.

@@ -30,15 +30,25 @@ class SOAP(Optimizer):
 
     (:func:`descent.functional.soap`). The bases are refreshed every
     ``precondition_frequency`` steps by one power iteration and QR, not recomputed,
-    which is what makes SOAP cheaper and more stable than Shampoo. Tensors with
-    ``ndim > 2`` are preconditioned as ``(shape[0], prod(rest))``; a side longer than
-    ``max_precond_dim`` gets no rotation (the identity, as the authors' code); 1-D
+    which is what makes SOAP cheaper and more stable than Shampoo. As the authors' code,
+    a tensor with ``ndim > 2`` (a conv kernel) gets one basis per dimension,
+    :math:`G' = G \times_1 Q_1^\top \cdots \times_k Q_k^\top`
+    (:func:`descent.functional.soap_nd`), and with ``merge_dims=True`` consecutive
+    dimensions are first merged while their product stays <= ``max_precond_dim``
+    (:func:`descent.functional.soap_shape`; a (64, 32, 3, 3) kernel becomes (6144, 3)).
+    A dimension longer than ``max_precond_dim`` gets no rotation (the identity); 1-D
     tensors run Adam (from their first step; a rotated tensor's first step only collects
-    statistics, as in the authors' code, which also skips the first step of 1-D tensors).
-    Defaults as the authors' code: lr 3e-3, betas (0.95, 0.95), weight decay 0.01,
-    frequency 10, ``shampoo_beta`` = beta2. State per matrix: ``exp_avg``,
-    ``exp_avg_sq``, ``gg_left``/``gg_right`` and ``q_left``/``q_right``
-    (:math:`2mn + 2m^2 + 2n^2` numbers).
+    statistics, as in the authors' code, which also skips the first step of 1-D tensors),
+    or with ``precondition_1d=True`` are rotated by one basis. Defaults as the authors'
+    code: lr 3e-3, betas (0.95, 0.95), weight decay 0.01, frequency 10, ``shampoo_beta`` =
+    beta2, no merging, no 1-D rotation. State per tensor: ``exp_avg``, ``exp_avg_sq``
+    (shaped like the parameter) and plain square tensors per basis: ``gg_left``/``gg_right``
+    and ``q_left``/``q_right`` for a matrix (:math:`2mn + 2m^2 + 2n^2` numbers), ``gg_k``/``q_k``
+    for dimension ``k`` of a tensor preconditioned per dimension (``ndim > 2``, a matrix that
+    ``merge_dims`` reshapes, a vector with ``precondition_1d``). A state of another layout
+    (a checkpoint of an earlier descent, which preconditioned ``ndim > 2`` tensors as their
+    ``(shape[0], prod(rest))`` matrix, or other ``max_precond_dim``/``merge_dims``/
+    ``precondition_1d``) raises a ``ValueError`` naming it in ``load_state_dict`` and ``step``.
 
     Args:
         params: parameters or param group dicts.
@@ -48,7 +58,9 @@ class SOAP(Optimizer):
         eps: :math:`\epsilon` (default 1e-8).
         weight_decay: decoupled :math:`\lambda` (default 0.01).
         precondition_frequency: refresh the bases every this many steps (default 10).
-        max_precond_dim: sides longer than this get no rotation (default 10000).
+        max_precond_dim: dimensions longer than this get no rotation (default 10000).
+        merge_dims: merge consecutive small dimensions before preconditioning (default False).
+        precondition_1d: rotate 1-D tensors too (default False: Adam).
         correct_bias: Adam's bias correction (default True).
         cautious: cautious masking of the direction (Liang et al., 2024; default False).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
@@ -59,10 +71,16 @@ class SOAP(Optimizer):
 
     Example:
         >>> import torch, descent
-        >>> model = torch.nn.Linear(4, 2)
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8, 2))
         >>> opt = descent.SOAP(model.parameters(), lr=3e-3)
         >>> for _ in range(2):
-        ...     model(torch.randn(8, 4)).pow(2).mean().backward(); _ = opt.step()
+        ...     model(torch.randn(4, 3, 3, 3)).pow(2).mean().backward(); _ = opt.step()
+        >>> [tuple(opt.state[model[0].weight][f"q_{k}"].shape) for k in range(4)]
+        [(8, 8), (3, 3), (3, 3), (3, 3)]
+        >>> opt = descent.SOAP(model.parameters(), merge_dims=True, max_precond_dim=16)
+        >>> model(torch.randn(4, 3, 3, 3)).pow(2).mean().backward(); _ = opt.step()
+        >>> sorted(k for k in opt.state[model[0].weight] if k.startswith("q_"))  # merged (8, 9, 3): 3 bases
+        ['q_0', 'q_1', 'q_2']
     """
 
     declaration = Declaration(
