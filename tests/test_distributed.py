@@ -106,6 +106,19 @@ def test_preconditioners_live_on_one_owner_rank(two_ranks) -> None:
         assert all(0 < sum(h) < sum(total) for h in held), (name, held)  # both ranks own some (balanced by cost)
 
 
+def test_soap_per_dimension_bases_live_on_owner_ranks(two_ranks) -> None:
+    """SOAP on conv kernels (per dimension, merge_dims, precondition_1d vectors): bit for bit under FSDP2,
+    every basis (gg_k/q_k) on exactly one rank."""
+    results, _ = two_ranks
+    for label in ("per_dim", "merge_dims", "precondition_1d"):
+        runs = [res["owner_state"]["soap_nd"][label] for res in results.values()]
+        assert all(r["diff"] == 0.0 for r in runs), (label, runs)
+        one = runs[0]["one_process"]
+        assert sum(map(len, one)) > 0 and any("gg_3" in keys for keys in one) == (label != "merge_dims")
+        assert [sorted(a + b) for a, b in zip(runs[0]["here"], runs[1]["here"])] == one, (label, runs)
+    assert ["gg_0", "q_0"] in results[0]["owner_state"]["soap_nd"]["precondition_1d"]["one_process"]
+
+
 def test_kfac_under_ddp_averages_its_factors(two_ranks) -> None:
     results, _ = two_ranks
     for rank, res in results.items():

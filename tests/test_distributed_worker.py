@@ -264,6 +264,40 @@ def scenario_owner_state(_: str) -> dict:
             counts.append([sum(1 for v in opt.state[p].values() if isinstance(v, torch.Tensor) and v.ndim == 2
                                and not D.is_dtensor(v) and v.shape != p.shape) for p in model.parameters()])
         out[name] = {"here": counts[0], "one_process": counts[1]}
+    out["soap_nd"] = soap_per_dimension()
+    return out
+
+
+def soap_per_dimension() -> dict:
+    """SOAP on conv kernels (one basis per dimension, merged, vectors rotated) under FSDP2 against one
+    process: the largest difference, and the bases each parameter's state holds here and in one process."""
+    from torch.distributed.fsdp import fully_shard
+
+    def conv_model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 5, 3), nn.Tanh(), nn.Conv2d(5, 4, 2), nn.Flatten(), nn.Linear(4, 3))
+
+    out = {}
+    for label, kwargs in (("per_dim", dict(lr=1e-2, precondition_frequency=2)),
+                          ("merge_dims", dict(lr=1e-2, merge_dims=True, max_precond_dim=16, precondition_frequency=2)),
+                          ("precondition_1d", dict(lr=1e-2, precondition_1d=True, precondition_frequency=2))):
+        runs = []
+        for wrapped in (True, False):
+            model = conv_model()
+            if wrapped:
+                for layer in model:
+                    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                        fully_shard(layer)
+                fully_shard(model)
+            opt = descent.SOAP(model.parameters(), **kwargs)
+            for t in range(STEPS):
+                for p, g in zip(model.parameters(), full_grads(model, t)):
+                    p.grad = D.shard_like(g, p)
+                opt.step()
+            runs.append(([full(p) for p in model.parameters()],
+                         [sorted(k for k in opt.state[p] if k[:3] == "gg_" or k[:2] == "q_") for p in model.parameters()]))
+        out[label] = {"diff": max(float((a - b).abs().max()) for a, b in zip(runs[0][0], runs[1][0])),
+                      "here": runs[0][1], "one_process": runs[1][1]}
     return out
 
 

@@ -11,7 +11,8 @@ one-process step bit for bit (the same ``_update`` on the same whole tensors).
 
 State, and checkpoints: state shaped like the parameter stays a DTensor with the
 parameter's layout (``torch.distributed.checkpoint`` reshards it); the preconditioners
-(Shampoo's ``preconditioner_k``/``inv_root_k``, SOAP's ``gg_*``/``q_*``) are plain tensors
+(Shampoo's ``preconditioner_k``/``inv_root_k``, SOAP's ``gg_*``/``q_*``: ``gg_left``/``gg_right`` of a
+matrix, ``gg_k`` per dimension of a conv kernel or a ``merge_dims``/``precondition_1d`` tensor) are plain tensors
 on the owner only, absent from the other ranks' state; the step counter is on every rank.
 A DCP checkpoint then holds each preconditioner once (written by its owner) and a load on
 any number of ranks fills them on the new owners (``tests/test_distributed.py``). The
@@ -50,8 +51,10 @@ def precond_cost(p: Tensor) -> float:
 
 
 def routes_to_owner(p: Tensor, group: dict[str, Any]) -> bool:
-    """Whether ``p`` needs its whole tensor: sharded, and a matrix or in a cautious group (whose mask is global)."""
-    return is_sharded(p) and (p.ndim >= 2 or bool(group.get("cautious", False)))
+    """Whether ``p`` needs its whole tensor: sharded, and a matrix or in a cautious group (whose mask is global)
+    or a SOAP ``precondition_1d`` group (whose vectors have a basis)."""
+    whole = p.ndim >= 2 or bool(group.get("cautious", False)) or bool(group.get("precondition_1d", False))
+    return is_sharded(p) and whole
 
 
 def _owners(group: dict[str, Any], first: Tensor) -> dict[int, int]:

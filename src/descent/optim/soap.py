@@ -201,15 +201,12 @@ def _checked_layout(p: Tensor, s: Mapping[str, Any], group: Mapping[str, Any],
             ``max_precond_dim``/``merge_dims``/``precondition_1d`` changed since the state was made).
     """
     shape = _per_dim_shape(p, group)
-    found = sorted(k for k in s if k[:3] == "gg_" or k[:2] == "q_")
+    found = {k: tuple(v.shape) for k, v in sorted(s.items()) if k[:3] == "gg_" or k[:2] == "q_"}
     if shape is None:
-        want = [k for k in _MATRIX_KEYS if k in s] if p.ndim == 2 else []
+        want = {k: found[k] for k in _MATRIX_KEYS if k in found} if p.ndim == 2 else {}
     else:
-        want = sorted(f"{x}_{d}" for d, n in enumerate(shape) if n <= group["max_precond_dim"] for x in ("gg", "q"))
-    ok = found == sorted(want)
-    if ok and shape is not None:
-        ok = all(s[f"q_{d}"].shape == (n, n) for d, n in enumerate(shape) if f"q_{d}" in s)
-    if ok or (loading and not found):
+        want = {f"{x}_{d}": (n, n) for x in ("gg", "q") for d, n in enumerate(shape) if n <= group["max_precond_dim"]}
+    if found == want or (loading and not found):
         return shape
     old = p.ndim > 2 and any(k in s for k in _MATRIX_KEYS)
     raise ValueError(
