@@ -60,14 +60,14 @@ def _code(codes, i, bits):  # pragma: no cover - compiled
     return np.uint32((codes[i >> 1] >> ((i & 1) << 2)) & 15)
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _dequantize(codes, off, n, qmap, absmax, out, bits):  # pragma: no cover - compiled
     """``out[:n] = qmap[code] * absmax`` for the elements from ``off``."""
     for k in range(n):
         out[k] = qmap[_code(codes, off + k, bits)] * absmax
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _amax(vals, n):  # pragma: no cover - compiled
     """max |vals[:n]|, as the largest of the magnitudes' bit patterns (integer max, which vectorizes;
     equal to the float max for finite and infinite values; a NaN wins, as in ``amax``)."""
@@ -84,7 +84,7 @@ def _amax(vals, n):  # pragma: no cover - compiled
     return _as_float(np.int64(a8))
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _keys(xs, n, keys, key_min, span):  # pragma: no cover - compiled
     """The lookup-table row of each float32 ``xs[:n]`` (unsigned integer math, so it vectorizes)."""
     xb = xs.view(np.uint32)
@@ -95,7 +95,7 @@ def _keys(xs, n, keys, key_min, span):  # pragma: no cover - compiled
         keys[k] = min(m, last) + (neg if b >= np.uint32(0x80000000) else np.uint32(0))
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: no cover - compiled
     """Write the absmax (block ``j``) and the codes (elements from ``off``) of ``vals[:n]``.
 
@@ -125,7 +125,7 @@ def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: 
         codes[(off + n - 1) >> 1] = ci[n - 1]
 
 
-@njit(**_OPTS)
+@njit(inline="always", **_OPTS)
 def _adam_math(p, g, m, v, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s):  # pragma: no cover
     """Adam on ``n`` elements held in ``m``/``v`` (torch's operation order)."""
     for i in range(n):
