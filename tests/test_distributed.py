@@ -45,7 +45,8 @@ def launch(world: int, scenarios: str, arg: str = "", timeout: float = 240.0) ->
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[dict[int, dict], str]:
     ckpt = str(tmp_path_factory.mktemp("dcp"))
-    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,kfac_ddp,overlap,zero_muon", ckpt), ckpt
+    return launch(2, "fsdp,ddp,zero,errors,save,train,owner_state,kfac_ddp,kfac_more,adafactor_nd,overlap,"
+                  "zero_muon", ckpt), ckpt
 
 
 def _check(entry: dict, label: str, tol: float) -> None:
@@ -96,6 +97,20 @@ def test_overlapped_collectives_give_the_same_bits(two_ranks) -> None:
             assert on > off, (label, entry)  # the bucket really went in several waves
 
 
+def _check_adafactor_nd(res: dict, label: str) -> None:
+    entry = res["adafactor_nd"]
+    assert "fatal" not in entry, entry
+    for key in ("default", "b1-wd-max"):
+        _check(entry[key], f"{label} Adafactor {key} on >2-D tensors", 1e-6)
+    assert entry["numba_tensors_per_step"] == 4, entry  # all but the matrix split by columns (eager ops)
+
+
+def test_adafactor_beyond_2d_runs_the_numba_passes(two_ranks) -> None:
+    results, _ = two_ranks
+    for rank, res in results.items():
+        _check_adafactor_nd(res, f"rank {rank}")
+
+
 def test_preconditioners_live_on_one_owner_rank(two_ranks) -> None:
     results, _ = two_ranks
     for name in ("shampoo", "soap"):
@@ -130,6 +145,18 @@ def test_kfac_under_ddp_averages_its_factors(two_ranks) -> None:
         assert k["mismatch"].startswith("RuntimeError: KFAC: the ranks collected different"), k  # every rank, no hang
 
 
+def test_kfac_under_ddp_with_fisher_backward_and_copies(two_ranks) -> None:
+    results, _ = two_ranks
+    for rank, res in results.items():
+        k = res["kfac_more"]
+        assert "fatal" not in k, k
+        assert k["fisher_collected"]  # G from the sampled-target pass, not the loss's gradients
+        assert k["fisher"] <= 1e-5, (rank, k)  # averaged true-Fisher factors: one process on the global batch
+        assert k["fisher_not_averaged"] > 1e-3, (rank, k)
+        # a deepcopy or pickle of an optimizer holding a process group: no group (it collects no factors), steps
+        assert k["deepcopy"] == "ok" and k["pickle"] == "ok", k
+
+
 def test_data_parallel_training_logs_once_and_checkpoints(two_ranks) -> None:
     results, _ = two_ranks
     train = results[0]["train"]
@@ -151,8 +178,9 @@ def test_checkpoint_reshards_to_one_rank(two_ranks) -> None:
 @pytest.mark.slow
 def test_four_ranks(two_ranks) -> None:
     _, ckpt = two_ranks
-    results = launch(4, "fsdp,load", ckpt, timeout=300)
+    results = launch(4, "fsdp,load,adafactor_nd", ckpt, timeout=300)
     for rank, res in results.items():
+        _check_adafactor_nd(res, f"4 ranks rank {rank}")
         for label, name, _, tol in OPTIMIZERS:
             if label in FSDP_GAPS:
                 continue

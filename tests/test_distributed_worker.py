@@ -224,29 +224,6 @@ CHECKPOINTED = [("adamw", dict(lr=1e-2, weight_decay=0.1)), ("adafactor", dict(b
                 ("soap", dict(lr=1e-2, precondition_frequency=2))]
 
 
-#: Steps whose collectives run in waves, asynchronously (descent.distributed._comm.overlap).
-OVERLAPPED = ("LAMB", "Adafactor", "Adafactor-b1-max", "MARS", "MARS-wd-max", "Muon", "Muon-default")
-
-
-def scenario_overlap(_: str) -> dict:
-    """FSDP2 steps with overlapped collectives (waves) against blocking ones (one wave): the same bits."""
-    from descent.distributed import _comm
-
-    kwargs = {o[0]: (o[1], o[2]) for o in OPTIMIZERS}
-    _comm.MIN_WAVE_NUMEL = 0  # the test model is tiny: waves of one tensor
-    out = {}
-    for label in OVERLAPPED:
-        got, calls = [], []
-        for on in (True, False):
-            _comm.overlap = on
-            _comm.reset_traffic()
-            got.append(run_wrapped("fsdp", *kwargs[label]))
-            calls.append(_comm.traffic["calls"])
-        _comm.overlap = True
-        out[label] = {"diff": max(float((a - b).abs().max()) for a, b in zip(*got)), "calls": calls}
-    return out
-
-
 def scenario_owner_state(_: str) -> dict:
     """Shampoo/SOAP under FSDP2: how many preconditioner matrices each parameter's state holds on this rank.
 
@@ -395,8 +372,10 @@ def main() -> None:
     rank = dist.get_rank()
     scenarios = {"fsdp": scenario_optimizers, "ddp": scenario_optimizers, "zero": scenario_optimizers,
                  "errors": scenario_errors, "train": scenario_train, "owner_state": scenario_owner_state, "kfac_ddp": scenario_kfac_ddp,
-                 "overlap": scenario_overlap,
                  "zero_muon": scenario_zero_muon, "save": scenario_save, "load": scenario_load}
+    from test_distributed_scenarios import SCENARIOS  # overlap, Adafactor beyond 2-D, K-FAC with fisher_backward
+
+    scenarios.update(SCENARIOS)
     result = {}
     for name in scenario.split(","):
         start = time.perf_counter()

@@ -212,10 +212,10 @@ def start_exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Seque
     """
     world = dist.get_world_size(group)
     me = dist.get_rank(group)
-    flat_send = [torch.cat([t.reshape(-1) for t in ts]) if ts else torch.empty(0, dtype=dtype) for ts in send]
-    in_sizes = [t.numel() for t in flat_send]
+    in_sizes = [sum(t.numel() for t in ts) for ts in send]
     out_sizes = [sum(n) for n in recv_numels]
-    src = torch.cat(flat_send).to(dtype)
+    flat = [t.reshape(-1) for ts in send for t in ts]  # one copy into the send buffer
+    src = torch.cat(flat).to(dtype) if flat else torch.empty(0, dtype=dtype)
     dst = torch.empty(sum(out_sizes), dtype=dtype)
     work = None
     if world > 1 and (sum(in_sizes) or sum(out_sizes)):

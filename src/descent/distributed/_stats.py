@@ -142,8 +142,11 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
     steps = advance_steps([s["step"] for s in states])
     beta2 = [1.0 - t ** hp["decay_rate"] for t in steps]
     mesh_group = shard_group(params[0])
-    if backend == "fused" and _adafactor_fused(hp, params, grads, states, steps, mesh_group):
-        return
+    if backend == "fused":  # the Numba passes where a tensor fits them, eager ops for the rest
+        rest = _adafactor_fused(hp, params, grads, states, steps, mesh_group)
+        if not rest:
+            return
+        params, grads, states, steps, beta2 = ([xs[i] for i in rest] for xs in (params, grads, states, steps, beta2))
     gs = [local(g) for g in grads]
     gs = torch._foreach_neg(gs) if hp["maximize"] else gs
     g2s = torch._foreach_mul(gs, gs)
@@ -172,9 +175,10 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
 
 
 def _adafactor_fused(hp: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
-                     steps: list[int], mesh_group: Any) -> bool:
-    """The Numba kernel's passes on the local rows (:func:`descent.kernels.sharded.adafactor_sharded`), when
-    every tensor fits it (2-D split by rows or whole, 1-D; CPU float); False (nothing done) otherwise."""
+                     steps: list[int], mesh_group: Any) -> list[int]:
+    """The Numba kernel's passes on the local rows (:func:`descent.kernels.sharded.adafactor_sharded`) for
+    the tensors that fit it (CPU float; 1-D, or factored ``[..., n, m]`` whole, split along dim 0 or by rows
+    ``n``); returns the indices of the others (split by columns or along a middle batch dimension)."""
     from ..kernels import sharded
     from ._layout import local_range
 
@@ -182,21 +186,30 @@ def _adafactor_fused(hp: dict[str, Any], params: list[Tensor], grads: list[Tenso
     ps, gs = [local(p) for p in params], [local(g) for g in grads]
     cols = {k: [local(s.get(k)) if s.get(k) is not None else None for s in states]
             for k in ("row_var", "col_var", "variance", "exp_avg")}
-    by_rows = [shard_dim(p) in (None, 0) for p in params]
+    by_rows = [shard_dim(p) in (None, 0, p.ndim - 2) for p in params]
     if hp["beta1"] is None:
         cols["exp_avg"] = [None] * len(params)
-    if not sharded.adafactor_fits(ps + gs, fac + fac, by_rows + by_rows, [t for c in cols.values() for t in c]):
-        return False
-    first_row = [local_range(p)[0] if is_sharded(p) else 0 for p in params]
+    fits = [sharded.adafactor_fits([ps[i], gs[i]], [fac[i]] * 2, [by_rows[i]] * 2, [c[i] for c in cols.values()])
+            for i in range(len(params))]  # global shapes and layouts: the same answer on every rank
+    rest = [i for i, ok in enumerate(fits) if not ok]
+    if len(rest) == len(params):
+        return rest
+    keep = [i for i, ok in enumerate(fits) if ok]
+    params, steps, ps, gs, fac = ([xs[i] for i in keep] for xs in (params, steps, ps, gs, fac))
+    cols = {k: [c[i] for i in keep] for k, c in cols.items()}
+    first_row = [local_range(p)[0] if is_sharded(p) and shard_dim(p) == p.ndim - 2 else 0 for p in params]
+    first_matrix = [local_range(p)[0] * math.prod(p.shape[1:-2]) if p.ndim > 2 and shard_dim(p) == 0 else 0
+                    for p in params]
     counted, numels = [_counted(p) for p in params], [p.numel() for p in params]
     run_stages([sharded.adafactor_stages(
         *([ts[i] for i in run] for ts in (ps, gs, *cols.values())), first_row=[first_row[i] for i in run],
+        first_matrix=[first_matrix[i] for i in run],
         counted=[counted[i] for i in run], numels=[numels[i] for i in run], steps=[steps[i] for i in run],
         lr=hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"],
         decay_rate=float(hp["decay_rate"]), eps1=float(hp["eps1"]), eps2=float(hp["eps2"]),
         clip_threshold=float(hp["clip_threshold"]), beta1=hp["beta1"], weight_decay=float(hp["weight_decay"]),
         scale_parameter=hp["scale_parameter"], maximize=hp["maximize"]) for run in waves(numels)], mesh_group)
-    return True
+    return rest
 
 
 def _rows(r: Tensor, p: Tensor) -> Tensor:

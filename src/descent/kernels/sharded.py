@@ -139,14 +139,21 @@ def lamb_stages(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
 
 def adafactor_fits(params: list[torch.Tensor], factored: list[bool], rows_sharded: list[bool],
                    states: list[torch.Tensor | None]) -> bool:
-    """Whether :func:`adafactor_sharded` takes these local tensors: 2-D factored ones split by rows
-    (or whole), 1-D unfactored ones, dense float32/float64 on the CPU."""
+    """Whether :func:`adafactor_sharded` takes these local tensors: factored ones (``[..., n, m]``) whose
+    local part is whole matrices or a run of rows of each (``rows_sharded``), 1-D unfactored ones, dense
+    float32/float64 on the CPU."""
     return supports(params) and all(t is None or (t.is_contiguous() and t.dtype == params[0].dtype) for t in states) \
         and all(
-        (p.ndim == 2 and f and rs) or (p.ndim == 1 and not f) for p, f, rs in zip(params, factored, rows_sharded))
+        (p.ndim >= 2 and f and rs) or (p.ndim == 1 and not f) for p, f, rs in zip(params, factored, rows_sharded))
+
+
+def _matrices(t: np.ndarray) -> np.ndarray:
+    """A local factored tensor ``[..., rows, m]`` as a stack of 2-D blocks ``(k, rows, m)`` (a view)."""
+    return t.reshape(-1, t.shape[-2], t.shape[-1])
 
 
 def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
+                      first_matrix: list[int] | None = None,
                       counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
                       warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
                       beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool,
@@ -154,19 +161,22 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
     """Adafactor over local row blocks with :mod:`descent.kernels.adafactor`'s per-element passes,
     two ``reduce`` calls (sums over the ranks) between them (:func:`adafactor_stages`, run with ``reduce``).
 
-    ``params``... are this rank's rows (``first_row`` their offset in the whole matrix,
-    ``numels`` the whole tensors' sizes);
+    ``params``... are this rank's rows (``first_row`` their offset in each whole matrix,
+    ``first_matrix`` the index of its first matrix in the flattened batch of a tensor of more than two
+    dimensions split along dim 0, ``numels`` the whole tensors' sizes);
     ``row_var``/``col_var`` are the whole statistics (the same on every rank), ``variance``
     and ``exp_avg`` local like the parameter; ``counted`` says whether this rank's sums count
     (False for a replicated tensor on ranks other than the first).
     """
-    drive(adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, first_row=first_row, counted=counted,
+    drive(adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, first_row=first_row,
+                           first_matrix=first_matrix, counted=counted,
                            numels=numels, steps=steps, lr=lr, relative_step=relative_step, warmup_init=warmup_init,
                            decay_rate=decay_rate, eps1=eps1, eps2=eps2, clip_threshold=clip_threshold, beta1=beta1,
                            weight_decay=weight_decay, scale_parameter=scale_parameter, maximize=maximize), reduce)
 
 
 def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
+                     first_matrix: list[int] | None = None,
                      counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
                      warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
                      beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool) -> Stages:
@@ -178,15 +188,18 @@ def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, firs
     dt = like(params[0]).dtype.type
     b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
     n_t = len(params)
+    first_matrix = first_matrix or [0] * n_t
     sq_p, sq_u, parts = np.zeros(n_t), np.zeros(n_t), []
     for i, (p, g) in enumerate(zip(params, grads)):
         lp, lg = p.detach().numpy(), g.detach().numpy()
         if row_var[i] is not None:  # pass A: this rank's row means and column sums (state untouched)
-            n, m = row_var[i].numel(), col_var[i].numel()
-            means, cols = np.zeros(n, dtype=lp.dtype), np.zeros(m)
-            if lp.size:
-                own = means[first_row[i]:first_row[i] + lp.shape[0]]  # receives the row means (b2 = 0, c2 = 1)
-                sq_p[i] = _factored_stats(lp.reshape(-1), lg, own, cols, dt(eps1), dt(0.0), dt(1.0))
+            m = lp.shape[-1]
+            n = row_var[i].numel() // max(col_var[i].numel() // m, 1)  # rows of one matrix
+            means, cols = np.zeros(row_var[i].numel(), dtype=lp.dtype), np.zeros(col_var[i].numel())
+            for j, (bp, bg) in enumerate(zip(_matrices(lp), _matrices(lg)) if lp.size else ()):
+                b, r0 = first_matrix[i] + j, first_row[i]  # receives the row means (b2 = 0, c2 = 1)
+                sq_p[i] += _factored_stats(bp.reshape(-1), bg, means[b * n + r0:b * n + r0 + bg.shape[0]],
+                                           cols[b * m:(b + 1) * m], dt(eps1), dt(0.0), dt(1.0))
             parts += [torch.from_numpy(means.astype(np.float64) * counted[i]), torch.from_numpy(cols * counted[i])]
         else:
             lv = variance[i].detach().numpy()
@@ -198,13 +211,17 @@ def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, firs
     factors = {}
     for k, i in enumerate(i for i in range(n_t) if row_var[i] is not None):
         row, col = row_var[i].detach().numpy().reshape(-1), col_var[i].detach().numpy().reshape(-1)
-        n, m = row.size, col.size
+        lg = grads[i].detach().numpy()
+        m = lg.shape[-1]
+        n = row.size // max(col.size // m, 1)
         row[:] = row * dt(b2s[i]) + summed[2 * k].detach().numpy().astype(row.dtype) * dt(1.0 - b2s[i])
-        rf, cf = np.empty(n, dtype=row.dtype), np.empty(m, dtype=row.dtype)
+        rf, cf = np.empty(row.size, dtype=row.dtype), np.empty(col.size, dtype=row.dtype)
         _factors(row, col, summed[2 * k + 1].detach().numpy(), rf, cf, n, m, dt(b2s[i]), dt(1.0 - b2s[i]))
-        lp, lg = params[i].detach().numpy(), grads[i].detach().numpy()
-        factors[i] = (rf[first_row[i]:first_row[i] + lp.shape[0]], cf)
-        sq_u[i] = _factored_usum(lg, *factors[i]) if lp.size else 0.0
+        blocks = _matrices(lg) if lg.size else lg.reshape(0, 0, m)
+        r0, b0 = first_row[i], first_matrix[i]
+        factors[i] = [(rf[(b0 + j) * n + r0:(b0 + j) * n + r0 + blocks.shape[1]], cf[(b0 + j) * m:(b0 + j + 1) * m])
+                      for j in range(blocks.shape[0])]
+        sq_u[i] = sum(_factored_usum(bg, *fs) for bg, fs in zip(blocks, factors[i]))
     sq_u = (yield [torch.from_numpy(sq_u * mask)])[0].detach().numpy()
     rates = [adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in steps]
     steps_sizes = [_step_size(max(numels[i], 1), sq_u[i], sq_p[i], rates[i], eps2, clip_threshold, weight_decay,
@@ -226,7 +243,8 @@ def _adafactor_apply(params, grads, variance, exp_avg, factors, steps_sizes, bet
         if not lp.size:
             continue
         if i in factors:
-            _factored_apply(lp, lg, *factors[i], dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
+            for bp, bg, bm, fs in zip(_matrices(lp), _matrices(lg), _matrices(mom), factors[i]):
+                _factored_apply(bp, bg, *fs, dt(scale), dt(decay), bm, b1, dt(1.0) - b1, use_m, sign)
         else:
             lv = variance[i].detach().numpy()
             _vector_apply(lp, lg, lv, dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
