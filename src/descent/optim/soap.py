@@ -148,7 +148,9 @@ class SOAP(Optimizer):
     def _update(self, backend: str, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                 states: list[dict[str, Any]], overrides: Mapping[str, Any] | None = None) -> None:
         """Matrices, vectors and empty tensors on the declaration; per-dimension tensors one by one."""
-        shapes = [_checked_layout(p, s, group) for p, s in zip(params, states)]
+        # the layout check is eager only (under torch.compile it would add graphs; load_state_dict checks too)
+        compiling = torch.compiler.is_compiling()
+        shapes = [_per_dim_shape(p, group) if compiling else _checked_layout(p, s, group) for p, s in zip(params, states)]
         rest = [i for i, shape in enumerate(shapes) if shape is None]
         if len(rest) == len(params):
             return run_declaration(self.declaration, backend, group, params, grads, states, overrides)
