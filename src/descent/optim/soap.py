@@ -150,7 +150,8 @@ class SOAP(Optimizer):
         """Matrices, vectors and empty tensors on the declaration; per-dimension tensors one by one."""
         # the layout check is eager only (under torch.compile it would add graphs; load_state_dict checks too)
         compiling = torch.compiler.is_compiling()
-        shapes = [_per_dim_shape(p, group) if compiling else _checked_layout(p, s, group) for p, s in zip(params, states)]
+        shapes = [_per_dim_shape(p, group) if compiling else _checked_layout(p, s, group)
+                  for p, s in zip(params, states)]
         rest = [i for i, shape in enumerate(shapes) if shape is None]
         if len(rest) == len(params):
             return run_declaration(self.declaration, backend, group, params, grads, states, overrides)
@@ -163,8 +164,8 @@ class SOAP(Optimizer):
             hp.update((k, v) for k, v in overrides.items() if v is not None)
         for i, step in zip(per_dim, _advanced_ints(states, per_dim)):
             s, shape = states[i], shapes[i]
-            F.soap_nd(params[i], grads[i], s["exp_avg"], s["exp_avg_sq"], [s.get(f"gg_{d}") for d in range(len(shape))],
-                      [s.get(f"q_{d}") for d in range(len(shape))], shape=shape, step=step, **hp)
+            gg, q = ([s.get(f"{x}_{d}") for d in range(len(shape))] for x in ("gg", "q"))
+            F.soap_nd(params[i], grads[i], s["exp_avg"], s["exp_avg_sq"], gg, q, shape=shape, step=step, **hp)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, then a check that every loaded state has this SOAP's layout (see :func:`_checked_layout`)."""
