@@ -22,6 +22,9 @@ largest fraction of the Newton-Schulz cost that one rank carries (1/N is perfect
 time the busiest rank spent blocked in descent's collectives per step
 (``descent.distributed._comm.waited``); ``--overlap off`` runs the collectives blocking in one
 wave (``DESCENT_OVERLAP=0``), ``--overlap both`` runs each optimizer both ways (an "overlap" column).
+``--phases`` adds the CPU seconds per step of the busiest process in the phases of the Shampoo/SOAP
+step: the optimizer's ``_update`` (eigh/QR, rotations), the all-to-all to the owners (with the
+concatenation), the return of the rows, and the all-gathers of the "gather" scheme.
 
 Every process gets ``OMP_NUM_THREADS=1`` and ``NUMBA_NUM_THREADS=1``: on a 2-core
 machine 4 processes oversubscribe it, so times for 4 processes measure contention too.
@@ -97,6 +100,7 @@ def _worker(args: argparse.Namespace) -> None:
         for p, g in zip(params, grads):
             p.grad = D.shard_like(g, p)
         opt.step()  # state, kernels compiled
+        phases = _time_phases(opt) if args.phases else {}
         times, cpu = [], []
         D.reset_traffic()
         _owner.ns_seconds[0] = 0.0
@@ -130,6 +134,12 @@ def _worker(args: argparse.Namespace) -> None:
                          sent_mb=float(sent) / 1e6,
                          x_matrices=float(sent) / matrix_bytes, ns_share=share,
                          ns_ms=float(ns_ms) if name.startswith("Muon") and world > 1 else None))
+        if phases:
+            cpu_s = torch.tensor([phases[k] / args.iters for k in sorted(phases)])
+            if world > 1:
+                dist.all_reduce(cpu_s, op=dist.ReduceOp.MAX)
+            rows[-1]["phases_cpu_s"] = dict(zip(sorted(phases), cpu_s.tolist()))
+            _time_phases(None)
         del opt
     if rank == 0:
         with open(args.out, "w") as f:
@@ -139,6 +149,38 @@ def _worker(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
+def _time_phases(opt) -> dict[str, float]:
+    """Wrap the phases of the owner/gather step with CPU timers (``opt`` None: unwrap); the totals, filled as
+    steps run, are returned (after the first, compiling step)."""
+    from descent.distributed import _precond, _step
+
+    saved = _time_phases.__dict__.setdefault("saved", {})
+    for (mod, name), fn in saved.items():
+        setattr(mod, name, fn)
+    saved.clear()
+    if opt is None:
+        return {}
+    totals: dict[str, float] = {}
+
+    def timed(key, fn):
+        def run(*a, **k):
+            c0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                totals[key] = totals.get(key, 0.0) + time.process_time() - c0
+        return run
+
+    for mod, name, key in ((_precond, "exchange", "to owners"), (_precond, "_return_rows", "back"),
+                           (_step, "_full", "all-gathers")):
+        saved[(mod, name)] = getattr(mod, name)
+        setattr(mod, name, timed(key, getattr(mod, name)))
+    opt._update = timed("_update", opt._update)
+    for key in ("to owners", "back", "all-gathers", "_update"):
+        totals[key] = 0.0
+    return totals
+
+
 def _launch(n: int, args: argparse.Namespace) -> dict:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -146,7 +188,7 @@ def _launch(n: int, args: argparse.Namespace) -> dict:
     sock.close()
     out = tempfile.mktemp(suffix=".json")
     cmd = [sys.executable, __file__, "--worker", "--out", out, "--width", str(args.width), "--iters", str(args.iters),
-           "--overlap", args.overlap, "--only", *args.only]
+           "--overlap", args.overlap, *(["--phases"] if args.phases else []), "--only", *args.only]
     procs = []
     for r in range(n):
         env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -176,6 +218,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process count")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="on",
                         help="collectives async in waves (on, the default), blocking in one wave (off), or both")
+    parser.add_argument("--phases", action="store_true", help="CPU seconds per phase of the Shampoo/SOAP step")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -199,6 +242,8 @@ def main() -> None:
             print(f"{r['optimizer']:16} {'on' if r['overlap'] else 'off':>7} {r['nprocs']:>5} {r['ms']:>9.1f} "
                   f"{r['cpu_ms']:>7.1f} {r['wait_ms']:>7.1f} {r['sent_mb']:>13.2f} "
                   f"{r['x_matrices']:>10.2f} {share:>9} {ns_ms:>20}")
+            if r.get("phases_cpu_s"):
+                print("    CPU s per step in", ", ".join(f"{k} {v:.2f}" for k, v in r["phases_cpu_s"].items()))
 
 
 if __name__ == "__main__":

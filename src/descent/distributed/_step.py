@@ -8,9 +8,11 @@ bucket holds DTensors (FSDP2's ``fully_shard``). It picks how with :func:`mode_o
   single-process ones.
 * ``"lamb"``, ``"adafactor"``, ``"mars"``: the per-tensor statistics are local partial sums, reduced
   over the mesh with one ``all_reduce`` per bucket (two for Adafactor, and for MARS with
-  ``cautious=True``) (:mod:`._stats`).
+  ``cautious=True``) (:mod:`._stats`); on the Numba path one per wave of the bucket, started
+  asynchronously so that they overlap the next wave's pass (:func:`._comm.run_stages`).
 * ``"matrix"``: each whole matrix goes to one owner rank (balanced by Newton–Schulz cost),
-  which orthogonalizes it; the update returns as shards (:mod:`._owner`).
+  which orthogonalizes it; the update returns as shards (:mod:`._owner`), in waves whose
+  all-to-alls overlap the Newton–Schulz work of the previous wave.
 * ``"owner"``: Shampoo and SOAP: each whole matrix, and its preconditioners, live on
   one owner rank, which runs the one-process step on it; parameter and state rows go
   there and back by all-to-all (:mod:`._precond`).
