@@ -1,5 +1,7 @@
 """LR finder: exact restoration, divergence stop, multi-group ratios, suggestion vs a grid search."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +229,15 @@ def test_total_steps_bad_input():
         descent.find_lr(model, opt, iter(data), nn.functional.mse_loss, total_steps=10)
     with pytest.raises(ValueError, match="probe_steps"):
         descent.find_lr(model, opt, data, nn.functional.mse_loss, total_steps=10, probe_steps=0)
+
+
+def test_probe_search_reads_the_vertex_of_the_valley():
+    from descent.tools import _lr_probe
+
+    star = 10.0 ** -1.07  # between two quarter-decade probes below the edge 1.0 (k = 4.28)
+    found = _lr_probe.search(lambda lr: (math.log10(lr) - math.log10(star)) ** 2 + 0.3, 1.0, 50, 50)
+    assert found.best == pytest.approx(star, rel=1e-9)  # exact on a parabola; the lowest probe is 0.1
+    assert found.low <= found.best <= found.high
+    # with a diverged neighbour the lowest probe is kept; the run-length factor still applies
+    found = _lr_probe.search(lambda lr: math.inf if lr > 0.11 else (math.log10(lr) + 1.0) ** 2, 1.0, 25, 100)
+    assert found.best == pytest.approx(0.1 * 0.5, rel=1e-9)

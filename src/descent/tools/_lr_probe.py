@@ -36,6 +36,10 @@ HORIZON_EXPONENT = 0.5
 RANGE_TOLERANCE = 0.05
 #: a probe whose loss exceeds this multiple of its first loss has diverged.
 PROBE_DIVERGE = 4.0
+#: how the best probe lr is read off the scores: ``"parabola"`` (the vertex of a parabola in log-lr
+#: through the lowest probe and its two neighbours: within half a step of it) or ``"argmin"`` (the lowest
+#: probe; the method before, see find_lr for both on the calibration seeds).
+SELECT = "parabola"
 
 
 def probe_length(total_steps: int, fraction: float | None = None) -> int:
@@ -62,7 +66,8 @@ def search(probe: Callable[[float], float], edge: float, probe_steps: int, total
     ``probe(lr)`` trains one probe and returns its score (lower is better; ``inf`` if it diverged).
     The first probes are ``edge * 10 ** (-k / 4)`` for ``k`` in :data:`FIRST_PROBES`; if the lowest
     one wins, up to :data:`MAX_EXTEND` half-decade steps further down; if the edge itself wins, one
-    half-decade step above it; then the two quarter-decade neighbours of the winner.
+    half-decade step above it; then the two quarter-decade neighbours of the winner. The best lr is
+    the vertex of the parabola (in log-lr) through the winner and those neighbours (:data:`SELECT`).
     """
     scores: dict[int, float] = {}
 
@@ -91,8 +96,9 @@ def search(probe: Callable[[float], float], edge: float, probe_steps: int, total
     lrs = {kk: edge * 10.0 ** (-kk / 4) for kk in scores}
     ok = [lrs[kk] for kk, s in scores.items() if math.isfinite(best_score)
           and s <= best_score + RANGE_TOLERANCE * abs(best_score) + 0.01]
-    return ProbeSearch(best=lrs[k] * factor, low=min(ok, default=lrs[k]) * factor,
-                       high=max(ok, default=lrs[k]) * factor,
+    best = edge * 10.0 ** (-(_vertex(scores, k) if SELECT == "parabola" else k) / 4)
+    return ProbeSearch(best=best * factor, low=min(ok + [best], default=lrs[k]) * factor,
+                       high=max(ok + [best], default=lrs[k]) * factor,
                        scores={lrs[kk]: s for kk, s in sorted(scores.items())}, factor=factor)
 
 
@@ -106,6 +112,16 @@ def edge_lr(lrs: list[float], smoothed: list[float], stop: str | None, skip_star
     if imin > start:
         return float(lrs[imin])
     return float(lrs[-1]) / (10.0 ** 0.5 if stop is not None else 1.0)
+
+
+def _vertex(scores: dict[int, float], k: int) -> float:
+    """The minimum, in quarter decades, of the parabola through the scores at ``k - 1, k, k + 1``
+    (``k`` itself when a neighbour is missing or diverged, or the parabola opens downward)."""
+    a, b, c = scores.get(k - 1, math.inf), scores[k], scores.get(k + 1, math.inf)
+    curv = a + c - 2.0 * b
+    if not (math.isfinite(a) and math.isfinite(c)) or not curv > 0:
+        return float(k)
+    return float(min(k + 1.0, max(k - 1.0, k + 0.5 * (a - c) / curv)))
 
 
 def _argbest(scores: dict[int, float]) -> int:
