@@ -372,3 +372,19 @@ def test_tiny_buckets_whose_tensors_count_as_large_match_the_functional(name, sh
         runs.append(ps)
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=0, atol=KERNEL_TOL[name])
+
+
+@pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
+def test_step_counters_advance_as_foreach_add_does():
+    """float32 CPU counters are advanced by one compiled loop over their addresses; others by torch."""
+    from descent.kernels.multi import advance_counters
+    from descent.optim._run import advance_steps
+
+    a = [torch.full((), float(v)) for v in (0, 1, 2**24 - 2, 7)]
+    b = [t.clone() for t in a]
+    assert advance_steps(a) == [1, 2, 2**24 - 1, 8]
+    torch._foreach_add_(b, 1.0)
+    assert all(torch.equal(x, y) and x.dtype == torch.float32 for x, y in zip(a, b))
+    assert advance_counters([torch.zeros(()), torch.zeros((), dtype=torch.float64)]) is None
+    c = [torch.zeros(()), torch.zeros((), dtype=torch.float64)]
+    assert advance_steps(c) == [1, 1] and c[1].dtype == torch.float64 and c[1].item() == 1.0

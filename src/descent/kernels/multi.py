@@ -29,10 +29,11 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["BLOCK", "WAVE", "Plan", "plan", "chunks", "view", "fma"]
+__all__ = ["BLOCK", "WAVE", "Plan", "plan", "chunks", "view", "fma", "advance_counters"]
 
 #: Target elements per block: 64 KiB per float32 array, so a block's arrays stay in L2
 #: between the passes a kernel makes over one block.
@@ -78,6 +79,41 @@ def large_mask(large, count):  # pragma: no cover - compiled
     for i in range(large.size):
         mask[large[i]] = True
     return mask
+
+
+@njit(nogil=True, cache=True)
+def _advance(ptrs, like, out):  # pragma: no cover - compiled
+    """Add 1 to the one-element counters at ``ptrs`` (``like``'s dtype); ``out[i]`` their new values."""
+    one = like.dtype.type(1.0)
+    for i in range(ptrs.size):
+        c = view(ptrs[i], 1, like)
+        c[0] += one
+        out[i] = c[0]
+
+
+_F32 = np.empty(1, dtype=np.float32)
+
+
+def advance_counters(steps: list[torch.Tensor]) -> list[int] | None:
+    """Add 1 to float32 CPU step counters through their addresses, in one compiled loop, and
+    return their new values; ``None`` (nothing changed) if one is not a plain float32 CPU
+    tensor of one element.
+
+    ``torch._foreach_add_`` on 200 CPU scalars costs about 0.3 ms (one op per tensor), a tenth of
+    a whole LAMB step that moves 560 MB; this loop costs a few microseconds (plus reading the
+    addresses). The values are the same: float32 ``c + 1``.
+
+    Example:
+        >>> steps = [torch.zeros(()), torch.full((), 4.0)]
+        >>> advance_counters(steps), [s.item() for s in steps]
+        ([1, 5], [1.0, 5.0])
+    """
+    for s in steps:
+        if type(s) is not torch.Tensor or s.dtype is not torch.float32 or not s.is_cpu or s.numel() != 1:
+            return None
+    out = np.empty(len(steps))
+    _advance(np.fromiter([s.data_ptr() for s in steps], dtype=np.int64, count=len(steps)), _F32, out)
+    return out.astype(np.int64).tolist()
 
 
 class Plan(NamedTuple):

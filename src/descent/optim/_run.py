@@ -39,7 +39,14 @@ __all__ = ["run_declaration", "advance_steps"]
 
 
 def advance_steps(steps: list[Tensor]) -> list[int]:
-    """Add 1 to every step counter of a bucket (one multi-tensor op) and return the new values."""
+    """Add 1 to every step counter of a bucket (one multi-tensor op, or one compiled loop over
+    float32 CPU counters: :func:`descent.kernels.multi.advance_counters`) and return the new values."""
+    if K.AVAILABLE and steps:
+        from ..kernels.multi import advance_counters
+
+        ints = advance_counters(steps)
+        if ints is not None:
+            return ints
     torch._foreach_add_(steps, 1.0)
     return [int(v) for v in torch.stack(steps).tolist()]
 
