@@ -3,12 +3,13 @@ against "dequantize, run descent.functional, quantize"."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from descent import functional as F
 from descent.lowbit import QuantState, aligned_ranges, code_map, dynamic_map, linear_map
-from descent.lowbit.maps import lookup
+from descent.lowbit.maps import dynamic_layout, lookup
 
 kernels = pytest.importorskip("descent.kernels.lowbit")
 
@@ -235,3 +236,52 @@ def test_adam_kernel_rejects_amsgrad():
     with pytest.raises(ValueError, match="amsgrad"):
         kernels.adam_lowbit([torch.zeros(4096)], [torch.zeros(4096)], [s.codes], [s.absmax], [s.qmap], [s.codes],
                             [s.absmax], [s.qmap], steps=[1], lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, amsgrad=True)
+
+
+def _ulps(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` moved by ``k`` float32 ulps away from 0 (toward 0 for negative ``k``)."""
+    bits = x.abs().view(torch.int32) + k
+    return torch.where(x < 0, -bits.view(torch.float32), bits.view(torch.float32))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_arithmetic_encoder_equals_reference_on_adversarial_values(signed, dtype):
+    """The 8-bit dynamic maps quantize by arithmetic (kernels.lowbit._encode), falling back to the table
+    near midpoints: the codes equal the torch reference's on every midpoint +-0..3 ulps, 0, -0,
+    denormals, entries, +-absmax and random values, with absmax 1 and with random absmax."""
+    qmap = code_map(signed, 8)
+    assert kernels._arithmetic(tuple(qmap.tolist()))[-1], "the dynamic map must take the arithmetic path"
+    assert not kernels._arithmetic(tuple(code_map(signed, 4).tolist()))[-1]
+    mids = (qmap[:-1] + qmap[1:]) / 2
+    near = torch.cat([_ulps(mids, k) for k in range(-3, 4)] + [qmap])
+    tiny = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 2.0**-126, -(2.0**-126), 1.0, -1.0])
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat([near, tiny, torch.rand(6000, generator=gen) * 2 - 1, torch.randn(3000, generator=gen) * 1e-3])
+    x = x if signed else x.abs()
+    x = x[torch.randperm(x.numel(), generator=gen)][: x.numel() // 256 * 256].view(-1, 256)
+    x[:, 0] = torch.where(x[:, 0] < 0, -1.0, 1.0)  # absmax 1: the normalized values are x itself
+    for scale in (torch.ones(x.shape[0], 1), torch.rand(x.shape[0], 1, generator=gen) * 10.0 ** torch.randint(
+            -8, 4, (x.shape[0], 1), generator=gen)):
+        values = (x * scale).reshape(-1).to(dtype)
+        state = QuantState.zeros(values.numel(), signed, 8)
+        kernels.sgd_lowbit([torch.zeros_like(values)], [values], [state.codes], [state.absmax], [state.qmap],
+                           lr=0.0, momentum=0.9, first=True)
+        ref = QuantState.quantize(values, signed, 8)
+        assert torch.equal(state.absmax, ref.absmax)
+        assert torch.equal(state.codes, ref.codes)
+
+
+def test_arithmetic_encoder_check_rejects_a_wrong_layout():
+    """The build-time check (every midpoint's band) catches a layout that would give other codes."""
+    qmap = code_map(True, 8)
+    cross, ten, zero, e = dynamic_layout(qmap)
+    mids = lookup(qmap).mids
+    xs = torch.cat([_ulps(torch.from_numpy(mids), k) for k in (-1, 0, 1)]).numpy()
+    want = np.searchsorted(mids, xs, side="left").astype(np.uint8)
+    edge = np.zeros(xs.size, bool)
+    args = (cross, ten, np.int32(zero), np.int32(e))
+    assert kernels._encode_agrees(xs, want, edge, *args)
+    wrong = cross.copy()
+    wrong[3] = np.nextafter(wrong[3], np.float32(1))  # one decade boundary moved by an ulp
+    assert not kernels._encode_agrees(xs, want, edge, wrong, *args[1:])

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["dynamic_map", "linear_map", "square_map", "code_map", "Lookup", "lookup", "SHIFT"]
+__all__ = ["dynamic_map", "linear_map", "square_map", "code_map", "Lookup", "lookup", "dynamic_layout", "SHIFT"]
 
 #: Right shift applied to the bits of a float32 magnitude to index the lookup table
 #: (8 mantissa bits kept, so at most one midpoint falls in a bucket).
@@ -176,3 +176,37 @@ def _lookup(values: tuple[float, ...]) -> Lookup:
     padded = np.append(mids, np.float32(np.inf)).astype(np.float32)
     thr = np.where(last > first, padded[np.minimum(first, len(mids))], np.float32(np.inf)).astype(np.float32)
     return Lookup(qmap, mids, first.astype(np.uint8), thr, key_min, len(keys))
+
+
+def dynamic_layout(qmap: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+    """The decades of an 8-bit dynamic map (:func:`dynamic_map`), for quantizing by arithmetic.
+
+    Such a map holds 0, then decades ``d = 0..6`` of ``2**(d + e)`` equally spaced entries
+    ``10**(d - 6) * (0.1 + 0.9 * (k + 0.5) / 2**(d + e))`` (``e`` = 0 signed, 1 unsigned; a
+    signed map mirrors them below 0), then 1. Returns ``(cross, ten, zero, e)``: the float32
+    midpoints below each decade's first entry and below 1 (8 values), ``10**(6 - d)`` (float32),
+    the code of 0 and ``e``; ``None`` for any other map. The kernel checks the arithmetic
+    against the table on every midpoint's neighbourhood before using it
+    (:func:`descent.kernels.lowbit._tables`).
+
+    Example:
+        >>> cross, ten, zero, e = dynamic_layout(dynamic_map(False, 8))
+        >>> zero, e, float(ten[6])
+        (0, 1, 1.0)
+    """
+    q = qmap.detach().cpu().float().numpy()
+    if q.size != 256:
+        return None
+    e = 0 if q[0] < 0 else 1
+    zero = int(np.searchsorted(q, 0.0))
+    starts = zero + 1 + np.cumsum([0] + [2 ** (d + e) for d in range(7)])
+    if q[zero] != 0 or starts[-1] != 255 or q[255] != 1.0 or (e == 0 and zero != 127):
+        return None
+    for d in range(7):
+        want = 10.0 ** (d - 6) * (0.1 + 0.9 * (np.arange(2 ** (d + e)) + 0.5) / 2 ** (d + e))
+        if not np.allclose(q[starts[d]:starts[d + 1]], want, rtol=1e-5, atol=0):
+            return None
+    mids = ((q[:-1] + q[1:]) / np.float32(2)).astype(np.float32)
+    cross = mids[np.append(starts[:7], 255) - 1]
+    ten = np.array([10.0 ** (6 - d) for d in range(7)], dtype=np.float32)
+    return cross, ten, zero, e
