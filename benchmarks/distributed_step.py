@@ -23,8 +23,9 @@ time the busiest rank spent blocked in descent's collectives per step
 (``descent.distributed._comm.waited``); ``--overlap off`` runs the collectives blocking in one
 wave (``DESCENT_OVERLAP=0``), ``--overlap both`` runs each optimizer both ways (an "overlap" column).
 ``--phases`` adds the CPU seconds per step of the busiest process in the phases of the Shampoo/SOAP
-step: the optimizer's ``_update`` (eigh/QR, rotations), the all-to-all to the owners (with the
-concatenation), the return of the rows, and the all-gathers of the "gather" scheme.
+step: the optimizer's ``_update`` (eigh/QR, rotations), the all-to-all to the owners, the return of
+the rows, and the all-gathers of the "gather" scheme (with ``--overlap off`` the all-to-alls are
+blocking and counted in their phase; with overlap, their transfer runs beside the ``_update``).
 
 Every process gets ``OMP_NUM_THREADS=1`` and ``NUMBA_NUM_THREADS=1``: on a 2-core
 machine 4 processes oversubscribe it, so times for 4 processes measure contention too.
@@ -171,8 +172,8 @@ def _time_phases(opt) -> dict[str, float]:
                 totals[key] = totals.get(key, 0.0) + time.process_time() - c0
         return run
 
-    for mod, name, key in ((_precond, "exchange", "to owners"), (_precond, "_return_rows", "back"),
-                           (_step, "_full", "all-gathers")):
+    for mod, name, key in ((_precond, "_to_owners", "to owners"), (_precond, "_return_rows", "back"),
+                           (_precond, "_write_rows", "back"), (_step, "_full", "all-gathers")):
         saved[(mod, name)] = getattr(mod, name)
         setattr(mod, name, timed(key, getattr(mod, name)))
     opt._update = timed("_update", opt._update)

@@ -17,7 +17,8 @@ import descent.distributed as D
 from test_distributed_worker import OPTIMIZERS, STEPS, full, model_fn, run_wrapped
 
 #: Steps whose collectives run in waves, asynchronously (descent.distributed._comm.overlap).
-OVERLAPPED = ("LAMB", "Adafactor", "Adafactor-b1-max", "MARS", "MARS-wd-max", "Muon", "Muon-default")
+OVERLAPPED = ("LAMB", "Adafactor", "Adafactor-b1-max", "MARS", "MARS-wd-max", "Muon", "Muon-default", "Shampoo",
+              "SOAP", "SOAP-cautious")
 
 
 def scenario_overlap(_: str) -> dict:

@@ -7,7 +7,9 @@ shards (the parameter, its gradient and its state shaped like the parameter, e.g
 ``exp_avg``/``exp_avg_sq``) to its owner; the owner runs the optimizer's own one-process
 ``_update`` on the whole tensors (with the preconditioners only it holds); a second
 all-to-all returns each rank its rows of the new parameter and state. The result is the
-one-process step bit for bit (the same ``_update`` on the same whole tensors).
+one-process step bit for bit (the same ``_update`` on the same whole tensors). A bucket goes in
+waves (:func:`descent.distributed._comm.waves`, asynchronous all-to-alls): the next wave's rows
+travel to their owners, and the previous wave's results back, while the owners run ``_update``.
 
 State, and checkpoints: state shaped like the parameter stays a DTensor with the
 parameter's layout (``torch.distributed.checkpoint`` reshards it); the preconditioners
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._comm import assign_owners, exchange
+from ._comm import Pending, assign_owners, start_exchange, waves
 from ._layout import is_dtensor, is_sharded, like_param, local, local_range, local_slice, shard_count, \
     shard_dim, shard_group, shard_rank, shard_shape
 
@@ -93,12 +95,36 @@ def owner_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tenso
     if any(local(s[k]).dtype != dtype for s, ks in zip(states, keys) for k in ks):
         from ._step import gather_step  # one dtype per all-to-all: state in another dtype is gathered instead
         return gather_step(opt, backend, group, params, grads, overrides)
-    n = range(len(params))
-    parts = [[local(params[i]), local(grads[i])] + [local(states[i][k]) for k in keys[i]] for i in n]
-    mine = [i for i in n if owners[i] == me]
-    got = exchange([[t for i in n if owners[i] == r for t in parts[i]] for r in range(world)],
-                   [[shard_shape(params[i], src).numel() for i in mine for _ in parts[i]] for src in range(world)],
-                   dtype, pg)
+    runs = waves([p.numel() for p in params])  # each wave's all-to-all overlaps the previous wave's _update
+    parts = [[local(p), local(g)] + [local(s[k]) for k in ks] for p, g, s, ks in zip(params, grads, states, keys)]
+    ahead = _to_owners(params, parts, owners, runs[0], dtype, pg)
+    returning = []
+    for k, run in enumerate(runs):
+        pending, ahead = ahead, (_to_owners(params, parts, owners, runs[k + 1], dtype, pg)
+                                 if k + 1 < len(runs) else None)
+        mine, full_p, views = _owner_update(opt, backend, group, overrides, params, states, keys, owners, run,
+                                            parts, pending.wait())
+        returning.append((run, _return_rows(params, keys, owners, run, mine, full_p, views, dtype, pg)))
+    for run, pending in returning:
+        _write_rows(params, states, keys, owners, run, pending.wait())
+
+
+def _to_owners(params: list[Tensor], parts: list[list[Tensor]], owners: list[int], run: list[int],
+               dtype: torch.dtype, pg: Any) -> Pending:
+    """Start the all-to-all that sends every rank's rows of the tensors of ``run`` (and their state) to their owners."""
+    world, me = shard_count(params[0]), shard_rank(params[0])
+    mine = [i for i in run if owners[i] == me]
+    return start_exchange([[t for i in run if owners[i] == r for t in parts[i]] for r in range(world)],
+                          [[shard_shape(params[i], src).numel() for i in mine for _ in parts[i]]
+                           for src in range(world)], dtype, pg)
+
+
+def _owner_update(opt: Any, backend: str, group: dict[str, Any], overrides: Mapping[str, Any] | None,
+                  params: list[Tensor], states: list[dict[str, Any]], keys: list[list[str]], owners: list[int],
+                  run: list[int], parts: list[list[Tensor]], got: list[list[Tensor]]) -> tuple[list[int], list, list]:
+    """The owner's one-process ``_update`` on the whole tensors of ``run`` it owns, assembled from ``got``."""
+    world, me = shard_count(params[0]), shard_rank(params[0])
+    mine = [i for i in run if owners[i] == me]
     cursor = [0] * world
     full_p, full_g, views = [], [], []
     for i in mine:
@@ -116,26 +142,30 @@ def owner_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tenso
         opt._update(backend, group, full_p, full_g, views, overrides)
     for i, view in zip(mine, views):  # the owner's own state: preconditioners, step
         states[i].update((k, v) for k, v in view.items() if k not in keys[i])
-    for i in n:
+    for i in run:
         if owners[i] != me and isinstance(states[i].get("step"), Tensor):
             states[i]["step"] += 1  # Shampoo and SOAP count one step per update (the owner's count)
-    _return_rows(params, states, keys, owners, mine, full_p, views, dtype, pg)
+    return mine, full_p, views
 
 
-def _return_rows(params: list[Tensor], states: list[dict[str, Any]], keys: list[list[str]], owners: list[int],
-                 mine: list[int], full_p: list[Tensor], views: list[dict[str, Any]], dtype: torch.dtype,
-                 pg: Any) -> None:
-    """The second all-to-all: each rank gets its rows of the new parameters and state from their owners."""
+def _return_rows(params: list[Tensor], keys: list[list[str]], owners: list[int], run: list[int], mine: list[int],
+                 full_p: list[Tensor], views: list[dict[str, Any]], dtype: torch.dtype, pg: Any) -> Pending:
+    """Start the second all-to-all: each rank's rows of the new parameters and state of ``run`` from their owners."""
     world = shard_count(params[0])
     send = [[t.narrow(shard_dim(params[i]), *local_range(params[i], r))
              for i, fp, v in zip(mine, full_p, views) for t in [fp] + [v[k] for k in keys[i]]]
             for r in range(world)]
-    recv = [[local(params[i]).numel() for i in range(len(params)) if owners[i] == s for _ in range(1 + len(keys[i]))]
+    recv = [[local(params[i]).numel() for i in run if owners[i] == s for _ in range(1 + len(keys[i]))]
             for s in range(world)]
-    back = exchange(send, recv, dtype, pg)
-    cursor = [0] * world
-    for i, p in enumerate(params):
+    return start_exchange(send, recv, dtype, pg)
+
+
+def _write_rows(params: list[Tensor], states: list[dict[str, Any]], keys: list[list[str]], owners: list[int],
+                run: list[int], back: list[list[Tensor]]) -> None:
+    """Copy the returned rows of ``run`` into the local parameters and state."""
+    cursor = [0] * len(back)
+    for i in run:
         s = owners[i]
-        for dst in [local(p)] + [local(states[i][k]) for k in keys[i]]:
+        for dst in [local(params[i])] + [local(states[i][k]) for k in keys[i]]:
             dst.copy_(back[s][cursor[s]].view(dst.shape))
             cursor[s] += 1
