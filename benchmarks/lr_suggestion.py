@@ -246,9 +246,10 @@ def floor_markdown(rows: list[dict[str, Any]]) -> str:
         out.append(f"| {r['task']} {r['optimizer']} seed {r['seed']} | {r['best_lr']:.3g} | {r['best_loss']:.4f} | "
                    f"{cells} | {r['ratio']:.2f} |")
     runs = [(v, r["best_loss"]) for r in rows for v in r["floor"].values()]
+    n10, n25 = sum(v <= 1.1 * b + 0.02 for v, b in runs), sum(v <= 1.25 * b for v, b in runs)
     out.append(f"\nOn {worse}/{len(rows)} rows the grid's own best lr, moved by one of these factors, ends more "
-               f"than 25 % above the grid's best. Of all {len(runs)} such runs, {sum(v <= 1.1 * b + 0.02 for v, b in runs)} "
-               f"end within 10 % (+0.02) of the grid's best and {sum(v <= 1.25 * b for v, b in runs)} within 25 %.")
+               f"than 25 % above the grid's best. Of all {len(runs)} such runs, {n10} end within 10 % (+0.02) "
+               f"of the grid's best and {n25} within 25 %.")
     return "\n".join(out)
 
 
