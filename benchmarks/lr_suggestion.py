@@ -11,6 +11,12 @@ rows, within 25 % on all.
     python benchmarks/lr_suggestion.py --quick              # 2 tasks, 1 seed, short runs
     python benchmarks/lr_suggestion.py --tasks linear,charlm --optimizers adamw --seeds 0
     python benchmarks/lr_suggestion.py --calibrate          # the synthetic problems the constants were chosen on
+    python benchmarks/lr_suggestion.py --tasks digits-mlp --seeds 3,4,5 --cache runs.json --floor --json a.json
+    python benchmarks/lr_suggestion.py --markdown a.json    # the README tables (and the noise floor with --floor)
+
+``--cache`` keeps every full run's validation loss, so after a change of the method only the range
+test, the probes and one full run per row run again; ``--floor`` also reruns the grid's best lr times
+0.94 ... 1.06 (how much a few % of lr, or 0.1 %, moves the final loss: the noise any lr rule faces).
 
 ``--calibrate`` runs the same comparison on two synthetic problems (or ``--tasks`` with seeds other than
 0-2) for variants of the method's constants (probe fraction, horizon exponent); that is where the
