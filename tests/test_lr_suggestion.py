@@ -72,3 +72,16 @@ def test_recipe_lr_auto_is_the_finder_suggestion():
     assert any(c == "lr" and "find_lr" in w for c, w, _ in r.explanations)
     with pytest.raises(ValueError, match="auto"):
         descent.recipe("convex", task.make_model(0), 60, lr="auto")
+
+
+def test_cache_returns_the_run_it_stored(tmp_path, monkeypatch):
+    bench = _bench()
+    task = bench.make_task("linear", 0)
+    bench.use_cache(str(tmp_path / "runs.json"))
+    first = bench._val(task, "sgd", 0.01, 5, 0)
+    assert json.loads((tmp_path / "runs.json").read_text()) == {"linear|sgd|0|5|0.01": first}
+    fresh = _bench()  # a new process: the value comes from the file, no training
+    fresh.use_cache(str(tmp_path / "runs.json"))
+    monkeypatch.setattr(fresh, "train", lambda *a, **k: pytest.fail("trained although cached"))
+    assert fresh._val(task, "sgd", 0.01, 5, 0) == first
+    assert bench._val(task, "sgd", 0.02, 5, 0) != first  # another lr is another run
