@@ -178,9 +178,11 @@ def test_checkpoint_reshards_to_one_rank(two_ranks) -> None:
 @pytest.mark.slow
 def test_four_ranks(two_ranks) -> None:
     _, ckpt = two_ranks
-    results = launch(4, "fsdp,load,adafactor_nd", ckpt, timeout=300)
+    results = launch(4, "fsdp,load,adafactor_nd,overlap", ckpt, timeout=300)
     for rank, res in results.items():
         _check_adafactor_nd(res, f"4 ranks rank {rank}")
+        for label, entry in res["overlap"].items():  # waves of one tensor: some ranks hold no row of it
+            _check(entry, f"overlap 4 ranks rank {rank} {label}", 0.0)
         for label, name, _, tol in OPTIMIZERS:
             if label in FSDP_GAPS:
                 continue

@@ -218,7 +218,7 @@ def start_exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Seque
     src = torch.cat(flat).to(dtype) if flat else torch.empty(0, dtype=dtype)
     dst = torch.empty(sum(out_sizes), dtype=dtype)
     work = None
-    if world > 1 and (sum(in_sizes) or sum(out_sizes)):
+    if world > 1:  # every rank, even one with nothing to send or receive in this call (it is a collective)
         size = src.element_size()
         work = _issue(lambda async_op: dist.all_to_all_single(
             _wire(dst), _wire(src), [n * size for n in out_sizes], [n * size for n in in_sizes], group=group,
