@@ -8,7 +8,9 @@ its Kronecker factors over a DDP model's ranks, :mod:`._kfac`); under FSDP2
 :func:`step_bucket`, which steps elementwise optimizers on the local shards, reduces the
 whole-tensor statistics of LAMB, Adafactor and MARS once per bucket, gives each Muon matrix
 to one owner rank for Newton–Schulz, and keeps each Shampoo/SOAP matrix with its
-preconditioners on one owner rank (:mod:`._precond`).
+preconditioners on one owner rank (:mod:`._precond`). Their collectives are asynchronous and a
+bucket goes in waves, so communication overlaps compute (:mod:`._comm`; ``DESCENT_OVERLAP=0``
+makes them blocking, with the same numbers).
 
 Example:
     >>> import torch, descent
