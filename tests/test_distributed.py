@@ -119,6 +119,7 @@ def test_preconditioners_live_on_one_owner_rank(two_ranks) -> None:
         assert sum(total) > 0
         assert [sum(c) for c in zip(*held)] == total, (name, held, total)  # each matrix's once, on its owner
         assert all(0 < sum(h) < sum(total) for h in held), (name, held)  # both ranks own some (balanced by cost)
+        assert all(res["owner_state"][name]["diff"] == 0.0 for res in results.values()), name  # square matrix too
 
 
 def test_soap_per_dimension_bases_live_on_owner_ranks(two_ranks) -> None:

@@ -229,18 +229,25 @@ def scenario_owner_state(_: str) -> dict:
 
     Each must be held by one rank only (its owner); one process holds them all.
     """
+    def square_model() -> nn.Module:  # a square matrix: its preconditioners have the parameter's shape
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3, bias=False))
+
     out = {}
-    for name, kwargs in (("shampoo", dict(lr=1e-2)), ("soap", dict(lr=1e-2))):
-        counts = []
+    for name, kwargs in (("shampoo", dict(lr=1e-2)), ("soap", dict(lr=1e-2, precondition_frequency=2))):
+        counts, params = [], []
         for wrapped in (True, False):
-            model = fsdp(model_fn()) if wrapped else model_fn()
+            model = fsdp(square_model()) if wrapped else square_model()
             opt = make(name, model, kwargs)
-            for p, g in zip(model.parameters(), full_grads(model, 0)):
-                p.grad = D.shard_like(g, p)
-            opt.step()
-            counts.append([sum(1 for v in opt.state[p].values() if isinstance(v, torch.Tensor) and v.ndim == 2
-                               and not D.is_dtensor(v) and v.shape != p.shape) for p in model.parameters()])
-        out[name] = {"here": counts[0], "one_process": counts[1]}
+            for step in range(3):
+                for p, g in zip(model.parameters(), full_grads(model, step)):
+                    p.grad = D.shard_like(g, p)
+                opt.step()
+            counts.append([sum(1 for k, v in opt.state[p].items() if k.startswith(type(opt).preconditioner_keys)
+                               and isinstance(v, torch.Tensor) and not D.is_dtensor(v)) for p in model.parameters()])
+            params.append([full(p) for p in model.parameters()])
+        diff = max(float((a - b).abs().max()) for a, b in zip(*params))
+        out[name] = {"here": counts[0], "one_process": counts[1], "diff": diff}
     out["soap_nd"] = soap_per_dimension()
     return out
 

@@ -27,7 +27,7 @@ def _dtensor_module() -> Any:
     return sys.modules.get("torch.distributed.tensor")
 
 __all__ = ["is_dtensor", "any_dtensor", "local", "is_sharded", "shard_dim", "shard_group", "shard_rank",
-           "shard_count", "local_range", "shard_shape", "local_slice", "like_param", "check_bucket"]
+           "shard_count", "local_range", "shard_shape", "local_slice", "like_param", "sharded_like", "check_bucket"]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -112,6 +112,14 @@ def local_slice(full: Tensor, p: Tensor) -> Tensor:
         return full
     start, size = local_range(p)
     return full.narrow(dim, start, size)
+
+
+def sharded_like(opt: Any, key: str, value: Any, p: Tensor) -> bool:
+    """Whether state ``key`` is kept sharded with ``p``'s layout: a tensor of ``p``'s shape that is not
+    one of the optimizer's preconditioners (``opt.preconditioner_keys``, prefixes: a square matrix's
+    Shampoo/SOAP statistics have ``p``'s shape too, and live whole on one rank)."""
+    return (isinstance(value, Tensor) and value.ndim > 0 and value.shape == p.shape
+            and not key.startswith(tuple(getattr(opt, "preconditioner_keys", ()))))
 
 
 def like_param(value: Tensor, p: Tensor) -> Tensor:

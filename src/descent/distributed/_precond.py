@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ._comm import Pending, assign_owners, start_exchange, waves
 from ._layout import is_dtensor, is_sharded, like_param, local, local_range, local_slice, shard_count, \
-    shard_dim, shard_group, shard_rank, shard_shape
+    shard_dim, shard_group, shard_rank, shard_shape, sharded_like
 
 __all__ = ["SCHEMES", "owner_step", "precond_cost", "routes_to_owner"]
 
@@ -72,7 +72,7 @@ def _state(opt: Any, p: Tensor, group: dict[str, Any], owned: bool) -> dict[str,
     if not s:
         full = torch.zeros(p.shape, dtype=p.dtype, device=local(p).device)
         for k, v in opt._init_state(full, group).items():
-            if isinstance(v, Tensor) and v.ndim and v.shape == p.shape:
+            if sharded_like(opt, k, v, p):
                 s[k] = like_param(local_slice(v, p).clone(), p)
             elif owned or not isinstance(v, Tensor) or v.ndim == 0:
                 s[k] = v

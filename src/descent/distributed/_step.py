@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._layout import check_bucket, is_dtensor, is_sharded, like_param, local, local_slice
+from ._layout import check_bucket, is_dtensor, is_sharded, like_param, local, local_slice, sharded_like
 
 __all__ = ["MODES", "MODE_BY_NAME", "mode_of", "step_bucket", "elementwise_step", "gather_step"]
 
@@ -190,7 +190,7 @@ def gather_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tens
     for p, fp in zip(params, full_p):
         s = opt.state[p]
         if not s:
-            s.update({k: like_param(local_slice(v, p).clone(), p) if isinstance(v, Tensor) and v.shape == p.shape
+            s.update({k: like_param(local_slice(v, p).clone(), p) if sharded_like(opt, k, v, p)
                       else v for k, v in opt._init_state(fp, group).items()})
         states.append(opt._state_of(p, group))
     views = [{k: _full(v) for k, v in s.items()} for s in states]
@@ -202,7 +202,7 @@ def gather_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tens
             old = s.get(k)
             if is_dtensor(old) and k in b and val is b[k]:
                 local(old).copy_(local_slice(val, old))
-            elif isinstance(val, Tensor) and val.shape == p.shape and is_dtensor(p):
+            elif is_dtensor(p) and sharded_like(opt, k, val, p):
                 s[k] = like_param(local_slice(val, p).clone(), p)
             else:
                 s[k] = val

@@ -81,6 +81,8 @@ class Shampoo(Optimizer):
     """
 
     compile_friendly = False
+    #: state keys (prefixes) of the preconditioners: whole matrices on one rank under FSDP2, never sharded
+    preconditioner_keys = ("preconditioner_", "inv_root_")
 
     declaration = Declaration(
         functional=shampoo,

@@ -83,6 +83,9 @@ class SOAP(Optimizer):
         ['q_0', 'q_1', 'q_2']
     """
 
+    #: state keys (prefixes) of the preconditioners: whole matrices on one rank under FSDP2, never sharded
+    preconditioner_keys = ("gg_", "q_")
+
     declaration = Declaration(
         functional=F.soap,
         hyper=lambda g: dict(lr=float(g["lr"]), beta1=g["betas"][0], beta2=g["betas"][1],
