@@ -4,6 +4,7 @@ Usage:
     python benchmarks/lowbit_speed.py                       # 8-bit, one thread, 5.2M GPT-shaped list
     python benchmarks/lowbit_speed.py --bits 4 --rounds 7
     python benchmarks/lowbit_speed.py --baseline ba1b611~1  # also the kernel of that git revision
+    python benchmarks/lowbit_speed.py --parts               # the 8-bit step's (de)quantization loops alone
 
 Runs one Numba/torch thread and reports the median *CPU* time of a step (``time.process_time``)
 per parameter and its ratio to descent's fp32 fused AdamW, the implementations taking turns:
@@ -29,8 +30,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--width", type=int, default=160, help="GPT width (160: 5.2M params, 320: 20.1M)")
     parser.add_argument("--baseline", help="git revision whose src/descent/kernels/lowbit.py runs beside")
+    parser.add_argument("--parts", action="store_true", help="time the (de)quantization loops of the 8-bit step alone")
     args = parser.parse_args()
     os.environ["NUMBA_NUM_THREADS"] = "1"
+    if args.parts:
+        return _parts(args.rounds)
     import importlib.util
 
     import torch
@@ -89,6 +93,58 @@ def main() -> None:
     for k in steps:
         c = statistics.median(cpu[k])
         print(f"{k:34s} {c / numel * 1e9:12.2f} {c / base:7.2f} {statistics.median(wall[k]) / numel * 1e9:13.2f}")
+
+
+def _parts(rounds: int) -> None:
+    """CPU ns per value of the 8-bit AdamW block's quantization loops, alone, on 64 blocks (16K values, in L2)
+    (the update itself is fp32 AdamW's math)."""
+    import numpy as np
+    from numba import njit
+
+    from descent.kernels import lowbit as K
+    from descent.lowbit.maps import code_map
+
+    n, qb = 64 * 256, 256
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    mc, vc = rng.integers(0, 256, n).astype(np.uint8), rng.integers(128, 256, n).astype(np.uint8)
+    t1, t2 = K._tables(code_map(True, 8), p), K._tables(code_map(False, 8), p)
+    sm, codes, absmax = np.empty(n, np.float32), np.empty(n, np.uint8), np.ones(64, np.float32)
+
+    @njit
+    def dequantize(mc, vc, t1, t2):  # noqa: ANN001, ANN202 - scratch allocated here, as in the kernel
+        sm, sv = np.empty(qb, np.float32), np.empty(qb, np.float32)
+        for s in range(0, n, qb):
+            K._dequantize(mc, s, qb, t1[0], np.float32(1e-3), sm, 8)
+            K._dequantize(vc, s, qb, t2[0], np.float32(1e-6), sv, 8)
+        return sm[0] + sv[0]
+
+    @njit
+    def amax(sm):  # noqa: ANN001, ANN202
+        return sum([K._amax(sm[s:s + qb], qb) for s in range(0, n, qb)])
+
+    @njit
+    def quantize(sm, table, codes, absmax):  # noqa: ANN001, ANN202
+        scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
+        for s in range(0, n, qb):
+            K._quantize(sm[s:s + qb], qb, absmax, s // qb, codes, s, 8, table, scratch)
+
+    for s in range(0, n, qb):
+        K._dequantize(mc, s, qb, t1[0], np.float32(1e-3), sm[s:], 8)
+    cases = {"dequantize m and v": (dequantize, mc, vc, t1, t2),
+             "absmax of one state": (amax, sm), "absmax + codes of m: arith.": (quantize, sm, t1, codes, absmax),
+             "absmax + codes of m: table": (quantize, sm, t1[:-1] + (False,), codes, absmax)}
+    print(f"{'part':28s} {'CPU ns/value':>12s}  (1 thread, best of {rounds} x 100 passes over 16K values)")
+    for name, (f, *a) in cases.items():
+        f(*a)
+        best = min(_cpu(lambda: [f(*a) for _ in range(100)]) for _ in range(rounds))
+        print(f"{name:28s} {best / (100 * n) * 1e9:12.3f}")
+
+
+def _cpu(f) -> float:  # noqa: ANN001
+    c = time.process_time()
+    f()
+    return time.process_time() - c
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def dynamic_layout(qmap: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int, int
     midpoints below each decade's first entry and below 1 (8 values), ``10**(6 - d)`` (float32),
     the code of 0 and ``e``; ``None`` for any other map. The kernel checks the arithmetic
     against the table on every midpoint's neighbourhood before using it
-    (:func:`descent.kernels.lowbit._tables`).
+    (:func:`descent.kernels.lowbit_encode._arithmetic`).
 
     Example:
         >>> cross, ten, zero, e = dynamic_layout(dynamic_map(False, 8))
