@@ -5,7 +5,8 @@ The range test measures where training becomes unstable (its smoothed loss botto
 on the optimizer, the task and the run's length. So instead of a fixed divisor, :func:`search`
 measures: it trains short *probe* runs of ``P`` steps from the same starting point, with the
 run's own schedule compressed to ``P`` steps, at lrs on a quarter-decade grid below the edge, and
-keeps the lr whose probe ends lowest. See :func:`descent.find_lr` for the constants and where
+keeps the lr where the probes' final losses bottom out (the vertex of a parabola in log-lr through the
+lowest probe and its neighbours). See :func:`descent.find_lr` for the constants and where
 they were chosen.
 """
 
