@@ -198,7 +198,9 @@ def find_lr(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterabl
     rows, ``python benchmarks/lr_suggestion.py --tasks digits-mlp,digits-cnn,logistic,linear,mnist1d
     --seeds 3,4,5``, the variants read off the same probes): within 10 % (+0.02) / within 25 % /
     geometric-mean ratio / worst: lowest probe 55/60, 52/60, 1.083, 2.97; vertex 55/60, 52/60, 1.080,
-    1.77; lowest probe with :math:`\\alpha = 1/4` 54/60, 49/60, 1.093, 1.78; vertex with 1/4 54/60,
+    1.77 (the benchmark rerun with it: 55/60, 52/60, 1.079, 1.83; the lrs read off the recorded
+    probes, stored to 6 digits, differ by up to 5e-6, enough to move a chaotic run); lowest probe
+    with :math:`\\alpha = 1/4` 54/60, 49/60, 1.093, 1.78; vertex with 1/4 54/60,
     52/60, 1.072, 1.72; a log-lr mean of all probes weighted by :math:`e^{-(s - s_{min})/(0.05 s_{min})}`
     with 1/4: 55/60, 53/60, 1.065, 2.16, with 1/2: 55/60, 51/60, 1.083, 2.03; each probe averaged
     over two stretches of the data (twice the cost; 29 rows of digits-mlp, logistic, digits-cnn):
