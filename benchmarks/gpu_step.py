@@ -20,7 +20,10 @@ Last, the CUDA-graph check (``--no-capture`` skips it): for each optimizer with 
 around ``step()``, four replays with new gradients copied in, against seven eager steps of a
 ``capturable=False`` twin; prints ``ok`` and the largest difference, or the error.
 
-Exits with a message (status 0) on a machine without CUDA.
+Exits with a message (status 0) on a machine without CUDA. ``--cpu-smoke`` runs every row on
+CPU tensors instead (with ``TRITON_INTERPRET=1`` the Triton kernels run in Triton's interpreter;
+wall-clock timing, no CUDA-graph check): it checks that the script runs end to end before device
+time is spent on it, and measures nothing (``tests/test_gpu_step_script.py``).
 """
 
 from __future__ import annotations
@@ -37,15 +40,32 @@ from descent.reporting.bench import gpt_shapes
 
 MIN_BYTES = {"AdamW": 28, "Lion": 20, "RMSprop": 20, "SophiaG": 24, "LAMB": 28, "Adafactor": 12}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: where the tensors live: "cuda", or "cpu" for ``--cpu-smoke``
+DEV = "cuda"
+
+
+def _sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def _empty_cache() -> None:
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 def timed(fn: Callable[[], object], iters: int, warmup: int) -> float:
-    """Median ms of ``fn`` over ``iters`` calls, each between two CUDA events."""
+    """Median ms of ``fn`` over ``iters`` calls, each between two CUDA events (wall clock on CPU)."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    _sync()
     times = []
     for _ in range(iters):
+        if DEV != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -57,16 +77,16 @@ def timed(fn: Callable[[], object], iters: int, warmup: int) -> float:
 
 def copy_bandwidth() -> float:
     """GB/s of a device-to-device ``copy_`` of 1 GiB (read + write counted)."""
-    a = torch.empty(2**28, device="cuda")
+    a = torch.empty(2**28 if DEV == "cuda" else 2**20, device=DEV)
     b = torch.empty_like(a)
     ms = timed(lambda: b.copy_(a), 20, 3)
     return 2 * a.numel() * 4 / (ms / 1e3) / 1e9
 
 
 def make_list(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    params = [(torch.randn(s, device="cuda", generator=g) * 0.02).to(dtype) for s in shapes]
-    grads = [(torch.randn(s, device="cuda", generator=g) * 1e-3).to(dtype) for s in shapes]
+    g = torch.Generator(device=DEV).manual_seed(0)
+    params = [(torch.randn(s, device=DEV, generator=g) * 0.02).to(dtype) for s in shapes]
+    grads = [(torch.randn(s, device=DEV, generator=g) * 1e-3).to(dtype) for s in shapes]
     return params, grads
 
 
@@ -196,7 +216,7 @@ def run_case(name: str, args, ps, gs, bw: float, budget: list[float]) -> list[st
                 fn = torch.compile(fn)
                 t0 = time.perf_counter()
                 fn()
-                torch.cuda.synchronize()
+                _sync()
                 spent = time.perf_counter() - t0
                 budget[0] -= spent
                 note = f"compile {spent:.0f} s"
@@ -206,7 +226,7 @@ def run_case(name: str, args, ps, gs, bw: float, budget: list[float]) -> list[st
         fn = None  # drop this implementation's state (and compiled graphs) before the next one
         if impl.startswith("torch.compile"):
             torch._dynamo.reset()
-        torch.cuda.empty_cache()
+        _empty_cache()
     return lines
 
 
@@ -218,17 +238,18 @@ def _safe(fn, default):
 
 
 def matmul_peak() -> float:
-    """Measured bf16 TFLOP/s of an 8192^3 matmul."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    """Measured bf16 TFLOP/s of an 8192^3 matmul (256^3 in a CPU smoke run)."""
+    n = 8192 if DEV == "cuda" else 256
+    a = torch.randn(n, n, device=DEV, dtype=torch.bfloat16)
     b = torch.randn_like(a)
     ms = timed(lambda: a @ b, 10, 3)
-    return 2 * 8192**3 / (ms / 1e3) / 1e12
+    return 2 * n**3 / (ms / 1e3) / 1e12
 
 
 def muon_lines(shapes: list[tuple[int, ...]], args) -> list[str]:
     """Newton-Schulz over the list's hidden matrices, batched by shape, standard and Gram forms."""
     peak = matmul_peak()
-    lines = [f"bf16 matmul peak (8192^3, measured): {peak:.0f} TFLOP/s"]
+    lines = [f"bf16 matmul peak ({'8192' if DEV == 'cuda' else '256'}^3, measured): {peak:.0f} TFLOP/s"]
     groups: dict[tuple[int, int], int] = {}
     for s in shapes[2:]:
         if len(s) == 2:
@@ -237,7 +258,7 @@ def muon_lines(shapes: list[tuple[int, ...]], args) -> list[str]:
         total_ms = flops = std_flops = 0.0
         for (r, c), k in groups.items():
             m, n = min(r, c), max(r, c)
-            G = torch.randn(k, r, c, device="cuda", dtype=torch.bfloat16)
+            G = torch.randn(k, r, c, device=DEV, dtype=torch.bfloat16)
             total_ms += timed(lambda: F.newton_schulz(G, dtype=torch.bfloat16, method=method), args.iters,
                               args.warmup)
             std = 5 * (4 * m * m * n + 2 * m**3) * k
@@ -315,10 +336,14 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--no-capture", action="store_true", help="skip the CUDA-graph capture check")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run on CPU tensors (TRITON_INTERPRET=1 for the Triton rows): checks the script, times nothing")
     parser.add_argument("--compile-budget", type=float, default=240.0,
                         help="seconds of compilation after which further torch.compile rows are skipped")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    global DEV
+    DEV = "cpu" if args.cpu_smoke else "cuda"
+    if DEV == "cuda" and not torch.cuda.is_available():
         print("gpu_step.py: no CUDA device here (torch.cuda.is_available() is False); nothing to measure. "
               "Run it on a machine with an NVIDIA GPU and triton installed.")
         return 0
@@ -333,7 +358,8 @@ def main() -> int:
         parser.error(f"unknown optimizer(s): {', '.join(sorted(unknown))}")
     shapes = gpt_shapes(width=args.width, layers=args.layers, vocab=args.vocab, ctx=2048)
     bw = copy_bandwidth()
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}; copy bandwidth {bw:.0f} GB/s")
+    device = torch.cuda.get_device_name() if DEV == "cuda" else "CPU smoke run (no timing is meaningful)"
+    print(f"device: {device}; torch {torch.__version__}; copy bandwidth {bw:.0f} GB/s")
     ps, gs = make_list(shapes, DTYPES[args.dtype])
     numel = sum(p.numel() for p in ps)
     print(f"list: {len(shapes)} tensors, {numel / 1e9:.3f}B parameters, {args.dtype}")
@@ -346,10 +372,12 @@ def main() -> int:
             print(line, flush=True)
     if "Muon" in names:
         del ps, gs
-        torch.cuda.empty_cache()
+        _empty_cache()
         for line in muon_lines(shapes, args):
             print(line, flush=True)
-    if not args.no_capture:
+    if DEV != "cuda" and not args.no_capture:
+        print("capture    skipped: CUDA graphs need a GPU (CPU smoke run)")
+    elif not args.no_capture:
         small = gpt_shapes(width=256, layers=2, vocab=1024, ctx=256)
         for name in CAPTURED:
             print(capture_check(name, small, DTYPES[args.dtype]), flush=True)

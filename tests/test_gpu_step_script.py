@@ -1,0 +1,29 @@
+"""benchmarks/gpu_step.py runs end to end (on CPU tensors, Triton's interpreter) before device time is spent on it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
+
+
+def test_gpu_step_cpu_smoke_run_has_every_row() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--width", "16", "--layers", "1", "--vocab", "32",
+                          "--iters", "1", "--warmup", "0", "--no-compile", "--dtype", "bf16"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    for name in ("Lion", "RMSprop", "SophiaG", "LAMB", "Adafactor"):  # descent's Triton launchers, as the script calls them
+        assert re.search(rf"^{name}\s+descent triton\s+\d+\.\d+", text, re.M), (name, text)
+    assert re.search(r"^AdamW\s+torch AdamW fused\s+\d+\.\d+", text, re.M), text
+    assert "failed" not in text, text
+    assert re.search(r"^Muon NS\s+standard", text, re.M) and re.search(r"^Muon NS\s+gram", text, re.M), text
+    assert "capture    skipped" in text
