@@ -1,4 +1,5 @@
-"""benchmarks/gpu_step.py runs end to end (on CPU tensors, Triton's interpreter) before device time is spent on it."""
+"""The GPU benchmark scripts run end to end on CPU tensors (gpu_step.py with Triton's interpreter), so a
+change that breaks them shows here, before device time is spent on them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCH / "gpu_step.py"
 
 
 def test_gpu_step_cpu_smoke_run_has_every_row() -> None:
@@ -27,3 +29,13 @@ def test_gpu_step_cpu_smoke_run_has_every_row() -> None:
     assert "failed" not in text, text
     assert re.search(r"^Muon NS\s+standard", text, re.M) and re.search(r"^Muon NS\s+gram", text, re.M), text
     assert "capture    skipped" in text
+
+
+def test_offload_step_cpu_smoke_run_has_every_row() -> None:
+    out = subprocess.run([sys.executable, str(BENCH / "offload_step.py"), "--device", "cpu", "--width", "64", "--depth",
+                          "2", "--batch", "32", "--iters", "1", "--warmup", "1", "--dtype", "bf16"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for label in ("AdamW on the device", "CPUOffloadOptimizer(AdamW), grads at step",
+                  "CPUOffloadOptimizer(AdamW), offload_gradients=True"):
+        assert re.search(rf"^{re.escape(label)}\s+\d+\.\d+", out.stdout, re.M), (label, out.stdout)
