@@ -57,7 +57,7 @@ def lamb_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list
     """LAMB on local shards with the two norms of every tensor reduced in one ``all_reduce``.
 
     With the ``"fused"`` backend on CPU, the Numba kernel's two passes run around the
-    reduction (:func:`descent.kernels.sharded.lamb_sharded`); otherwise multi-tensor ops.
+    reduction (:func:`descent.kernels.sharded.lamb_stages`); otherwise multi-tensor ops.
     """
     from ..kernels import sharded
     from ..optim._base import advance_steps
@@ -176,7 +176,7 @@ def adafactor_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads:
 
 def _adafactor_fused(hp: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
                      steps: list[int], mesh_group: Any) -> list[int]:
-    """The Numba kernel's passes on the local rows (:func:`descent.kernels.sharded.adafactor_sharded`) for
+    """The Numba kernel's passes on the local rows (:func:`descent.kernels.sharded.adafactor_stages`) for
     the tensors that fit it (CPU float; 1-D, or factored ``[..., n, m]`` whole, split along dim 0 or by rows
     ``n``); returns the indices of the others (split by columns or along a middle batch dimension)."""
     from ..kernels import sharded
@@ -256,7 +256,7 @@ def mars_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list
     """MARS on local shards: the norms of :math:`c_t` in one ``all_reduce`` (the cautious counts in a second).
 
     The rest of :func:`descent.functional.mars` is elementwise and runs on the local rows: on the
-    ``"fused"`` backend (CPU) with the Numba kernel's passes (:func:`descent.kernels.sharded.mars_sharded`).
+    ``"fused"`` backend (CPU) with the Numba kernel's passes (:func:`descent.kernels.sharded.mars_stages`).
     """
     from ..kernels import sharded
     from ..optim._base import advance_steps

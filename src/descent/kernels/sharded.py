@@ -1,28 +1,26 @@
 """Numba kernels on sharded tensors: the one-process kernels' passes, split around the all-reduces.
 
-LAMB below; Adafactor (:func:`adafactor_sharded`) and MARS (:func:`mars_sharded`) the same way,
+LAMB below; Adafactor (:func:`adafactor_stages`) and MARS (:func:`mars_stages`) the same way,
 with the per-element functions of :mod:`descent.kernels.adafactor` and :mod:`descent.kernels.modern`.
 
 :func:`descent.kernels.elementwise.lamb_multi` needs every tensor's norms between its
 moment pass and its apply pass; under FSDP2 a rank holds a shard of each tensor, so the
-norms are sums over the ranks. :func:`lamb_sharded` runs the first pass (moments, and
-this rank's sums of :math:`\\theta^2` and :math:`u^2` per tensor), hands the sums to the
-caller's ``reduce`` (one ``all_reduce`` for the bucket), and runs the second pass (the
-trust ratios and the apply). The per-element arithmetic is ``elementwise.py``'s own
+norms are sums over the ranks. :func:`lamb_stages` runs the first pass (moments, and
+this rank's sums of :math:`\\theta^2` and :math:`u^2` per tensor), yields the sums to the
+caller (one ``all_reduce`` for the bucket or wave), and runs the second pass (the trust
+ratios and the apply). The per-element arithmetic is ``elementwise.py``'s own
 (``_lamb_norms_direct``, ``_lamb_apply_direct``), so a rank's rows change exactly as one
 process's kernel changes them, given the same ratio; the ratio differs from one
 process's by the order of the additions only.
 
-Each ``*_sharded`` function takes a ``reduce`` callback (the caller's blocking collective); the
-same passes are also generators (:func:`lamb_stages`, :func:`adafactor_stages`,
-:func:`mars_stages`) that yield this rank's partial sums (a list of float64 tensors) and
-receive the sums over the ranks, so that the caller can run several waves of a bucket with
-their reductions in flight (:func:`descent.distributed._comm.run_stages`).
+Each ``*_stages`` function is a generator that yields this rank's partial sums (a list of
+float64 tensors) and receives the sums over the ranks, so that the caller can run several
+waves of a bucket with their reductions in flight (:func:`descent.distributed._comm.run_stages`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 
 import numpy as np
 import torch
@@ -32,21 +30,12 @@ from . import addresses, like, threads_for
 from .elementwise import _lamb_apply_direct, _lamb_norms_direct
 from .multi import view
 
-__all__ = ["lamb_sharded", "lamb_stages", "lamb_partial_sums", "lamb_apply", "adafactor_fits", "adafactor_sharded",
-           "adafactor_stages", "mars_sharded", "mars_stages", "supports", "drive"]
+__all__ = ["lamb_stages", "lamb_partial_sums", "lamb_apply", "adafactor_fits", "adafactor_stages", "mars_stages",
+           "supports"]
 
 #: What a stage generator yields (this rank's partial sums) and receives (their sums over the ranks).
 Stages = Generator[list[torch.Tensor], list[torch.Tensor], None]
 
-
-def drive(stages: Stages, reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
-    """Run a stage generator to its end, ``reduce`` turning each yielded list of partial sums into the sums."""
-    try:
-        parts = next(stages)
-        while True:
-            parts = stages.send(reduce(parts))
-    except StopIteration:
-        pass
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
@@ -86,33 +75,24 @@ def supports(*lists: list[torch.Tensor]) -> bool:
                     for ts in lists for t in ts))
 
 
-def lamb_sharded(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-                 exp_avg_sq: list[torch.Tensor], *, steps: list[int], lr: float, beta1: float, beta2: float,
-                 eps: float, weight_decay: float, clamp_value: float | None, bias_correction: bool, maximize: bool,
-                 reduce: Callable[[np.ndarray], np.ndarray]) -> None:
-    """LAMB over local shards; ``reduce`` sums a ``(T, 2)`` float64 array over the ranks (the caller's collective).
-
-    The passes are :func:`lamb_stages` (one reduction); this runs them with ``reduce``.
-
-    Example:
-        >>> p, g = [torch.ones(3)], [torch.ones(3)]
-        >>> lamb_sharded(p, g, [torch.zeros(3)], [torch.zeros(3)], steps=[1], lr=0.1, beta1=0.9, beta2=0.999,
-        ...              eps=1e-6, weight_decay=0.0, clamp_value=None, bias_correction=True, maximize=False,
-        ...              reduce=lambda a: a)   # one process: nothing to add
-        >>> [round(x, 4) for x in p[0].tolist()]
-        [0.9, 0.9, 0.9]
-    """
-    drive(lamb_stages(params, grads, exp_avg, exp_avg_sq, steps=steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                      weight_decay=weight_decay, clamp_value=clamp_value, bias_correction=bias_correction,
-                      maximize=maximize), lambda parts: [torch.from_numpy(np.asarray(reduce(parts[0].numpy())))])
-
-
 def lamb_stages(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                 exp_avg_sq: list[torch.Tensor], *, steps: list[int], lr: float, beta1: float, beta2: float,
                 eps: float, weight_decay: float, clamp_value: float | None, bias_correction: bool, maximize: bool,
                 counted: list[bool] | None = None) -> Stages:
-    """:func:`lamb_sharded`'s passes as a generator: yields ``[sums]`` (``(T, 2)``: this rank's sums of
-    :math:`\\theta^2` and :math:`u^2`, zero where ``counted`` is False), receives the totals, applies."""
+    """LAMB over local shards, as a generator: yields ``[sums]`` (``(T, 2)``: this rank's sums of
+    :math:`\\theta^2` and :math:`u^2`, zero where ``counted`` is False), receives the totals, applies.
+
+    Example:
+        >>> from contextlib import suppress
+        >>> p, g = [torch.ones(3)], [torch.ones(3)]
+        >>> stages = lamb_stages(p, g, [torch.zeros(3)], [torch.zeros(3)], steps=[1], lr=0.1, beta1=0.9,
+        ...                      beta2=0.999, eps=1e-6, weight_decay=0.0, clamp_value=None, bias_correction=True,
+        ...                      maximize=False)
+        >>> with suppress(StopIteration):
+        ...     stages.send(next(stages))  # one process: the sums over the ranks are this rank's
+        >>> [round(x, 4) for x in p[0].tolist()]
+        [0.9, 0.9, 0.9]
+    """
     dtype = like(params[0])
     dt = dtype.dtype.type
     t = np.asarray(steps, dtype=np.float64)
@@ -139,7 +119,7 @@ def lamb_stages(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
 
 def adafactor_fits(params: list[torch.Tensor], factored: list[bool], rows_sharded: list[bool],
                    states: list[torch.Tensor | None]) -> bool:
-    """Whether :func:`adafactor_sharded` takes these local tensors: factored ones (``[..., n, m]``) whose
+    """Whether :func:`adafactor_stages` takes these local tensors: factored ones (``[..., n, m]``) whose
     local part is whole matrices or a run of rows of each (``rows_sharded``), 1-D unfactored ones, dense
     float32/float64 on the CPU."""
     return supports(params) and all(t is None or (t.is_contiguous() and t.dtype == params[0].dtype) for t in states) \
@@ -152,14 +132,14 @@ def _matrices(t: np.ndarray) -> np.ndarray:
     return t.reshape(-1, t.shape[-2], t.shape[-1])
 
 
-def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
-                      first_matrix: list[int] | None = None,
-                      counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
-                      warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
-                      beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool,
-                      reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
-    """Adafactor over local row blocks with :mod:`descent.kernels.adafactor`'s per-element passes,
-    two ``reduce`` calls (sums over the ranks) between them (:func:`adafactor_stages`, run with ``reduce``).
+def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
+                     first_matrix: list[int] | None = None,
+                     counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
+                     warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
+                     beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool) -> Stages:
+    """Adafactor over local row blocks with :mod:`descent.kernels.adafactor`'s per-element passes, as a
+    generator (two yields, sums over the ranks between them: row/column means and
+    :math:`\\sum\\theta^2`, then :math:`\\sum U^2`).
 
     ``params``... are this rank's rows (``first_row`` their offset in each whole matrix,
     ``first_matrix`` the index of its first matrix in the flattened batch of a tensor of more than two
@@ -168,20 +148,6 @@ def adafactor_sharded(params, grads, row_var, col_var, variance, exp_avg, *, fir
     and ``exp_avg`` local like the parameter; ``counted`` says whether this rank's sums count
     (False for a replicated tensor on ranks other than the first).
     """
-    drive(adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, first_row=first_row,
-                           first_matrix=first_matrix, counted=counted,
-                           numels=numels, steps=steps, lr=lr, relative_step=relative_step, warmup_init=warmup_init,
-                           decay_rate=decay_rate, eps1=eps1, eps2=eps2, clip_threshold=clip_threshold, beta1=beta1,
-                           weight_decay=weight_decay, scale_parameter=scale_parameter, maximize=maximize), reduce)
-
-
-def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, first_row: list[int],
-                     first_matrix: list[int] | None = None,
-                     counted: list[bool], numels: list[int], steps: list[int], lr: float | None, relative_step: bool,
-                     warmup_init: bool, decay_rate: float, eps1: float, eps2: float, clip_threshold: float,
-                     beta1: float | None, weight_decay: float, scale_parameter: bool, maximize: bool) -> Stages:
-    """:func:`adafactor_sharded`'s passes as a generator (two yields: row/column means and
-    :math:`\\sum\\theta^2`, then :math:`\\sum U^2`)."""
     from ..functional import adafactor_lr
     from .adafactor import _factored_stats, _factored_usum, _factors, _step_size, _vector_sums, _vector_variance
 
@@ -230,7 +196,7 @@ def adafactor_stages(params, grads, row_var, col_var, variance, exp_avg, *, firs
 
 
 def _adafactor_apply(params, grads, variance, exp_avg, factors, steps_sizes, beta1, sign) -> None:
-    """The last pass of :func:`adafactor_sharded`: each tensor's update with its (scale, decay)."""
+    """The last pass of :func:`adafactor_stages`: each tensor's update with its (scale, decay)."""
     from .adafactor import _factored_apply, _vector_apply
 
     dt = like(params[0]).dtype.type
@@ -250,19 +216,11 @@ def _adafactor_apply(params, grads, variance, exp_avg, factors, steps_sizes, bet
             _vector_apply(lp, lg, lv, dt(scale), dt(decay), mom, b1, dt(1.0) - b1, use_m, sign)
 
 
-def mars_sharded(params, grads, exp_avg, exp_avg_sq, last_grad, *, counted: list[bool], steps: list[int], lr: float,
-                 beta1: float, beta2: float, eps: float, gamma: float, weight_decay: float, maximize: bool,
-                 reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
-    """MARS over local shards with :mod:`descent.kernels.modern`'s per-element passes: the corrected
-    gradients and this rank's sums of :math:`c^2`, one ``reduce`` (sums over the ranks), the step
-    (:func:`mars_stages`, run with ``reduce``)."""
-    drive(mars_stages(params, grads, exp_avg, exp_avg_sq, last_grad, counted=counted, steps=steps, lr=lr, beta1=beta1,
-                      beta2=beta2, eps=eps, gamma=gamma, weight_decay=weight_decay, maximize=maximize), reduce)
-
-
 def mars_stages(params, grads, exp_avg, exp_avg_sq, last_grad, *, counted: list[bool], steps: list[int], lr: float,
                 beta1: float, beta2: float, eps: float, gamma: float, weight_decay: float, maximize: bool) -> Stages:
-    """:func:`mars_sharded`'s passes as a generator (one yield: this rank's sums of :math:`c^2`)."""
+    """MARS over local shards with :mod:`descent.kernels.modern`'s per-element passes, as a generator: the
+    corrected gradients and this rank's sums of :math:`c^2` (one yield: the sums over the ranks come
+    back), then the step."""
     import math
 
     from .modern import _mars_apply, _mars_correct, _sumsq
