@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["traffic", "reset_traffic", "sum_across", "any_across", "assign_owners", "exchange", "Pending",
-           "start_sum", "start_exchange", "waves", "run_stages", "overlap", "waited"]
+           "start_sum", "start_exchange", "waves", "run_stages", "pipeline", "overlap", "waited"]
 
 #: Bytes this process sent through descent's collectives, by kind ("reduce", "exchange", "gather": the
 #: all-gathers of the "gather" mode, ``full_tensor()``).
@@ -155,6 +155,22 @@ def run_stages(stages: Sequence[Generator[list[Tensor], list[Tensor], None]], gr
             except StopIteration:
                 pass
         pending = ahead
+
+
+def pipeline(runs: Sequence[list[int]], send: Callable[[list[int]], Pending],
+             work: Callable[[list[int], Any], Pending | None], finish: Callable[[list[int], Any], None]) -> None:
+    """The owner steps' waves: ``send(run)`` starts a run's trip to its owners one run ahead, ``work(run,
+    received)`` computes on what arrived and may start the trip back (a :class:`Pending`), and once every
+    run has been worked ``finish(run, returned)`` takes each return trip in order."""
+    ahead = send(runs[0]) if runs else None
+    back = []
+    for k, run in enumerate(runs):
+        pending, ahead = ahead, (send(runs[k + 1]) if k + 1 < len(runs) else None)
+        trip = work(run, pending.wait())
+        if trip is not None:
+            back.append((run, trip))
+    for run, trip in back:
+        finish(run, trip.wait())
 
 
 def any_across(flags: Sequence[bool], group) -> list[bool]:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..functional.muon import muon_lr_scale, muon_ns_dtype, newton_schulz
-from ._comm import Pending, assign_owners, start_exchange, waves
+from ._comm import Pending, assign_owners, pipeline, start_exchange, waves
 from ._layout import is_sharded, local, local_range, shard_count, shard_dim, shard_group, shard_rank, shard_shape
 
 __all__ = ["muon_step", "ns_cost", "routes_to_matrix", "SCHEMES"]
@@ -98,21 +98,18 @@ def _sharded(params: list[Tensor], idx: list[int], updates: dict[int, Tensor], h
         owners = {i: None for i in idx}
     else:
         owners = dict(zip(idx, assign_owners([ns_cost(params[i]) for i in idx], world)))
-    runs = [[idx[k] for k in run] for run in waves([params[i].numel() for i in idx])]
-    ahead = _to_owners(params, runs[0], owners, updates, world, group)
-    returning = []
-    for k, run in enumerate(runs):
-        pending, ahead = ahead, (_to_owners(params, runs[k + 1], owners, updates, world, group)
-                                 if k + 1 < len(runs) else None)
-        results = _orthogonalize(params, run, owners, pending.wait(), hp)
-        if _scheme == "gather":
-            for i in run:
-                p = params[i]
-                _apply(local(p), p.shape, results[i].narrow(shard_dim(p), *local_range(p)), hp)
-        else:
-            returning.append((run, _from_owners(params, run, owners, results, hp, world, group)))
-    for run, pending in returning:
-        _apply_returned(params, run, owners, pending.wait(), hp, world)
+    def work(run: list[int], got: list[list[Tensor]]) -> Pending | None:
+        results = _orthogonalize(params, run, owners, got, hp)
+        if _scheme != "gather":
+            return _from_owners(params, run, owners, results, hp, world, group)
+        for i in run:
+            p = params[i]
+            _apply(local(p), p.shape, results[i].narrow(shard_dim(p), *local_range(p)), hp)
+        return None
+
+    pipeline([[idx[k] for k in run] for run in waves([params[i].numel() for i in idx])],
+             lambda run: _to_owners(params, run, owners, updates, world, group), work,
+             lambda run, back: _apply_returned(params, run, owners, back, hp, world))
 
 
 def _mine(params: list[Tensor], run: list[int], owners: dict[int, int | None]) -> list[int]:

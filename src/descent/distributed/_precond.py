@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._comm import Pending, assign_owners, start_exchange, waves
+from ._comm import Pending, assign_owners, pipeline, start_exchange, waves
 from ._layout import is_dtensor, is_sharded, like_param, local, local_range, local_slice, shard_count, \
     shard_dim, shard_group, shard_rank, shard_shape, sharded_like
 
@@ -83,7 +83,7 @@ def owner_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tenso
                overrides: Mapping[str, Any] | None = None) -> None:
     """One bucket of sharded tensors (all routed by :func:`routes_to_owner`): see the module docstring."""
     first = params[0]
-    world, me, pg = shard_count(first), shard_rank(first), shard_group(first)
+    me, pg = shard_rank(first), shard_group(first)
     if _scheme == "gather":
         from ._step import gather_step
         return gather_step(opt, backend, group, params, grads, overrides)
@@ -95,18 +95,16 @@ def owner_step(opt: Any, backend: str, group: dict[str, Any], params: list[Tenso
     if any(local(s[k]).dtype != dtype for s, ks in zip(states, keys) for k in ks):
         from ._step import gather_step  # one dtype per all-to-all: state in another dtype is gathered instead
         return gather_step(opt, backend, group, params, grads, overrides)
-    runs = waves([p.numel() for p in params])  # each wave's all-to-all overlaps the previous wave's _update
     parts = [[local(p), local(g)] + [local(s[k]) for k in ks] for p, g, s, ks in zip(params, grads, states, keys)]
-    ahead = _to_owners(params, parts, owners, runs[0], dtype, pg)
-    returning = []
-    for k, run in enumerate(runs):
-        pending, ahead = ahead, (_to_owners(params, parts, owners, runs[k + 1], dtype, pg)
-                                 if k + 1 < len(runs) else None)
+
+    def work(run: list[int], got: list[list[Tensor]]) -> Pending:
         mine, full_p, views = _owner_update(opt, backend, group, overrides, params, states, keys, owners, run,
-                                            parts, pending.wait())
-        returning.append((run, _return_rows(params, keys, owners, run, mine, full_p, views, dtype, pg)))
-    for run, pending in returning:
-        _write_rows(params, states, keys, owners, run, pending.wait())
+                                            parts, got)
+        return _return_rows(params, keys, owners, run, mine, full_p, views, dtype, pg)
+
+    # each wave's all-to-all overlaps the previous wave's _update
+    pipeline(waves([p.numel() for p in params]), lambda run: _to_owners(params, parts, owners, run, dtype, pg), work,
+             lambda run, back: _write_rows(params, states, keys, owners, run, back))
 
 
 def _to_owners(params: list[Tensor], parts: list[list[Tensor]], owners: list[int], run: list[int],
