@@ -12,6 +12,7 @@ from descent.lowbit import QuantState, aligned_ranges, code_map, dynamic_map, li
 from descent.lowbit.maps import dynamic_layout, lookup
 
 kernels = pytest.importorskip("descent.kernels.lowbit")
+encode = pytest.importorskip("descent.kernels.lowbit_encode")
 
 
 def test_maps_shape_and_order():
@@ -251,8 +252,8 @@ def test_arithmetic_encoder_equals_reference_on_adversarial_values(signed, dtype
     near midpoints: the codes equal the torch reference's on every midpoint +-0..3 ulps, 0, -0,
     denormals, entries, +-absmax and random values, with absmax 1 and with random absmax."""
     qmap = code_map(signed, 8)
-    assert kernels._arithmetic(tuple(qmap.tolist()))[-1], "the dynamic map must take the arithmetic path"
-    assert not kernels._arithmetic(tuple(code_map(signed, 4).tolist()))[-1]
+    assert encode._arithmetic(tuple(qmap.tolist()))[-1], "the dynamic map must take the arithmetic path"
+    assert not encode._arithmetic(tuple(code_map(signed, 4).tolist()))[-1]
     mids = (qmap[:-1] + qmap[1:]) / 2
     near = torch.cat([_ulps(mids, k) for k in range(-3, 4)] + [qmap])
     tiny = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 2.0**-126, -(2.0**-126), 1.0, -1.0])
@@ -281,7 +282,7 @@ def test_arithmetic_encoder_check_rejects_a_wrong_layout():
     want = np.searchsorted(mids, xs, side="left").astype(np.uint8)
     edge = np.zeros(xs.size, bool)
     args = (cross, ten, np.int32(zero), np.int32(e))
-    assert kernels._encode_agrees(xs, want, edge, *args)
+    assert encode._encode_agrees(xs, want, edge, *args)
     wrong = cross.copy()
     wrong[3] = np.nextafter(wrong[3], np.float32(1))  # one decade boundary moved by an ulp
-    assert not kernels._encode_agrees(xs, want, edge, wrong, *args[1:])
+    assert not encode._encode_agrees(xs, want, edge, wrong, *args[1:])

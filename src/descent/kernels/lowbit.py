@@ -29,7 +29,7 @@ import torch
 from numba import njit, prange
 
 from . import addresses, bucket_plan, like
-from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode, _encode_agrees  # noqa: F401
+from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode
 from .multi import fma, view
 from ..lowbit.maps import SHIFT, lookup
 from ..lowbit.quant import block_size

@@ -206,7 +206,6 @@ def dynamic_layout(qmap: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int, int
         want = 10.0 ** (d - 6) * (0.1 + 0.9 * (np.arange(2 ** (d + e)) + 0.5) / 2 ** (d + e))
         if not np.allclose(q[starts[d]:starts[d + 1]], want, rtol=1e-5, atol=0):
             return None
-    mids = ((q[:-1] + q[1:]) / np.float32(2)).astype(np.float32)
-    cross = mids[np.append(starts[:7], 255) - 1]
+    cross = lookup(qmap).mids[np.append(starts[:7], 255) - 1]
     ten = np.array([10.0 ** (6 - d) for d in range(7)], dtype=np.float32)
     return cross, ten, zero, e
