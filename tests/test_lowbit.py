@@ -13,6 +13,7 @@ from descent.lowbit.maps import dynamic_layout, lookup
 
 kernels = pytest.importorskip("descent.kernels.lowbit")
 encode = pytest.importorskip("descent.kernels.lowbit_encode")
+decode = pytest.importorskip("descent.kernels.lowbit_decode")
 
 
 def test_maps_shape_and_order():
@@ -286,3 +287,55 @@ def test_arithmetic_encoder_check_rejects_a_wrong_layout():
     wrong = cross.copy()
     wrong[3] = np.nextafter(wrong[3], np.float32(1))  # one decade boundary moved by an ulp
     assert not encode._encode_agrees(xs, want, edge, wrong, *args[1:])
+
+
+def _decode_fresh():
+    """A new (uncached) compilation of the 8-bit decoder, so that ``decode.FORCE_SCALAR`` is read again."""
+    from numba import njit
+
+    @njit
+    def run(codes, off, n, qmap, planes, absmax, out):  # noqa: ANN001, ANN202
+        decode._decode(codes, off, n, qmap, planes, absmax, out)
+    return run
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_byte_permute_decoder_gives_every_entry(scalar, signed, dtype):
+    """Every code of each 8-bit map, from the byte-permute decoder (and its scalar compilation):
+    the torch reference ``qmap[codes].to(dtype) * absmax`` bit for bit, a tail of n % 64 included."""
+    qmap = code_map(signed, 8)
+    planes, exact = decode.decoder(tuple(qmap.tolist()))
+    assert exact
+    gen = torch.Generator().manual_seed(12)
+    codes = torch.cat([torch.arange(256), torch.arange(256).flip(0), torch.randint(0, 256, (333,), generator=gen)])
+    codes = codes.to(torch.uint8)
+    decode.FORCE_SCALAR[0] = scalar
+    try:
+        run = _decode_fresh()
+        for absmax in (1.0, 3.7e-5):
+            out = torch.full((codes.numel() - 5,), float("nan"), dtype=dtype)
+            run(codes.numpy(), 5, out.numel(), qmap.numpy().astype(out.numpy().dtype), planes,
+                out.numpy().dtype.type(absmax), out.numpy())
+            want = qmap[codes[5:].long()].to(dtype) * torch.tensor(absmax, dtype=dtype)
+            assert torch.equal(out.view(torch.uint8), want.view(torch.uint8))
+        asm = "".join(run.inspect_asm().values())
+    finally:
+        decode.FORCE_SCALAR[0] = False
+    from llvmlite.binding import get_host_cpu_features
+
+    if not scalar and get_host_cpu_features().get("avx512vbmi", False):
+        assert "vpermt2b" in asm or "vpermi2b" in asm, "the VBMI byte permutes must be used on this CPU"
+    if scalar:
+        assert "vpermt2b" not in asm and "vpermi2b" not in asm
+
+
+def test_decoder_planes_and_rejects():
+    q = code_map(True, 8).numpy()
+    p = decode.planes(q)
+    assert p.dtype == np.uint8 and p.size == 1024
+    assert np.array_equal(p.reshape(4, 256).T.copy().view(np.float32).ravel(), q)
+    with pytest.raises(ValueError, match="Invalid map size: 16"):
+        decode.planes(code_map(True, 4).numpy())
+    assert decode.decoder(tuple(code_map(False, 4).tolist()))[1] is False

@@ -6,7 +6,9 @@ whole quantization blocks). For each quantization block it reads the codes, rebu
 the state in the parameter's dtype (``qmap[code] * absmax``), updates parameter and
 state in the :mod:`descent.functional` operation order (fused multiply-adds where
 torch's CPU kernels use them), keeps the new state in an L1-sized scratch buffer,
-then writes the new absmax and codes. The codes of the 8-bit dynamic maps come from arithmetic
+then writes the new absmax and codes. 8-bit codes are dequantized 64 at a time by AVX-512 VBMI
+byte permutes (:mod:`descent.kernels.lowbit_decode`; scalar table loads on other CPUs and for 4-bit
+codes). The codes of the 8-bit dynamic maps come from arithmetic
 in one vectorized loop (:mod:`descent.kernels.lowbit_encode`); other maps, and blocks where that
 arithmetic is unsure, use the O(1) table: two loads from tables indexed by the value's float32
 bits and one comparison (:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``. Each
@@ -29,6 +31,7 @@ import torch
 from numba import njit, prange
 
 from . import addresses, bucket_plan, like
+from .lowbit_decode import _decode, decoder
 from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode
 from .multi import fma, view
 from ..lowbit.maps import SHIFT, lookup
@@ -48,8 +51,13 @@ def _code(codes, i, bits):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_OPTS)
-def _dequantize(codes, off, n, qmap, absmax, out, bits):  # pragma: no cover - compiled
-    """``out[:n] = qmap[code] * absmax`` for the elements from ``off``."""
+def _dequantize(codes, off, n, table, absmax, out, bits):  # pragma: no cover - compiled
+    """``out[:n] = qmap[code] * absmax`` for the elements from ``off``: 8-bit codes by byte permutes
+    (:func:`descent.kernels.lowbit_decode._decode`) where that was checked exact for the map."""
+    qmap, planes, exact = table[0], table[10], table[11]
+    if bits == 8 and exact:
+        _decode(codes, off, n, qmap, planes, absmax, out)
+        return
     for k in range(n):
         out[k] = qmap[_code(codes, off + k, bits)] * absmax
 
@@ -93,7 +101,7 @@ def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: 
     the bits (vectorizes), then one scalar loop of two table loads and a comparison per element
     (unsigned indices: no negative-index wrap-around code).
     """
-    _, thr, first, key_min, span, cross, ten, zero, e, fast = table
+    _, thr, first, key_min, span, cross, ten, zero, e, fast = table[:10]
     xs, ci = scratch
     stored = np.float32(_amax(vals, n))
     absmax[j] = stored
@@ -139,8 +147,8 @@ def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  #
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
-        _dequantize(mc, s, n, t1[0], p.dtype.type(ma[j]), sm, bits)
-        _dequantize(vc, s, n, t2[0], p.dtype.type(va[j]), sv, bits)
+        _dequantize(mc, s, n, t1, p.dtype.type(ma[j]), sm, bits)
+        _dequantize(vc, s, n, t2, p.dtype.type(va[j]), sv, bits)
         _adam_math(p[s:s + n], g[s:s + n], sm, sv, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s)
         _quantize(sm, n, ma, j, mc, s, bits, t1, scratch)
         _quantize(sv, n, va, j, vc, s, bits, t2, scratch)
@@ -185,7 +193,7 @@ def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
-        _dequantize(mc, s, n, t1[0], p.dtype.type(ma[j]), sm, bits)
+        _dequantize(mc, s, n, t1, p.dtype.type(ma[j]), sm, bits)
         _lion_math(p[s:s + n], g[s:s + n], sm, n, decay, lr, b1, c1, b2, c2, sign)
         _quantize(sm, n, ma, j, mc, s, bits, t1, scratch)
 
@@ -224,7 +232,7 @@ def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - com
         s = j * qb
         n = min(qb, p.size - s)
         if not first:
-            _dequantize(bc, s, n, t1[0], p.dtype.type(ba[j]), sb, bits)
+            _dequantize(bc, s, n, t1, p.dtype.type(ba[j]), sb, bits)
         _sgd_math(p[s:s + n], g[s:s + n], sb, n, lr, wd, mom, undamp, sign, nesterov, first)
         _quantize(sb, n, ba, j, bc, s, bits, t1, scratch)
 
@@ -246,8 +254,9 @@ def sgd_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, first):  # pra
 # ---------------------------------------------------------------------------------- launchers
 def _tables(qmap: torch.Tensor, dtype: np.ndarray) -> tuple:
     t = lookup(qmap)
-    return (t.qmap.astype(dtype.dtype), t.thr, t.table, np.int32(t.key_min), np.int32(t.span),
-            *_arithmetic(tuple(t.qmap.tolist())))
+    values = tuple(t.qmap.tolist())
+    return (t.qmap.astype(dtype.dtype), t.thr, t.table, np.int32(t.key_min), np.int32(t.span), *_arithmetic(values),
+            *decoder(values))
 
 
 def _bits(qmap: torch.Tensor) -> int:
