@@ -20,8 +20,8 @@ and steps every matrix); "NS share" is the
 largest fraction of the Newton-Schulz cost that one rank carries (1/N is perfect) and
 "NS ms" the Newton-Schulz time measured on the busiest rank (sharded runs only). "wait ms" is the
 time the busiest rank spent blocked in descent's collectives per step
-(``descent.distributed._comm.waited``); ``--overlap off`` (the default, as descent's)
-runs the collectives blocking in one wave, ``--overlap on`` async in waves (``DESCENT_OVERLAP=1``), ``--overlap both`` runs each optimizer both ways (an "overlap" column).
+(``descent.distributed._comm.waited``); ``--overlap on`` (the default, as descent's)
+runs them async in waves, ``--overlap off`` blocking in one wave (``DESCENT_OVERLAP=0``), ``--overlap both`` runs each optimizer both ways (an "overlap" column).
 ``--phases`` adds the CPU seconds per step of the busiest process in the phases of the Shampoo/SOAP
 step: the optimizer's ``_update`` (eigh/QR, rotations), the all-to-all to the owners, the return of
 the rows, and the all-gathers of the "gather" scheme (with ``--overlap off`` the all-to-alls are
@@ -217,8 +217,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320, help="model width (320: the 20.1M list)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process count")
-    parser.add_argument("--overlap", choices=("on", "off", "both"), default="off",
-                        help="collectives async in waves (on), blocking in one wave (off, the default, as descent), or both")
+    parser.add_argument("--overlap", choices=("on", "off", "both"), default="on",
+                        help="collectives async in waves (on, the default, as descent), blocking in one wave (off), or both")
     parser.add_argument("--phases", action="store_true", help="CPU seconds per phase of the Shampoo/SOAP step")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

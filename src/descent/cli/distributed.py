@@ -9,6 +9,7 @@ the log; checkpoints are ``torch.distributed.checkpoint`` folders.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import socket
@@ -117,4 +118,5 @@ def run(args: argparse.Namespace) -> int:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()  # free the group's gloo threads now, not in the interpreter's shutdown (see distributed._comm)
     return 0

@@ -7,18 +7,25 @@ tensor), and adds the bytes this rank sent to :data:`traffic`, which
 Overlap: :func:`start_sum` and :func:`start_exchange` issue a collective with ``async_op=True``
 and return a :class:`Pending`; the step splits a bucket into :func:`waves` and computes the next
 wave while the previous one's collective is in flight (:func:`run_stages` for the statistics of
-LAMB, Adafactor and MARS; the Muon and Shampoo/SOAP owner steps, :func:`pipeline`). It is off by
-default: ``DESCENT_OVERLAP=1`` in the environment (or ``_comm.overlap = True``) switches it on.
-With gloo, a process that used async collectives aborts at interpreter exit now and then
-("terminate called without an active exception": a gloo worker thread drops the last reference
-to a collective's tensor during finalization; about 1 in 10 runs of ``descent train --nproc 2
---optimizer muon``, 0 in 30 with blocking collectives), and on this 2-core machine the overlap
-did not shorten a step. The numbers are the same either way. :data:`waited` adds up the seconds
+LAMB, Adafactor and MARS; the Muon and Shampoo/SOAP owner steps, :func:`pipeline`). It is on by
+default; ``DESCENT_OVERLAP=0`` in the environment (or ``_comm.overlap = False``) makes every
+collective blocking. The numbers are the same either way.
+
+Exit: in a core dump of a process that aborted at exit ("terminate called without an active
+exception"; 2-3 of 10 runs of ``descent train --nproc 2 --optimizer muon`` with overlapping on), the
+main thread was in the interpreter's final garbage collection, which frees the process group (an
+FSDP2 model and its device mesh hold it in reference cycles), and a gloo worker thread was freeing
+a collective's work and, with it, a tensor that has a Python object: that takes the GIL, which a
+thread cannot take once the interpreter shuts down. So the first async collective registers
+``gc.collect`` with :mod:`atexit`, which runs before the shutdown, and the command collects after
+``destroy_process_group`` (0 aborts in 16 runs, then 30). :data:`waited` adds up the seconds
 spent blocked.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -29,21 +36,22 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["traffic", "reset_traffic", "sum_across", "any_across", "assign_owners", "exchange", "Pending",
-           "start_sum", "start_exchange", "waves", "run_stages", "pipeline", "overlap", "waited"]
+           "start_sum", "start_exchange", "comm_device", "waves", "run_stages", "pipeline", "overlap", "waited"]
 
 #: Bytes this process sent through descent's collectives, by kind ("reduce", "exchange", "gather": the
 #: all-gathers of the "gather" mode, ``full_tensor()``).
 traffic: dict[str, int] = {"reduce": 0, "exchange": 0, "gather": 0, "calls": 0}
 
 
-#: Whether collectives overlap compute (async, in waves); off unless ``DESCENT_OVERLAP=1`` (see above).
-overlap = os.environ.get("DESCENT_OVERLAP", "0") == "1"
+#: Whether collectives overlap compute (async, in waves); ``DESCENT_OVERLAP=0`` turns it off (see above).
+overlap = os.environ.get("DESCENT_OVERLAP", "1") != "0"
 #: How many waves a bucket is split into when overlapping (the first wave's collective is not hidden),
 #: and the fewest elements a wave should hold (smaller buckets go in fewer waves: a collective has a latency).
 WAVES = 4
 MIN_WAVE_NUMEL = 1 << 16
 #: Seconds this process spent blocked in descent's collectives (``[seconds]``; read by the benchmark).
 waited = [0.0]
+_collect_at_exit: list[bool] = []
 
 
 def reset_traffic() -> dict[str, int]:
@@ -73,6 +81,9 @@ class Pending:
 def _issue(call: Callable[..., Any]) -> Any:
     """Run a collective: async (its work handle) when overlapping, else blocking (timed in :data:`waited`)."""
     if overlap:
+        if not _collect_at_exit:
+            atexit.register(gc.collect)  # see the module's docstring
+            _collect_at_exit.append(True)
         return call(async_op=True)
     start = time.perf_counter()
     call(async_op=False)
@@ -178,11 +189,20 @@ def pipeline(runs: Sequence[list[int]], send: Callable[[list[int]], Pending],
         finish(run, trip.wait())
 
 
+def comm_device(group=None) -> torch.device:
+    """Where to put a tensor made for a collective of ``group`` that has no data tensor to follow (flags,
+    counts, an empty buffer): the CPU for gloo (or without CUDA), else the current CUDA device (NCCL
+    takes CUDA tensors only)."""
+    if not torch.cuda.is_available() or "gloo" in str(dist.get_backend(group)):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def any_across(flags: Sequence[bool], group) -> list[bool]:
     """Element-wise OR of per-rank boolean lists over ``group`` (one ``all_reduce`` of a small int tensor)."""
     if not flags:
         return []
-    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32)
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=comm_device(group))
     if dist.get_world_size(group) > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
         traffic["calls"] += 1
@@ -236,8 +256,9 @@ def start_exchange(send: Sequence[Sequence[Tensor]], recv_numels: Sequence[Seque
     in_sizes = [sum(t.numel() for t in ts) for ts in send]
     out_sizes = [sum(n) for n in recv_numels]
     flat = [t.reshape(-1) for ts in send for t in ts]  # one copy into the send buffer
-    src = torch.cat(flat).to(dtype) if flat else torch.empty(0, dtype=dtype)
-    dst = torch.empty(sum(out_sizes), dtype=dtype)
+    device = flat[0].device if flat else comm_device(group)
+    src = torch.cat(flat).to(dtype) if flat else torch.empty(0, dtype=dtype, device=device)
+    dst = torch.empty(sum(out_sizes), dtype=dtype, device=device)
     work = None
     if world > 1:  # every rank, even one with nothing to send or receive in this call (it is a collective)
         size = src.element_size()

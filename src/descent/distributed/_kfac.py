@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._comm import sum_across, traffic
+from ._comm import comm_device, sum_across, traffic
 
 __all__ = ["kfac_process_group", "average_factors"]
 
@@ -59,7 +59,7 @@ def average_factors(stats: dict[int, dict[str, Any]], layers: list[int], group: 
         return
     keys = [(k, name) for k in layers if k in stats for name in ("A", "G") if isinstance(stats[k].get(name), Tensor)]
     numel = sum(stats[k][n].numel() for k, n in keys)
-    shape = torch.tensor([len(keys), numel, -len(keys), -numel], dtype=torch.int64)
+    shape = torch.tensor([len(keys), numel, -len(keys), -numel], dtype=torch.int64, device=comm_device(group))
     dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=group)
     traffic["calls"] += 1
     if shape.tolist() != [len(keys), numel, -len(keys), -numel]:

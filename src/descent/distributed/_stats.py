@@ -41,7 +41,7 @@ def square_sums(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
     if not tensors:
         return []
     norms = torch._foreach_norm([local(t) for t in tensors], 2)
-    return [n.double().square() if _counted(p) else torch.zeros((), dtype=torch.float64)
+    return [n.double().square() if _counted(p) else torch.zeros((), dtype=torch.float64, device=n.device)
             for n, p in zip(norms, params)]
 
 
@@ -232,10 +232,10 @@ def _adafactor_apply(hp: dict[str, Any], params: list[Tensor], updates: list[Ten
                      steps: list[int], u_sq: Tensor, p_sq: Tensor) -> None:
     """Clip, scale, momentum, decay and apply, as :func:`descent.functional.adafactor` (given the sums of squares)."""
     ps = [local(p) for p in params]
-    n = torch.tensor([max(p.numel(), 1) for p in params], dtype=torch.float64)
+    n = torch.tensor([max(p.numel(), 1) for p in params], dtype=torch.float64, device=u_sq.device)
     rms_u, rms_p = (u_sq / n).sqrt(), (p_sq / n).sqrt()
     lr = torch.tensor([F.adafactor_lr(t, hp["lr"], relative_step=hp["relative_step"], warmup_init=hp["warmup_init"])
-                       for t in steps], dtype=torch.float64)
+                       for t in steps], dtype=torch.float64, device=u_sq.device)
     alpha = lr * rms_p.clamp(min=float(hp["eps2"])) if hp["scale_parameter"] else lr
     scale = alpha / (rms_u / float(hp["clip_threshold"])).clamp(min=1.0)
     torch._foreach_mul_(updates, scale.to(ps[0].dtype).unbind())
@@ -286,7 +286,7 @@ def mars_step(opt: Any, group: dict[str, Any], params: list[Tensor], grads: list
     ms = [local(s["exp_avg"]) for s in states]
     if hp.get("cautious", False):
         masks = [(m * g > 0).to(m.dtype) for m, g in zip(ms, gs)]
-        counts = sum_across([mk.sum(dtype=torch.float64) if _counted(p) else torch.zeros((), dtype=torch.float64)
+        counts = sum_across([mk.sum(dtype=torch.float64) * (1.0 if _counted(p) else 0.0)
                              for mk, p in zip(masks, params)], mesh_group)
         ms = [m * mk * (p.numel() / (float(k) + 1.0)) for m, mk, p, k in zip(ms, masks, params, counts)]
     for p, g, m, s, t in zip(params, gs, ms, states, steps):

@@ -57,7 +57,7 @@ def shard_model(model: nn.Module) -> nn.Module:
 
 
 def _global_loss(loss: torch.Tensor, n_local: int, n_global: int) -> float:
-    total = torch.tensor([float(loss.detach()) * n_local], dtype=torch.float64)
+    total = torch.tensor([float(loss.detach()) * n_local], dtype=torch.float64, device=loss.device)
     dist.all_reduce(total)
     return float(total) / max(n_global, 1)
 

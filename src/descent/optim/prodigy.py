@@ -163,7 +163,7 @@ class Prodigy(Optimizer):
                 sums[0] += delta
                 sums[1] += s_sum
         if meshed:  # sharded parameters: the two sums over every rank's shards, one all_reduce
-            sums = [float(x) for x in D.sum_across([torch.tensor(sums, dtype=torch.float64)],
+            sums = [float(x) for x in D.sum_across([torch.tensor(sums, dtype=torch.float64, device=meshed[0].device)],
                                                     D.shard_group(meshed[0]))[0]]
         numerator += sums[0]
         denominator += sums[1]
