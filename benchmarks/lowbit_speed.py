@@ -112,11 +112,11 @@ def _parts(rounds: int) -> None:
     sm, codes, absmax = np.empty(n, np.float32), np.empty(n, np.uint8), np.ones(64, np.float32)
 
     @njit
-    def dequantize(mc, vc, t1, t2):  # noqa: ANN001, ANN202 - scratch allocated here, as in the kernel
+    def dequantize(mc, vc, d1, d2):  # noqa: ANN001, ANN202 - scratch allocated here, as in the kernel
         sm, sv = np.empty(qb, np.float32), np.empty(qb, np.float32)
         for s in range(0, n, qb):
-            K._dequantize(mc, s, qb, t1, np.float32(1e-3), sm, 8)
-            K._dequantize(vc, s, qb, t2, np.float32(1e-6), sv, 8)
+            K._dequantize(mc, s, qb, d1, np.float32(1e-3), sm, 8)
+            K._dequantize(vc, s, qb, d2, np.float32(1e-6), sv, 8)
         return sm[0] + sv[0]
 
     @njit
@@ -124,18 +124,22 @@ def _parts(rounds: int) -> None:
         return sum([K._amax(sm[s:s + qb], qb) for s in range(0, n, qb)])
 
     @njit
-    def quantize(sm, table, codes, absmax):  # noqa: ANN001, ANN202
+    def quantize(sm, enc, table, codes, absmax):  # noqa: ANN001, ANN202
         scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
         for s in range(0, n, qb):
-            K._quantize(sm[s:s + qb], qb, absmax, s // qb, codes, s, 8, table, scratch)
+            if not K._quantize(sm[s:s + qb], qb, absmax, s // qb, codes, s, 8, enc):
+                K._quantize_table(sm[s:s + qb], qb, absmax[s // qb], codes, s, 8, table, scratch)
 
+    (d1, e1, l1), (d2, _, _) = K._split(t1), K._split(t2)
     for s in range(0, n, qb):
-        K._dequantize(mc, s, qb, t1, np.float32(1e-3), sm[s:], 8)
-    scalar = (t1[:11] + (False,), t2[:11] + (False,))  # the decoders' "exact" flags off: scalar table loads
-    cases = {"dequantize m and v: permute": (dequantize, mc, vc, t1, t2),
-             "dequantize m and v: table": (dequantize, mc, vc, *scalar),
-             "absmax of one state": (amax, sm), "absmax + codes of m: arith.": (quantize, sm, t1, codes, absmax),
-             "absmax + codes of m: table": (quantize, sm, t1[:9] + (False,) + t1[10:], codes, absmax)}
+        K._dequantize(mc, s, qb, d1, np.float32(1e-3), sm[s:], 8)
+    off = lambda t, i: t[:i] + (False,) + t[i + 1:]  # noqa: E731 - a table with its flag i off
+    cases = {"dequantize m and v: permute": (dequantize, mc, vc, d1, d2),
+             "dequantize m and v: table": (dequantize, mc, vc, off(d1, 2), off(d2, 2)),
+             "absmax of one state": (amax, sm),
+             "absmax + codes of m: arith. 16": (quantize, sm, e1, l1, codes, absmax),
+             "absmax + codes of m: arith. 1": (quantize, sm, off(e1, 9), l1, codes, absmax),
+             "absmax + codes of m: table": (quantize, sm, off(e1, 4), l1, codes, absmax)}
     print(f"{'part':30s} {'CPU ns/value':>12s}  (1 thread, best of {rounds} x 100 passes over 16K values)")
     for name, (f, *a) in cases.items():
         f(*a)

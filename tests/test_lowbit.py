@@ -339,3 +339,59 @@ def test_decoder_planes_and_rejects():
     with pytest.raises(ValueError, match="Invalid map size: 16"):
         decode.planes(code_map(True, 4).numpy())
     assert decode.decoder(tuple(code_map(False, 4).tolist()))[1] is False
+
+
+def _encode16_fresh():
+    """A new compilation of :func:`_encode16` over whole arrays (``encode.FORCE_SCALAR16`` read again), beside
+    :func:`_encode` on each value alone: codes and unsure flags of both."""
+    from numba import njit
+
+    @njit
+    def run(xs, cross, ten, zero, e, xc, dlo, ften, ebase, out16, bad16, out1, bad1):  # noqa: ANN001, ANN202
+        for k in range(0, xs.size, 16):
+            bits = encode._encode16(xs, k, np.float32(1.0), out16, k, xc, dlo, ften, cross[7], np.float32(zero), e,
+                                    ebase)
+            for i in range(16):
+                bad16[k + i] = (bits >> np.uint32(i)) & np.uint32(1)
+        for k in range(xs.size):
+            bad1[k] = encode._encode(xs[k:k + 1], 1, np.float32(1.0), out1, k, cross, ten, zero, e)
+    return run
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+@pytest.mark.parametrize("signed", [True, False])
+def test_encode16_equals_encode_lane_by_lane(scalar, signed):
+    """The 16-lane encoder (decade from the exponent's octave table, AVX-512 permutes or, compiled with
+    FORCE_SCALAR16, scalar loads) gives :func:`_encode`'s code and unsure flag on every value: midpoints
+    +-0..3 ulps, octave and decade edges, +-0, denormals, random values; and the table's code where sure."""
+    qmap = code_map(signed, 8)
+    values = tuple(qmap.tolist())
+    cross, ten, zero, e, usable = encode._arithmetic(values)
+    xc, dlo, ften, ebase, ok = encode._vector(values)
+    assert usable and ok
+    mids = (qmap[:-1] + qmap[1:]) / 2
+    octaves = torch.tensor([2.0**k for k in range(-40, 1)])
+    gen = torch.Generator().manual_seed(13)
+    rand = torch.cat([torch.rand(3000, generator=gen) * 2 - 1, torch.randn(1000, generator=gen) * 1e-4])
+    x = torch.cat([_ulps(mids, k) for k in range(-3, 4)] + [qmap, _ulps(octaves, -1), octaves, _ulps(octaves, 1),
+                   torch.from_numpy(cross), torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.0, -1.0]), rand])
+    first_random = x.numel() - rand.numel()
+    x = (x if signed else x.abs()).clamp(-1, 1)
+    x = torch.cat([x, torch.zeros((-x.numel()) % 16)]).numpy()
+    out16, out1 = np.empty(x.size, np.uint8), np.empty(x.size, np.uint8)
+    bad16, bad1 = np.empty(x.size, np.uint8), np.empty(x.size, bool)
+    encode.FORCE_SCALAR16[0] = scalar
+    try:
+        run = _encode16_fresh()
+        run(x, cross, ten, zero, e, xc, dlo, ften, ebase, out16, bad16, out1, bad1)
+        asm = "".join(run.inspect_asm().values())
+    finally:
+        encode.FORCE_SCALAR16[0] = False
+    assert np.array_equal(bad16.astype(bool), bad1)
+    sure = ~bad1
+    assert np.array_equal(out16[sure], out1[sure])
+    want = torch.bucketize(torch.from_numpy(x), mids).numpy()
+    assert np.array_equal(out16[sure], want[sure])
+    assert bad1[:first_random].any() and bad1[first_random:].mean() < 0.01, "unsure: near midpoints only"
+    if scalar:
+        assert "vpermt2ps" not in asm and "vpermi2ps" not in asm

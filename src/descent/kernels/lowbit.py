@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from . import addresses, bucket_plan, like
 from .lowbit_decode import _decode, decoder
-from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode
+from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode_fast, _vector
 from .multi import fma, view
 from ..lowbit.maps import SHIFT, lookup
 from ..lowbit.quant import block_size
@@ -51,10 +51,11 @@ def _code(codes, i, bits):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_OPTS)
-def _dequantize(codes, off, n, table, absmax, out, bits):  # pragma: no cover - compiled
+def _dequantize(codes, off, n, dec, absmax, out, bits):  # pragma: no cover - compiled
     """``out[:n] = qmap[code] * absmax`` for the elements from ``off``: 8-bit codes by byte permutes
-    (:func:`descent.kernels.lowbit_decode._decode`) where that was checked exact for the map."""
-    qmap, planes, exact = table[0], table[10], table[11]
+    (:func:`descent.kernels.lowbit_decode._decode`) where that was checked exact for the map
+    (``dec`` = ``(qmap, planes, exact)``, :func:`_split`)."""
+    qmap, planes, exact = dec
     if bits == 8 and exact:
         _decode(codes, off, n, qmap, planes, absmax, out)
         return
@@ -93,22 +94,30 @@ def _normalize(vals, n, scale, xs, keys, key_min, span):  # pragma: no cover - c
 
 
 @njit(inline="always", **_OPTS)
-def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: no cover - compiled
-    """Write the absmax (block ``j``) and the codes (elements from ``off``) of ``vals[:n]``.
-
-    8-bit codes of a dynamic map with a finite absmax: two loops that vectorize (absmax;
-    :func:`_encode`). Otherwise, or where :func:`_encode` is unsure: normalize and table row from
-    the bits (vectorizes), then one scalar loop of two table loads and a comparison per element
-    (unsigned indices: no negative-index wrap-around code).
-    """
-    _, thr, first, key_min, span, cross, ten, zero, e, fast = table[:10]
-    xs, ci = scratch
+def _quantize(vals, n, absmax, j, codes, off, bits, enc):  # pragma: no cover - compiled
+    """Write the absmax (block ``j``) of ``vals[:n]`` and, for 8-bit codes of a dynamic map with a finite
+    absmax, the codes (elements from ``off``) by arithmetic: loops that vectorize (:func:`_amax`;
+    :func:`descent.kernels.lowbit_encode._encode_fast`). False when :func:`_quantize_table` must write
+    the codes (other maps, 4 bits, a non-finite absmax, or a value the arithmetic is unsure of).
+    ``enc`` = :func:`_split`'s second tuple (few arrays: each array passed to an inlined function costs
+    a reference-count increment and decrement per block)."""
+    cross, ten, zero, e, fast, xc, dlo, ften, ebase, ok = enc
     stored = np.float32(_amax(vals, n))
     absmax[j] = stored
-    scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
     if bits == 8 and fast and stored < np.float32(np.inf):
-        if not _encode(vals, n, scale, codes, off, cross, ten, zero, e):
-            return
+        scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
+        return not _encode_fast(vals, n, scale, codes, off, cross, ten, zero, e, (xc, dlo, ften, ebase, ok))
+    return False
+
+
+@njit(**_OPTS)
+def _quantize_table(vals, n, stored, codes, off, bits, table, scratch):  # pragma: no cover - compiled
+    """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span)``: normalize
+    and table row from the bits (vectorizes), then one scalar loop of two table loads and a comparison per
+    element (unsigned indices: no negative-index wrap-around code)."""
+    thr, first, key_min, span = table
+    xs, ci = scratch
+    scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
     _normalize(vals, n, scale, xs, ci, key_min, span)
     if bits == 8:
         for k in range(n):
@@ -122,6 +131,14 @@ def _quantize(vals, n, absmax, j, codes, off, bits, table, scratch):  # pragma: 
         codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << np.uint32(4))
     if n & 1:
         codes[(off + n - 1) >> 1] = ci[n - 1]
+
+
+@njit(inline="always", **_OPTS)
+def _split(table):  # pragma: no cover - compiled
+    """``(dequantize, encode, lookup)`` tables out of :func:`_tables`' tuple: ``(qmap, planes, exact)``,
+    ``(cross, ten, zero, e, fast, xc, dlo, ften, ebase, usable)`` and ``(thr, first, key_min, span)``."""
+    return ((table[0], table[10], table[11]), (table[5], table[6], table[7], table[8], table[9], *table[12:]),
+            table[1:5])
 
 
 @njit(inline="always", **_OPTS)
@@ -144,14 +161,17 @@ def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  #
     sm = np.empty(qb, p.dtype)
     sv = np.empty(qb, p.dtype)
     scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
+    (d1, e1, l1), (d2, e2, l2) = _split(t1), _split(t2)
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
-        _dequantize(mc, s, n, t1, p.dtype.type(ma[j]), sm, bits)
-        _dequantize(vc, s, n, t2, p.dtype.type(va[j]), sv, bits)
+        _dequantize(mc, s, n, d1, p.dtype.type(ma[j]), sm, bits)
+        _dequantize(vc, s, n, d2, p.dtype.type(va[j]), sv, bits)
         _adam_math(p[s:s + n], g[s:s + n], sm, sv, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s)
-        _quantize(sm, n, ma, j, mc, s, bits, t1, scratch)
-        _quantize(sv, n, va, j, vc, s, bits, t2, scratch)
+        if not _quantize(sm, n, ma, j, mc, s, bits, e1):  # else a call: few blocks
+            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch)
+        if not _quantize(sv, n, va, j, vc, s, bits, e2):  # else a call: few blocks
+            _quantize_table(sv, n, va[j], vc, s, bits, l2, scratch)
 
 
 @njit(parallel=True, **_OPTS)
@@ -190,12 +210,14 @@ def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
     decay, lr, b1, c1, b2, c2, sign = hp
     sm = np.empty(qb, p.dtype)
     scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
+    d1, e1, l1 = _split(t1)
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
-        _dequantize(mc, s, n, t1, p.dtype.type(ma[j]), sm, bits)
+        _dequantize(mc, s, n, d1, p.dtype.type(ma[j]), sm, bits)
         _lion_math(p[s:s + n], g[s:s + n], sm, n, decay, lr, b1, c1, b2, c2, sign)
-        _quantize(sm, n, ma, j, mc, s, bits, t1, scratch)
+        if not _quantize(sm, n, ma, j, mc, s, bits, e1):  # else a call: few blocks
+            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch)
 
 
 @njit(parallel=True, **_OPTS)
@@ -228,13 +250,15 @@ def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - com
     lr, wd, mom, undamp, sign, nesterov = hp
     sb = np.empty(qb, p.dtype)
     scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
+    d1, e1, l1 = _split(t1)
     for j in range((p.size + qb - 1) // qb):
         s = j * qb
         n = min(qb, p.size - s)
         if not first:
-            _dequantize(bc, s, n, t1, p.dtype.type(ba[j]), sb, bits)
+            _dequantize(bc, s, n, d1, p.dtype.type(ba[j]), sb, bits)
         _sgd_math(p[s:s + n], g[s:s + n], sb, n, lr, wd, mom, undamp, sign, nesterov, first)
-        _quantize(sb, n, ba, j, bc, s, bits, t1, scratch)
+        if not _quantize(sb, n, ba, j, bc, s, bits, e1):  # else a call: few blocks
+            _quantize_table(sb, n, ba[j], bc, s, bits, l1, scratch)
 
 
 @njit(parallel=True, **_OPTS)
@@ -256,7 +280,7 @@ def _tables(qmap: torch.Tensor, dtype: np.ndarray) -> tuple:
     t = lookup(qmap)
     values = tuple(t.qmap.tolist())
     return (t.qmap.astype(dtype.dtype), t.thr, t.table, np.int32(t.key_min), np.int32(t.span), *_arithmetic(values),
-            *decoder(values))
+            *decoder(values), *_vector(values))
 
 
 def _bits(qmap: torch.Tensor) -> int:

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -107,6 +108,12 @@ def _arithmetic(values: tuple[float, ...]) -> tuple:
         return np.zeros(8, np.float32), np.ones(7, np.float32), np.int32(0), np.int32(0), False
     cross, ten, zero, e = layout
     dyn = (cross, ten, np.int32(zero), np.int32(e))
+    return (*dyn, bool(_encode_agrees(*_band_values(qmap), *dyn)))
+
+
+def _band_values(qmap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(xs, want, edge)``: +-1024 ulps around every midpoint of ``qmap`` (and +-0, +-1, +-1.5, +-1e-45),
+    their table codes, and whether each is at a band's end (where the arithmetic must be sure)."""
     mids = lookup(torch.from_numpy(qmap)).mids
     steps = np.arange(-1024, 1025, dtype=np.int32)
     bits = (np.abs(mids).view(np.int32)[:, None] + steps[None, :]).reshape(-1)
@@ -115,5 +122,178 @@ def _arithmetic(values: tuple[float, ...]) -> tuple:
     edge = np.zeros((mids.size, steps.size), bool)
     edge[:, [0, -1]] = True
     edge = np.concatenate([edge.reshape(-1), edge.reshape(-1), np.zeros(8, bool)])
-    want = np.searchsorted(mids, xs, side="left").astype(np.uint8)
-    return (*dyn, bool(_encode_agrees(xs, want, edge, *dyn)))
+    return xs, np.searchsorted(mids, xs, side="left").astype(np.uint8), edge
+
+
+# ------------------------------------------------------------ 16 values at a time, the decade from a permute
+#: Set to True to compile :func:`_encode16`'s table lookups as scalar loads even on an AVX-512 CPU (tests).
+FORCE_SCALAR16 = [False]
+
+_I32x16 = ir.VectorType(ir.IntType(32), 16)
+_F32x16 = ir.VectorType(ir.FloatType(), 16)
+
+
+def _target_has(context, *features: str) -> bool:  # noqa: ANN001 - a Numba target context
+    """Whether Numba compiles for a CPU with all of ``features`` (``"+avx512f"``, ...)."""
+    have = (getattr(context.codegen(), "_tm_features", "") or "").split(",")
+    return all(f in have for f in features)
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, n: int = 16) -> ir.Value:
+    vty = ir.VectorType(value.type, n)
+    v = builder.insert_element(ir.Constant(vty, None), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+
+
+def _lookup32(builder: ir.IRBuilder, ptr: ir.Value, idx: ir.Value, permute: bool) -> ir.Value:
+    """``ptr[idx]`` for a 32-entry float32 or int32 table and 16 indices in [0, 31]: one AVX-512
+    ``vpermi2ps``/``vpermi2d`` on the table's two halves, or 16 scalar loads."""
+    ety = ptr.type.pointee
+    vty = ir.VectorType(ety, 16)
+    if permute:
+        halves = builder.bitcast(ptr, vty.as_pointer())
+        lo, hi = (builder.load(builder.gep(halves, [ir.Constant(ir.IntType(64), h)]), align=4) for h in (0, 1))
+        name = "llvm.x86.avx512.vpermi2var." + ("ps" if isinstance(ety, ir.FloatType) else "d") + ".512"
+        fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vty, [vty, _I32x16, vty]))
+        return builder.call(fn, [lo, idx, hi])
+    out = ir.Constant(vty, None)
+    for i in range(16):
+        lane = ir.Constant(ir.IntType(32), i)
+        j = builder.zext(builder.extract_element(idx, lane), ir.IntType(64))
+        out = builder.insert_element(out, builder.load(builder.gep(ptr, [j])), lane)
+    return out
+
+
+def _vcall(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(args[0].type, [a.type for a in args]))
+    return builder.call(fn, list(args))
+
+
+def _encode16_ir(builder, x, xc, dlo, ften, top, z, e, ebase, permute):  # noqa: ANN001, ANN202 - IR values
+    """:func:`_encode`'s per-value arithmetic on 16 float32 lanes ``x``: ``(codes as <16 x i32>, unsure <16 x i1>)``.
+    Same operations in the same order, except the decade: ``d = dlo[i] + (a > xc[i])`` with ``i`` the clamped
+    exponent of ``a`` (each binary octave holds at most one decade boundary; checked in :func:`_vector`)."""
+    fc = lambda v: ir.Constant(_F32x16, [float(v)] * 16)  # noqa: E731
+    ic = lambda v: ir.Constant(_I32x16, [int(v)] * 16)  # noqa: E731
+    neg = builder.fcmp_ordered("<", x, fc(0.0))
+    ai = builder.add(builder.bitcast(_vcall(builder, "llvm.fabs.v16f32", x), _I32x16), builder.zext(neg, _I32x16))
+    a = builder.bitcast(ai, _F32x16)
+    i = builder.sub(builder.lshr(ai, ic(23)), _splat(builder, ebase))
+    i = builder.select(builder.icmp_signed("<", i, ic(0)), ic(0), i)
+    i = builder.select(builder.icmp_signed(">", i, ic(31)), ic(31), i)
+    d = builder.add(_lookup32(builder, dlo, i, permute),
+                    builder.zext(builder.fcmp_ordered(">", a, _lookup32(builder, xc, i, permute)), _I32x16))
+    f = _lookup32(builder, ften, d, permute)
+    dm = builder.select(builder.icmp_signed(">", d, ic(1)), d, ic(1))
+    c = builder.bitcast(builder.shl(builder.add(dm, builder.add(_splat(builder, e), ic(126))), ic(23)), _F32x16)
+    u = builder.fmul(builder.fsub(builder.fmul(a, f), fc(np.float32(0.1))), builder.fmul(c, fc(np.float32(1 / 0.9))))
+    w = _vcall(builder, "llvm.floor.v16f32", u)
+    r = builder.fsub(u, w)
+    pos_d = builder.icmp_signed(">", d, ic(0))
+    inner = builder.and_(pos_d, builder.and_(builder.fcmp_ordered(">", u, fc(0.5)),
+                                             builder.fcmp_ordered("<", u, builder.fsub(c, fc(0.5)))))
+    unsure = builder.and_(inner, builder.or_(builder.fcmp_ordered("<", r, fc(_BAND)),
+                                             builder.fcmp_ordered(">", r, fc(np.float32(1.0) - _BAND))))
+    wc = builder.select(builder.fcmp_ordered(">", w, fc(0.0)), w, fc(0.0))
+    cm1 = builder.fsub(c, fc(1.0))
+    wc = builder.select(builder.fcmp_ordered("<", wc, cm1), wc, cm1)
+    ef = builder.sitofp(_splat(builder, e), _F32x16)
+    pos = builder.select(pos_d, builder.fadd(builder.fsub(c, ef), wc), fc(0.0))
+    pos = builder.fadd(pos, builder.select(builder.fcmp_ordered(">", a, _splat(builder, top)), fc(1.0), fc(0.0)))
+    zv = _splat(builder, z)
+    low = builder.fsub(zv, builder.select(builder.fcmp_ordered("<", pos, zv), pos, zv))
+    code = builder.fptosi(builder.select(neg, low, builder.fadd(zv, pos)), _I32x16)
+    return code, unsure
+
+
+@intrinsic
+def _encode16(typingctx, vals, k, scale, codes, off, xc, dlo, ften, top, z, e, ebase):  # pragma: no cover
+    """The codes of ``float32(vals[k:k + 16] / scale)`` into ``codes[off:off + 16]`` (:func:`_encode`'s arithmetic,
+    16 lanes, table lookups by AVX-512 permutes); returns the lanes' "unsure" bits (bit ``i``: lane ``i``)."""
+    arrays = (vals, codes, xc, dlo, ften)
+    if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays):
+        return None
+    if vals.dtype not in (types.float32, types.float64) or scale != vals.dtype or codes.dtype != types.uint8:
+        return None
+    if (xc.dtype, dlo.dtype, ften.dtype, top, z) != (types.float32, types.int32, types.float32, types.float32,
+                                                     types.float32):
+        return None
+    if not (isinstance(e, types.Integer) and isinstance(ebase, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = [context.make_array(t)(context, builder, v).data if isinstance(t, types.Array) else v
+                for t, v in zip(signature.args, args)]
+        vp, kk, sc, cp, oo, xcp, dlp, ftp, top_, z_, e_, eb = data
+        e_, eb = (context.cast(builder, v, t, types.int32) for v, t in ((e_, e), (eb, ebase)))
+        vty = ir.VectorType(vp.type.pointee, 16)
+        v = builder.load(builder.bitcast(builder.gep(vp, [kk]), vty.as_pointer()), align=vals.dtype.bitwidth // 8)
+        x = builder.fdiv(v, _splat(builder, sc))
+        x = builder.fptrunc(x, _F32x16) if vals.dtype == types.float64 else x
+        permute = _target_has(context, "+avx512f") and not FORCE_SCALAR16[0]
+        code, unsure = _encode16_ir(builder, x, xcp, dlp, ftp, top_, z_, e_, eb, permute)
+        i8x16 = ir.VectorType(ir.IntType(8), 16)
+        builder.store(builder.trunc(code, i8x16), builder.bitcast(builder.gep(cp, [oo]), i8x16.as_pointer()), align=1)
+        return builder.zext(builder.bitcast(unsure, ir.IntType(16)), ir.IntType(32))
+
+    return types.uint32(vals, types.intp, scale, codes, types.intp, xc, dlo, ften, top, z, e, ebase), codegen
+
+
+@njit(inline="always", **_OPTS)
+def _encode_fast(vals, n, scale, codes, off, cross, ten, zero, e, vec):  # pragma: no cover - compiled
+    """:func:`_encode` with its full 16-value groups by :func:`_encode16` (``vec`` = :func:`_vector`'s tables)."""
+    xc, dlo, ften, ebase, ok = vec
+    if not ok:
+        return _encode(vals, n, scale, codes, off, cross, ten, zero, e)
+    full = n - n % 16
+    bad = np.uint32(0)
+    top, z = cross[7], np.float32(zero)
+    for k in range(0, full, 16):
+        bad |= _encode16(vals, k, scale, codes, off + k, xc, dlo, ften, top, z, e, ebase)
+    tail = _encode(vals[full:], n - full, scale, codes, off + full, cross, ten, zero, e) if full < n else False
+    return bad != 0 or tail
+
+
+@njit(**_OPTS)
+def _encode16_agrees(xs, want, edge, cross, zero, e, xc, dlo, ften, ebase):  # pragma: no cover - compiled
+    """:func:`_encode16` on ``xs`` (a multiple of 16): the table's code ``want`` or unsure (never where ``edge``)."""
+    out = np.empty(xs.size, np.uint8)
+    for k in range(0, xs.size, 16):
+        bits = _encode16(xs, k, np.float32(1.0), out, k, xc, dlo, ften, cross[7], np.float32(zero), e,
+                         ebase)
+        for i in range(16):
+            unsure = (bits >> np.uint32(i)) & np.uint32(1)
+            if (unsure and edge[k + i]) or (not unsure and out[k + i] != want[k + i]):
+                return False
+    return True
+
+
+#: Biased float32 exponent of octave-table entry 0 (all below 2**(_EBASE - 126) share it; entry 31: 0.5 and up).
+_EBASE = 96
+
+
+@lru_cache(maxsize=16)
+def _vector(values: tuple[float, ...]) -> tuple:
+    """``(xc, dlo, ften, ebase, usable)`` for :func:`_encode16`: per binary octave ``i`` (exponent ``_EBASE + i``,
+    clamped to 0..31) the decade count below it and the decade boundary inside it (``+inf``: none); ``ften[d]`` =
+    ``10**(7 - d)`` (:func:`_encode`'s factor). Usable when the map takes the arithmetic path, no octave holds two
+    boundaries, and :func:`_encode16` agrees with the table on the same values as :func:`_arithmetic`'s check."""
+    cross, ten, zero, e, usable = _arithmetic(values)
+    xc, dlo, ften = np.full(32, np.inf, np.float32), np.zeros(32, np.int32), np.full(32, ten[0], np.float32)
+    ften[1:8] = ten
+    bounds = cross[:7].astype(np.float64)
+    for i in range(32):
+        lo = 0.0 if i == 0 else 2.0 ** (_EBASE + i - 127)
+        hi = np.inf if i == 31 else 2.0 ** (_EBASE + i - 126)
+        inside = bounds[(bounds >= lo) & (bounds < hi)]
+        if inside.size > 1:
+            usable = False
+        dlo[i] = int((bounds < lo).sum())
+        xc[i] = inside[0] if inside.size else np.inf
+    tabs = (xc, dlo, ften, np.int32(_EBASE))
+    if usable:
+        xs, want, edge = _band_values(np.asarray(values, dtype=np.float32))
+        pad = (-xs.size) % 16  # zeros: code ``zero``
+        xs, want = np.append(xs, np.zeros(pad, np.float32)), np.append(want, np.full(pad, zero, np.uint8))
+        usable = bool(_encode16_agrees(xs, want, np.append(edge, np.zeros(pad, bool)), cross, zero, e, *tabs))
+    return (*tabs, bool(usable))
