@@ -72,10 +72,36 @@ def test_kernel_quantizer_equals_bucketize(signed, bits):
 
 def test_quantize_roundtrip_error_small():
     x = torch.randn(10_000, generator=torch.Generator().manual_seed(1))
-    for bits, tol in ((8, 0.02), (4, 0.25)):
+    q4 = code_map(True, 4)
+    for bits, tol in ((8, 0.02), (4, float((q4[1:] - q4[:-1]).max()))):  # 4-bit signed: either neighbour
         s = QuantState.quantize(x, True, bits)
         err = (s.dequantize() - x).abs().view(-1)[:9984].view(-1, 128 if bits == 4 else 256).amax(1)
         assert float((err / s.absmax[: err.numel()]).max()) < tol
+
+
+def test_4bit_first_moment_map_and_rounding():
+    """The 4-bit signed map is QLoRA's NF4 (0 and +-1 exact); its codes round stochastically with a
+    hashed threshold: unbiased, and a decaying value keeps decaying where nearest rounding sticks."""
+    from descent.lowbit.quant import unpack
+
+    q = code_map(True, 4)
+    nf4 = [-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,
+           0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0]  # bitsandbytes' NF4
+    torch.testing.assert_close(q, torch.tensor(nf4), rtol=0, atol=1e-6)
+    assert {-1.0, 0.0, 1.0} <= set(q.tolist())
+    blocks = torch.full((2000, 128), 0.3)
+    blocks[:, 0] = 1 + torch.arange(2000) * 1e-4  # a different absmax, so other thresholds, per block
+    s = QuantState.quantize(blocks.reshape(-1), True, 4)
+    codes = unpack(s.codes, 4, blocks.numel()).view(2000, 128)[:, 1:]
+    assert set(codes.unique().tolist()) == {10, 11}, "one of the two neighbours"
+    assert abs(float(s.dequantize().view(2000, 128)[:, 1:].mean()) - 0.3) < 0.003, "unbiased"
+    assert q[torch.bucketize(0.9 * q[11], (q[1:] + q[:-1]) / 2)] == q[11], "rounded to nearest, 0.9 m sticks at m"
+    m = blocks.reshape(-1).clone()
+    for step in range(10):  # m <- round(0.9 m); new gradients keep each block's largest element near 1
+        m = QuantState.quantize(m * 0.9, True, 4).dequantize()
+        m.view(2000, 128)[:, 0] = 1 + (torch.arange(2000) + 2000 * step) * 1e-4
+    decayed = float(m.view(2000, 128)[:, 1:].mean())
+    assert abs(decayed - 0.3 * 0.9**10) < 0.02, decayed
 
 
 def test_zero_state_and_odd_sizes():
@@ -173,11 +199,12 @@ def test_adam_kernel_matches_functional(dtype, bits, variant):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_lion_kernel_matches_functional_exactly(dtype):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_lion_kernel_matches_functional_exactly(dtype, bits):
     gen = torch.Generator().manual_seed(6)
     params = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
     ref_p = [p.clone() for p in params]
-    ms = _states(SIZES, True, 8, dtype, 7)
+    ms = _states(SIZES, True, bits, dtype, 7)
     ref_m = [_clone(s) for s in ms]
     hp = dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.1)
     for _ in range(3):
@@ -186,20 +213,20 @@ def test_lion_kernel_matches_functional_exactly(dtype):
         for i, (p, g) in enumerate(zip(ref_p, grads)):
             m = ref_m[i].dequantize(dtype)
             F.lion(p, g, m, **hp)
-            ref_m[i] = QuantState.quantize(m, True, 8)
+            ref_m[i] = QuantState.quantize(m, True, bits)
     for p, r in zip(params, ref_p):
         assert torch.equal(p, r)
     _check(params, ref_p, ms, ref_m, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("variant", [dict(), dict(nesterov=True, weight_decay=0.01),
-                                     dict(dampening=0.5, maximize=True)])
-def test_sgd_kernel_matches_functional(dtype, variant):
+@pytest.mark.parametrize("variant,bits", [(dict(), 8), (dict(nesterov=True, weight_decay=0.01), 8),
+                                          (dict(dampening=0.5, maximize=True), 8), (dict(), 4)])
+def test_sgd_kernel_matches_functional(dtype, variant, bits):
     gen = torch.Generator().manual_seed(8)
     params = [torch.randn(n, generator=gen, dtype=dtype) for n in SIZES]
     ref_p = [p.clone() for p in params]
-    bufs = [QuantState.zeros(n, True, 8) for n in SIZES]
+    bufs = [QuantState.zeros(n, True, bits) for n in SIZES]
     ref_b: list = [None] * len(SIZES)
     hp = dict(lr=0.05, momentum=0.9, **variant)
     for step in range(3):
@@ -209,7 +236,7 @@ def test_sgd_kernel_matches_functional(dtype, variant):
         for i, (p, g) in enumerate(zip(ref_p, grads)):
             b = None if ref_b[i] is None else ref_b[i].dequantize(dtype)
             b = F.sgd(p, g, b, **hp)
-            ref_b[i] = QuantState.quantize(b, True, 8)
+            ref_b[i] = QuantState.quantize(b, True, bits)
         _check(params, ref_p, bufs, ref_b, dtype)
 
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..lowbit.maps import code_map
-from ..lowbit.quant import block_size, pack, unpack
+from ..lowbit.quant import block_size, encode, pack, unpack
 from ..lowbit.state import QuantState, codes_shape
 from ._comm import traffic
 from ._layout import _dtensor_module, is_sharded, local, local_range, shard_dim, shard_group
@@ -198,10 +198,10 @@ def _partial_absmax(value: Tensor, start: int, bits: int, blocks: int) -> Tensor
 def _quantize(value: Tensor, absmax: Tensor, qmap: Tensor, start: int, bits: int) -> Tensor:
     """Packed codes of local ``value`` with the global blocks' ``absmax`` (as :func:`descent.lowbit.quantize`)."""
     scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax).to(value.dtype)
-    block = torch.arange(start, start + value.numel(), device=value.device) // block_size(bits)
+    index = torch.arange(start, start + value.numel(), device=value.device)
+    block = index // block_size(bits)
     normalized = (value / scale[block]).to(torch.float32)
-    mids = ((qmap[:-1] + qmap[1:]) / 2).to(device=value.device, dtype=torch.float32)
-    return pack(torch.bucketize(normalized, mids, right=False), bits)
+    return pack(encode(normalized, qmap, bits, absmax[block], index % block_size(bits)), bits)
 
 
 def _state(opt: Any, algo: Any, group: dict[str, Any], p: Tensor, i: int) -> dict[str, Any]:

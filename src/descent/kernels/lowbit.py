@@ -94,6 +94,30 @@ def _normalize(vals, n, scale, xs, keys, key_min, span):  # pragma: no cover - c
 
 
 @njit(inline="always", **_OPTS)
+def _mix(h):  # pragma: no cover - compiled
+    """:func:`descent.lowbit.quant._mix` on a uint64 in [0, 2**32)."""
+    low, k, s = np.uint64(0xFFFFFFFF), np.uint64(0x45D9F3B), np.uint64(16)
+    h = (((h >> s) ^ h) * k) & low
+    h = (((h >> s) ^ h) * k) & low
+    return (h >> s) ^ h
+
+
+@njit(inline="always", **_OPTS)
+def _round_stochastic(xs, ci, n, qmap, stored):  # pragma: no cover - compiled
+    """Codes of a 4-bit signed map (``ci[:n]`` nearest on entry): the entry below or above ``xs[k]``,
+    above when the fraction of the gap exceeds the hashed threshold of
+    :func:`descent.lowbit.quant.encode` (same float32 arithmetic, so the same codes)."""
+    key, top = np.uint64(_as_bits(stored)) >> np.uint64(12), np.int64(qmap.size - 2)
+    for k in range(n):
+        x, c = xs[k], np.int64(ci[k])
+        lo = min(max(c - np.int64(np.float32(qmap[c]) > x), np.int64(0)), top)
+        below = np.float32(qmap[lo])
+        frac = np.float32(x - below) / np.float32(np.float32(qmap[lo + 1]) - below)
+        u = np.float32(_mix(key ^ _mix(np.uint64(k))) >> np.uint64(8)) * np.float32(2.0**-24)
+        ci[k] = np.uint32(lo + np.int64(frac > u))
+
+
+@njit(inline="always", **_OPTS)
 def _quantize(vals, n, absmax, j, codes, off, bits, enc):  # pragma: no cover - compiled
     """Write the absmax (block ``j``) of ``vals[:n]`` and, for 8-bit codes of a dynamic map with a finite
     absmax, the codes (elements from ``off``) by arithmetic: loops that vectorize (:func:`_amax`;
@@ -112,10 +136,11 @@ def _quantize(vals, n, absmax, j, codes, off, bits, enc):  # pragma: no cover - 
 
 @njit(**_OPTS)
 def _quantize_table(vals, n, stored, codes, off, bits, table, scratch):  # pragma: no cover - compiled
-    """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span)``: normalize
-    and table row from the bits (vectorizes), then one scalar loop of two table loads and a comparison per
-    element (unsigned indices: no negative-index wrap-around code)."""
-    thr, first, key_min, span = table
+    """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span, qmap)``:
+    normalize and table row from the bits (vectorizes), then one scalar loop of two table loads and a
+    comparison per element (unsigned indices: no negative-index wrap-around code); for a signed 4-bit
+    map, :func:`_round_stochastic`."""
+    thr, first, key_min, span, qmap = table
     xs, ci = scratch
     scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
     _normalize(vals, n, scale, xs, ci, key_min, span)
@@ -127,6 +152,8 @@ def _quantize_table(vals, n, stored, codes, off, bits, table, scratch):  # pragm
     for k in range(n):
         key = ci[k]
         ci[k] = np.uint32(first[key]) + np.uint32(xs[k] > thr[key])
+    if qmap[0] < 0:  # a signed 4-bit map: rounded stochastically
+        _round_stochastic(xs, ci, n, qmap, stored)
     for k in range(0, n - 1, 2):
         codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << np.uint32(4))
     if n & 1:
@@ -136,9 +163,9 @@ def _quantize_table(vals, n, stored, codes, off, bits, table, scratch):  # pragm
 @njit(inline="always", **_OPTS)
 def _split(table):  # pragma: no cover - compiled
     """``(dequantize, encode, lookup)`` tables out of :func:`_tables`' tuple: ``(qmap, planes, exact)``,
-    ``(cross, ten, zero, e, fast, xc, dlo, ften, ebase, usable)`` and ``(thr, first, key_min, span)``."""
+    ``(cross, ten, zero, e, fast, xc, dlo, ften, ebase, usable)`` and ``(thr, first, key_min, span, qmap)``."""
     return ((table[0], table[10], table[11]), (table[5], table[6], table[7], table[8], table[9], *table[12:]),
-            table[1:5])
+            (table[1], table[2], table[3], table[4], table[0]))
 
 
 @njit(inline="always", **_OPTS)
