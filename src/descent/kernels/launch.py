@@ -110,43 +110,43 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
     """
     import numba
 
-    from . import multi
+    from . import multi, threads_for
     from ..functional import adafactor as _fa
     from ..functional import adafactor_lr
     from .adafactor import adafactor_multi
 
-    if any(v is None and (r is None or c is None) for r, c, v in zip(row_var, col_var, variance)):
+    factored = tuple(r is not None and c is not None for r, c in zip(row_var, col_var))  # as the functional decides
+    if not all(f or v is not None for f, v in zip(factored, variance)):
         for i, p in enumerate(params):
             _fa(p, grads[i], row_var[i], col_var[i], variance[i], exp_avg[i], step=steps[i],
                 lr=adafactor_lr(steps[i], lr, relative_step=relative_step, warmup_init=warmup_init),
                 decay_rate=decay_rate, eps1=eps1, eps2=eps2, clip_threshold=clip_threshold, beta1=beta1,
                 weight_decay=weight_decay, scale_parameter=scale_parameter, maximize=maximize)
         return
-    rates = {t: adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in set(steps)}
-    shapes = tuple(tuple(p.shape) for p in params)
-    factored = tuple(r is not None and c is not None for r, c in zip(row_var, col_var))  # as the functional decides
-    meta, rows, spans = _adafactor_meta(shapes, factored)[:3]
-    plan = bucket_plan(params, rows, spans)  # sets the thread count
-    first, large, bounds, colpart, part, row_total, col_total, most = _adafactor_layout(
-        shapes, factored, numba.get_num_threads(), multi.BLOCK, multi.WAVE)
+    shapes = tuple(p.shape for p in params)  # torch.Size hashes and compares as the tuple of its sizes
+    threads_for(_adafactor_meta(shapes, factored)[5])  # the thread count, as bucket_plan sets it
+    (meta, sizes, blocks, first, large, bounds, colpart, part, row_total, col_total,
+     most) = _adafactor_layout(shapes, factored, numba.get_num_threads(), multi.BLOCK, multi.WAVE)
     dtype = like(params[0])
+    rates = {t: adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in set(steps)}
     b2s = 1.0 - np.asarray(steps, dtype=np.float64) ** decay_rate
+    lrs = (np.full(len(steps), rates[steps[0]]) if len(rates) == 1  # one step count: the usual case
+           else np.asarray([rates[t] for t in steps], dtype=np.float64))
     b1 = 0.0 if beta1 is None else float(beta1)
     adafactor_multi(addresses(params, grads, row_var, col_var, variance, exp_avg if beta1 is not None else None),
-                    plan.sizes, meta, plan.blocks, first, large, bounds, dtype, b2s,
-                    np.asarray([rates[t] for t in steps], dtype=np.float64), eps1, eps2, clip_threshold, weight_decay,
-                    b1, 1.0 - b1, beta1 is not None, scale_parameter, _sign(maximize), np.empty(colpart),
-                    np.empty(part), np.empty(row_total, dtype=dtype.dtype), np.empty(col_total, dtype=dtype.dtype),
-                    np.empty((2, most)))
+                    sizes, meta, blocks, first, large, bounds, dtype, b2s, lrs, eps1, eps2, clip_threshold,
+                    weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter, _sign(maximize),
+                    np.empty(colpart), np.empty(part), np.empty(row_total, dtype=dtype.dtype),
+                    np.empty(col_total, dtype=dtype.dtype), np.empty((2, most)))
 
 
 @lru_cache(maxsize=64)
 def _adafactor_meta(shapes: tuple[tuple[int, ...], ...],
-                    factored: tuple[bool, ...]) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...], int, int]:
+                    factored: tuple[bool, ...]) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...], int, int, int]:
     """:func:`adafactor`'s ``meta`` table (shared by the calls; the kernel only reads it), the plan's
-    row lengths and spans, and the lengths of the row and column factor scratch for a bucket of these
-    shapes (cached: the launcher runs every step, and this loop over 200 tensors with the scratch
-    sizes below once took 0.5 ms of Adafactor's step on the 20.1M GPT list)."""
+    row lengths and spans, the lengths of the row and column factor scratch for a bucket of these
+    shapes and its number of elements (cached: the launcher runs every step, and this loop over 200
+    tensors with the scratch sizes below once took 0.5 ms of Adafactor's step on the 20.1M GPT list)."""
     meta = np.zeros((len(shapes), 4), dtype=np.int64)
     sizes = [math.prod(s) for s in shapes]
     row_off = col_off = 0
@@ -160,19 +160,24 @@ def _adafactor_meta(shapes: tuple[tuple[int, ...], ...],
             meta[t, 1] = size
     spans = tuple(n * m if n else size for (n, m, _, _), size in zip(meta.tolist(), sizes))
     rows = tuple(m if n else 1 for n, m, _, _ in meta.tolist())
-    return meta, rows, spans, max(row_off, 1), max(col_off, 1)
+    return meta, rows, spans, max(row_off, 1), max(col_off, 1), sum(sizes)
 
 
 @lru_cache(maxsize=64)
 def _adafactor_layout(shapes: tuple[tuple[int, ...], ...], factored: tuple[bool, ...], threads: int, block: int,
                       wave: int) -> tuple:
-    """:func:`descent.kernels.multi.chunks` for :func:`adafactor`'s bucket and the shapes of its scratch
-    arrays: ``(first, large, bounds, colpart, part, row factors, column factors, most blocks)``; ``block``
-    and ``wave`` (:data:`~descent.kernels.multi.BLOCK`, :data:`~descent.kernels.multi.WAVE`) key the cache."""
+    """Everything :func:`adafactor` hands the kernel that the shapes fix: ``(meta, sizes, blocks, first,
+    large, bounds, colpart, part, row factors, column factors, most blocks)``, the plan's sizes and
+    blocks (:func:`descent.kernels.multi.plan`), :func:`descent.kernels.multi.chunks` for the bucket and
+    the shapes of its scratch arrays; ``block`` and ``wave`` (:data:`~descent.kernels.multi.BLOCK`,
+    :data:`~descent.kernels.multi.WAVE`) key the cache (one look-up per step instead of a pass over
+    the tensors for the plan's key)."""
     from . import multi
 
-    meta, rows, spans, row_total, col_total = _adafactor_meta(shapes, factored)
-    first, large, bounds = multi._chunks(tuple(math.prod(s) for s in shapes), threads, rows, spans, block, wave)
+    meta, rows, spans, row_total, col_total, _ = _adafactor_meta(shapes, factored)
+    sizes = tuple(math.prod(s) for s in shapes)
+    plan = multi.plan(sizes, rows, spans, block, wave)
+    first, large, bounds = multi._chunks(sizes, threads, rows, spans, block, wave)
     fac = meta[:, 0] > 0
     counts, is_large = np.diff(first), np.isin(np.arange(len(shapes)), large)
     per_tensor = int(counts[fac & ~is_large].max()) if (fac & ~is_large).any() else 1
@@ -180,7 +185,8 @@ def _adafactor_layout(shapes: tuple[tuple[int, ...], ...], factored: tuple[bool,
     wide_large = int(meta[fac & is_large, 1].max()) if (fac & is_large).any() else 1
     width = int(meta[fac, 1].max()) if fac.any() else 1
     part = (most, wide_large) if (fac & is_large).any() else (1, 1)
-    return first, large, bounds, (len(bounds) - 1, per_tensor, width), part, row_total, col_total, most
+    return (meta, plan.sizes, plan.blocks, first, large, bounds, (len(bounds) - 1, per_tensor, width), part,
+            row_total, col_total, most)
 
 
 # ------------------------------------------------------------------ torch's kernels
