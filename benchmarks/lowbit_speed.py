@@ -127,7 +127,8 @@ def _parts(rounds: int) -> None:
     def quantize(sm, enc, table, codes, absmax):  # noqa: ANN001, ANN202
         scratch = (np.empty(qb, np.float32), np.empty(qb, np.uint32))
         for s in range(0, n, qb):
-            if not K._quantize(sm[s:s + qb], qb, absmax, s // qb, codes, s, 8, enc):
+            stored = np.float32(K._amax(sm[s:s + qb], qb))
+            if not K._quantize(sm[s:s + qb], qb, absmax, s // qb, codes, s, 8, enc, stored):
                 K._quantize_table(sm[s:s + qb], qb, absmax[s // qb], codes, s, 8, table, scratch)
 
     (d1, e1, l1), (d2, _, _) = K._split(t1), K._split(t2)

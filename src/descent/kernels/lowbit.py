@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from . import addresses, bucket_plan, like
 from .lowbit_decode import _decode, decoder
-from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode_fast, _vector
+from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode_fast, _magnitude, _vector
 from .multi import fma, view
 from ..lowbit.maps import SHIFT, lookup
 from ..lowbit.quant import block_size
@@ -118,15 +118,14 @@ def _round_stochastic(xs, ci, n, qmap, stored):  # pragma: no cover - compiled
 
 
 @njit(inline="always", **_OPTS)
-def _quantize(vals, n, absmax, j, codes, off, bits, enc):  # pragma: no cover - compiled
-    """Write the absmax (block ``j``) of ``vals[:n]`` and, for 8-bit codes of a dynamic map with a finite
-    absmax, the codes (elements from ``off``) by arithmetic: loops that vectorize (:func:`_amax`;
-    :func:`descent.kernels.lowbit_encode._encode_fast`). False when :func:`_quantize_table` must write
-    the codes (other maps, 4 bits, a non-finite absmax, or a value the arithmetic is unsure of).
+def _quantize(vals, n, absmax, j, codes, off, bits, enc, stored):  # pragma: no cover - compiled
+    """Write the absmax ``stored`` (block ``j``, :func:`_amax` of ``vals[:n]``) and, for 8-bit codes of a
+    dynamic map with a finite absmax, the codes (elements from ``off``) by arithmetic in loops that
+    vectorize (:func:`descent.kernels.lowbit_encode._encode_fast`). False when :func:`_quantize_table`
+    must write the codes (other maps, 4 bits, a non-finite absmax, or a value the arithmetic is unsure of).
     ``enc`` = :func:`_split`'s second tuple (few arrays: each array passed to an inlined function costs
     a reference-count increment and decrement per block)."""
     cross, ten, zero, e, fast, xc, dlo, ften, ebase, ok = enc
-    stored = np.float32(_amax(vals, n))
     absmax[j] = stored
     if bits == 8 and fast and stored < np.float32(np.inf):
         scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
@@ -170,7 +169,9 @@ def _split(table):  # pragma: no cover - compiled
 
 @njit(inline="always", **_OPTS)
 def _adam_math(p, g, m, v, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s):  # pragma: no cover
-    """Adam on ``n`` elements held in ``m``/``v`` (torch's operation order)."""
+    """Adam on ``n`` elements held in ``m``/``v`` (torch's operation order); returns the new ``m``'s and
+    ``v``'s :func:`_amax` as float32 (the largest magnitude bit patterns, kept in the same loop)."""
+    am = av = _magnitude(p.dtype.type(0.0))
     for i in range(n):
         gi = fma(wd, p[i], g[i] * sign)  # grad.add(param, alpha=wd); wd = 0 when decoupled
         pi = p[i] * decay  # param.mul_(1 - lr * wd); decay = 1 unless decoupled
@@ -179,6 +180,8 @@ def _adam_math(p, g, m, v, n, decay, wd, low, w, b2, c2, eps, sign, step_size, b
         p[i] = pi + (step_size * mi) / (math.sqrt(vi) / bc2s + eps)  # addcdiv_(value=-lr / bc1)
         m[i] = mi
         v[i] = vi
+        am, av = max(am, _magnitude(mi)), max(av, _magnitude(vi))
+    return np.float32(_as_float(am)), np.float32(_as_float(av))
 
 
 @njit(**_OPTS)
@@ -194,10 +197,11 @@ def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  #
         n = min(qb, p.size - s)
         _dequantize(mc, s, n, d1, p.dtype.type(ma[j]), sm, bits)
         _dequantize(vc, s, n, d2, p.dtype.type(va[j]), sv, bits)
-        _adam_math(p[s:s + n], g[s:s + n], sm, sv, n, decay, wd, low, w, b2, c2, eps, sign, step_size, bc2s)
-        if not _quantize(sm, n, ma, j, mc, s, bits, e1):  # else a call: few blocks
+        am, av = _adam_math(p[s:s + n], g[s:s + n], sm, sv, n, decay, wd, low, w, b2, c2, eps, sign, step_size,
+                            bc2s)
+        if not _quantize(sm, n, ma, j, mc, s, bits, e1, am):  # else a call: few blocks
             _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch)
-        if not _quantize(sv, n, va, j, vc, s, bits, e2):  # else a call: few blocks
+        if not _quantize(sv, n, va, j, vc, s, bits, e2, av):  # else a call: few blocks
             _quantize_table(sv, n, va[j], vc, s, bits, l2, scratch)
 
 
@@ -243,7 +247,7 @@ def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
         n = min(qb, p.size - s)
         _dequantize(mc, s, n, d1, p.dtype.type(ma[j]), sm, bits)
         _lion_math(p[s:s + n], g[s:s + n], sm, n, decay, lr, b1, c1, b2, c2, sign)
-        if not _quantize(sm, n, ma, j, mc, s, bits, e1):  # else a call: few blocks
+        if not _quantize(sm, n, ma, j, mc, s, bits, e1, np.float32(_amax(sm, n))):  # else a call: few blocks
             _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch)
 
 
@@ -284,7 +288,7 @@ def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - com
         if not first:
             _dequantize(bc, s, n, d1, p.dtype.type(ba[j]), sb, bits)
         _sgd_math(p[s:s + n], g[s:s + n], sb, n, lr, wd, mom, undamp, sign, nesterov, first)
-        if not _quantize(sb, n, ba, j, bc, s, bits, e1):  # else a call: few blocks
+        if not _quantize(sb, n, ba, j, bc, s, bits, e1, np.float32(_amax(sb, n))):  # else a call: few blocks
             _quantize_table(sb, n, ba[j], bc, s, bits, l1, scratch)
 
 

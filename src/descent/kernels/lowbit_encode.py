@@ -297,3 +297,18 @@ def _vector(values: tuple[float, ...]) -> tuple:
         xs, want = np.append(xs, np.zeros(pad, np.float32)), np.append(want, np.full(pad, zero, np.uint8))
         usable = bool(_encode16_agrees(xs, want, np.append(edge, np.zeros(pad, bool)), cross, zero, e, *tabs))
     return (*tabs, bool(usable))
+
+
+@intrinsic
+def _magnitude(typingctx, x):  # pragma: no cover - compile-time
+    """The bit pattern of ``|x|`` as an int32 (float32 ``x``) or int64 (float64): ordered as the magnitudes,
+    a NaN above every number (an integer max over these is ``amax``, NaN propagating)."""
+    if x not in (types.float32, types.float64):
+        return None
+    out = types.int32 if x == types.float32 else types.int64
+
+    def codegen(context, builder, signature, args):
+        ty = context.get_value_type(out)
+        return builder.and_(builder.bitcast(args[0], ty), ir.Constant(ty, (1 << (ty.width - 1)) - 1))
+
+    return out(x), codegen
