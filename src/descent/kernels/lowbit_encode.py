@@ -3,6 +3,9 @@
 :func:`_encode` computes the codes of a block in one loop that vectorizes, where the
 table path (:func:`descent.lowbit.maps.lookup`) needs a scalar loop of two loads per value;
 :func:`_arithmetic` enables it for a map only after checking it against the table.
+:func:`_encode16` is the same arithmetic on 16 lanes written as LLVM IR, the decade read from an
+octave table by AVX-512 permutes (scalar loads on other CPUs); :func:`_encode_fast` runs a block
+with it where :func:`_vector` checked it the same way.
 """
 
 from __future__ import annotations
