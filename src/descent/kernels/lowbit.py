@@ -102,6 +102,10 @@ def _mix(h):  # pragma: no cover - compiled
     return (h >> s) ^ h
 
 
+#: ``_mix(k)`` of each position ``k`` in a block (a constant array in the compiled kernels).
+_POSITION = np.array([_mix(np.uint64(k)) for k in range(256)], dtype=np.uint64)
+
+
 @njit(inline="always", **_OPTS)
 def _round_stochastic(xs, ci, n, qmap, stored):  # pragma: no cover - compiled
     """Codes of a 4-bit signed map (``ci[:n]`` nearest on entry): the entry below or above ``xs[k]``,
@@ -113,7 +117,7 @@ def _round_stochastic(xs, ci, n, qmap, stored):  # pragma: no cover - compiled
         lo = min(max(c - np.int64(np.float32(qmap[c]) > x), np.int64(0)), top)
         below = np.float32(qmap[lo])
         frac = np.float32(x - below) / np.float32(np.float32(qmap[lo + 1]) - below)
-        u = np.float32(_mix(key ^ _mix(np.uint64(k))) >> np.uint64(8)) * np.float32(2.0**-24)
+        u = np.float32(_mix(key ^ _POSITION[k]) >> np.uint64(8)) * np.float32(2.0**-24)
         ci[k] = np.uint32(lo + np.int64(frac > u))
 
 
