@@ -7,7 +7,7 @@ the maps and rounding of ``state_bits=4``); with both it follows ``descent.AdamW
 state_bits=4)`` with every tensor quantized (``benchmarks/lowbit_quality.py --min-numel 0``);
 with neither it is fp32 AdamW. Candidates for the first moment, each ``m4 <map> ...``
 with ``v4`` (descent's second moment) or without: maps (:data:`MAPS`: ``de`` the 4-bit
-dynamic map that ``state_bits=4`` used before, ``de+-1`` it with -1 for -0.0055, ``nf4``
+dynamic map of ``state_bits=4``, ``de+-1`` it with -1 for -0.0055, ``nf4``
 QLoRA's normal float, ``geoR`` 0 and +-R**k, ``linear`` k/7) rounded to nearest in blocks of
 128 or 64 (``b128``/``b64``); rounded stochastically with torch's RNG (``stochastic``; an
 experiment, not an option of descent; ``m4 stochastic`` is ``de``'s), with descent's hashed
@@ -17,7 +17,7 @@ fraction F of each gap from the entry nearer 0 (``tF``; 0.5 is nearest).
     python benchmarks/lowbit_ablation.py                         # digits-cnn, 100 steps, seeds 0-2
     python benchmarks/lowbit_ablation.py --only fp32 m4 --steps 300
     python benchmarks/lowbit_ablation.py --only fp32 "m4 v4" "m4 de b128 v4" "m4 nf4 b128 v4" "m4 nf4 b64 v4" \
-        "m4 nf4 stochastic v4" "m4 de hashed v4"
+        "m4 nf4 stochastic v4" "m4 nf4 hashed v4"
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from descent.lowbit import dequantize, quantize
-from descent.lowbit.maps import code_map, dynamic_map
+from descent.lowbit.maps import code_map, dynamic_map, normal_map
 from descent.tasks import get_task
 
 Round = Callable[[Tensor], Tensor] | None
@@ -81,15 +81,6 @@ def _signed(*positive: float, negative: tuple[float, ...] | None = None) -> Tens
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _normal_map() -> Tensor:
-    """QLoRA's NF4 (Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1], 8 above 0 and 7 below."""
-    normal = torch.distributions.Normal(0.0, 1.0)
-    pos = normal.icdf(torch.linspace(0.9677083, 0.5, 9)[:-1]).tolist()
-    neg = (-normal.icdf(torch.linspace(0.9677083, 0.5, 8)[:-1])).tolist()
-    values = torch.tensor(sorted([*pos, 0.0, *neg]))
-    return values / values.abs().max()
-
-
 def _geometric(ratio: float) -> Tensor:
     """0 and +-``ratio**k``: 8 entries above 0 (k = 0..7), 7 below (k = 0..6)."""
     return _signed(*[ratio**k for k in range(8)], negative=tuple(-(ratio**k) for k in range(7)))
@@ -98,9 +89,9 @@ def _geometric(ratio: float) -> Tensor:
 _DE = dynamic_map(True, 4)
 #: Candidate first-moment maps (16 entries each, sorted, 0 and 1 among them).
 MAPS: dict[str, Tensor] = {
-    "de": _DE,  # dynamic exponent (torchao's), 7 below 0 (down to -0.8875), 8 above (up to 1)
+    "de": _DE,  # state_bits=4's: dynamic exponent (torchao's), 7 below 0 (down to -0.8875), 8 above (up to 1)
     "de+-1": _signed(*_DE[_DE > 0].tolist(), negative=(-1.0, *_DE[_DE < -0.006].tolist())),  # -0.0055 -> -1
-    "nf4": _normal_map(),
+    "nf4": normal_map(),
     "geo0.8": _geometric(0.8),
     "geo0.75": _geometric(0.75),
     "geo0.7": _geometric(0.7),

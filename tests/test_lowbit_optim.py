@@ -109,11 +109,12 @@ def test_exact_resume_through_weights_only_load(name, tmp_path):
 
 
 def test_state_with_another_map_keeps_it_beside_default_maps(monkeypatch):
-    """A 4-bit state saved with earlier sessions' maps (the linear second-moment map 1/16..1, the
-    dynamic first-moment map -0.8875..1) loads, keeps those maps, and is stepped with them while
-    the other parameters use the square and normal-float maps: the kernel call is split by map,
-    and the kernel and reference paths agree."""
-    from descent.lowbit import dynamic_map, linear_map
+    """A 4-bit state saved with earlier maps (the linear second-moment map 1/16..1; the normal-float
+    first-moment map of commit 13e44bd) loads, keeps those maps, and is stepped with them while the
+    other parameters use the square and dynamic maps: the kernel call is split by map, and the
+    kernel and reference paths agree."""
+    from descent.lowbit import linear_map
+    from descent.lowbit.maps import normal_map
     from descent.lowbit.quant import quantize
 
     gen = torch.Generator().manual_seed(0)
@@ -134,15 +135,15 @@ def test_state_with_another_map_keeps_it_beside_default_maps(monkeypatch):
         old["exp_avg_sq"], old["exp_avg_sq_absmax"] = quantize(v, linear_map(4), 4)
         old["exp_avg_sq_qmap"] = linear_map(4)
         m = LO.QuantState.from_entries(old, "exp_avg", 8192).dequantize()
-        old["exp_avg"], old["exp_avg_absmax"] = quantize(m, dynamic_map(True, 4), 4)
-        old["exp_avg_qmap"] = dynamic_map(True, 4)
+        old["exp_avg"], old["exp_avg_absmax"] = quantize(m, normal_map(), 4)
+        old["exp_avg_qmap"] = normal_map()
         opt.load_state_dict(sd)
         for g_step in grads[1:]:
             for p, g in zip(ps, g_step):
                 p.grad = g.clone()
             opt.step()
         assert torch.equal(opt.state[ps[0]]["exp_avg_sq_qmap"], linear_map(4))
-        assert torch.equal(opt.state[ps[0]]["exp_avg_qmap"], dynamic_map(True, 4))
+        assert torch.equal(opt.state[ps[0]]["exp_avg_qmap"], normal_map())
         assert opt.state[ps[1]]["exp_avg_sq_qmap"] is LO.code_map(False, 4)
         assert opt.state[ps[1]]["exp_avg_qmap"] is LO.code_map(True, 4)
         results.append((ps, opt))

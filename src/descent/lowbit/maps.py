@@ -13,14 +13,13 @@ Maps (Dettmers et al., 2022, "8-bit Optimizers via Block-wise Quantization"; Li 
 al., 2023, "Memory Efficient Optimizers with 4-bit States"):
 
 * first moment, signed dynamic map (``dynamic_map(True, 8)``, bitsandbytes'
-  ``create_dynamic_map(signed=True)``); for 4 bits the normal-float map of QLoRA
-  (:func:`normal_map`, Dettmers et al., 2023: 0, +-1 and quantiles of a normal
-  distribution), whose codes are rounded stochastically with a hashed threshold
-  (:func:`descent.lowbit.quant.dither`). The 4-bit dynamic map (3 exponent bits, torchao's;
-  ``-0.8875 ... 1``, no -1) rounded to nearest gave +15 % final validation loss against fp32
-  on digits-cnn (100 steps, 3 seeds, every tensor 4-bit): a 4-bit first moment rounded to
-  nearest sticks (``0.9 * m`` rounds back to ``m``) and so decays too slowly
-  (``benchmarks/lowbit_ablation.py``); states saved with it keep it;
+  ``create_dynamic_map(signed=True)``; 4-bit: 3 exponent bits, as torchao, ``-0.8875 ... 1``),
+  4-bit codes rounded stochastically with a hashed threshold (:func:`descent.lowbit.quant.encode`).
+  Rounded to nearest, a 4-bit first moment sticks (``0.9 * m`` rounds back to ``m``, so it does
+  not decay): +15 % final validation loss against fp32 on digits-cnn (100 steps, 3 seeds, every
+  tensor 4-bit), +0.1 % with the stochastic rounding; QLoRA's normal-float map
+  (:func:`normal_map`, with -1) gave -3.2 % with it and +5 % rounded to nearest
+  (``benchmarks/lowbit_quality.py``, ``benchmarks/lowbit_ablation.py``);
 * second moment, unsigned dynamic map (8-bit) or, for 4 bits, the square map
   ``(1/16)**2, (2/16)**2, ..., 1`` (:func:`square_map`): no zero, since a second moment
   quantized to 0 would make the update explode (the "zero-point problem" of Li et al.),
@@ -86,13 +85,14 @@ def dynamic_map(signed: bool = True, bits: int = 8) -> torch.Tensor:
 
 
 def normal_map() -> torch.Tensor:
-    """The 4-bit normal-float map (NF4) of QLoRA (Dettmers et al., 2023): the 4-bit first moment's.
+    """The 4-bit normal-float map (NF4) of QLoRA (Dettmers et al., 2023), an alternative 4-bit first-moment map.
 
     Quantiles of a standard normal distribution at probabilities evenly spaced from 0.9677083
     down to 0.5 (excluded), 8 above 0 and 7 below, with 0, scaled to [-1, 1]: -1 and 1 are
     both entries (so a block's absmax element is exact whatever its sign), the entries are
     densest where most values of ``m / absmax`` fall. Computed in float64 (the standard
-    library's ``NormalDist``), rounded to float32.
+    library's ``NormalDist``), rounded to float32. ``state_bits=4`` used it for first moments
+    for one commit (13e44bd); states saved then keep it on load.
 
     Example:
         >>> q = normal_map()
@@ -129,11 +129,7 @@ def square_map(bits: int = 4) -> torch.Tensor:
 
 @lru_cache(maxsize=None)
 def _map(signed: bool, bits: int) -> torch.Tensor:
-    if bits not in (4, 8):
-        raise ValueError(f"Invalid bits: {bits} (must be 4 or 8)")
-    if bits == 8:
-        return dynamic_map(signed, bits)
-    return normal_map() if signed else square_map(bits)
+    return dynamic_map(signed, bits) if (signed or bits == 8) else square_map(bits)
 
 
 def code_map(signed: bool, bits: int, device: torch.device | str = "cpu") -> torch.Tensor:
