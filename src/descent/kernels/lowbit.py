@@ -11,7 +11,9 @@ byte permutes (:mod:`descent.kernels.lowbit_decode`; scalar table loads on other
 codes). The codes of the 8-bit dynamic maps come from arithmetic
 in one vectorized loop (:mod:`descent.kernels.lowbit_encode`); other maps, and blocks where that
 arithmetic is unsure, use the O(1) table: two loads from tables indexed by the value's float32
-bits and one comparison (:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``. Each
+bits and one comparison (:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``; 4-bit
+signed codes then round stochastically to a neighbouring entry (:func:`_round_stochastic`, the rule of
+:func:`descent.lowbit.quant.encode`). Each
 quantization block runs as short loops over L1-resident scratch, inlined into one function
 (dequantize; update; absmax; codes), so the update and the normalization vectorize.
 
