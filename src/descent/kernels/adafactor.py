@@ -3,8 +3,8 @@
 One call steps every tensor of a bucket in one parallel region: each thread takes the next
 whole tensor from a queue the threads share (largest first; :func:`descent.kernels.multi.fetch_add`),
 so a thread that is slowed down (a busy machine) leaves the rest to the others instead of
-holding up the region (fixed runs of tensors per thread took a median 18-20 ms a step on
-the 20.1M GPT list, 2 threads on the busy 2-core machine; the queue 14-15 ms, as one
+holding up the region (fixed runs of tensors per thread took a median 19-20 ms a step on
+the 20.1M GPT list, 2 threads on the busy 2-core machine; the queue 14 ms, as one
 thread), and makes three passes over the tensor's blocks (:mod:`descent.kernels.multi`)
 before the next tensor:
 
