@@ -388,25 +388,3 @@ def test_step_counters_advance_as_foreach_add_does():
     assert advance_counters([torch.zeros(()), torch.zeros((), dtype=torch.float64)]) is None
     c = [torch.zeros(()), torch.zeros((), dtype=torch.float64)]
     assert advance_steps(c) == [1, 1] and c[1].dtype == torch.float64 and c[1].item() == 1.0
-
-
-@pytest.mark.skipif(not K.AVAILABLE, reason="numba not installed")
-def test_fetch_add_hands_each_index_to_exactly_one_thread():
-    """The shared queue of Adafactor's kernel: every value once, whatever thread asks (a plain load/add/store
-    would hand some twice when the two threads race)."""
-    import numba
-    from descent.kernels.multi import fetch_add
-
-    @numba.njit(parallel=True)
-    def take_all(counter, n, taken):  # pragma: no cover - compiled
-        for _ in numba.prange(numba.get_num_threads()):
-            while True:
-                i = fetch_add(counter)
-                if i >= n:
-                    break
-                taken[i] += 1
-
-    n, counter = 200_000, np.zeros(1, dtype=np.int64)
-    taken = np.zeros(n, dtype=np.int64)
-    take_all(counter, n, taken)
-    assert (taken == 1).all() and counter[0] == n + numba.get_num_threads()

@@ -1,12 +1,8 @@
 """Numba multi-tensor kernel for Adafactor (see :mod:`descent.kernels` and :func:`descent.functional.adafactor`).
 
-One call steps every tensor of a bucket in one parallel region: each thread takes the next
-whole tensor from a queue the threads share (largest first; :func:`descent.kernels.multi.fetch_add`),
-so a thread that is slowed down (a busy machine) leaves the rest to the others instead of
-holding up the region (fixed runs of tensors per thread took a median 19-20 ms a step on
-the 20.1M GPT list, 2 threads on the busy 2-core machine; the queue 14 ms, as one
-thread), and makes three passes over the tensor's blocks (:mod:`descent.kernels.multi`)
-before the next tensor:
+One call steps every tensor of a bucket in one parallel region: each thread takes a run
+of whole tensors (:func:`descent.kernels.multi.chunks`) and makes three passes over each
+tensor's blocks (:mod:`descent.kernels.multi`) before the next tensor:
 
 A. factored tensors (viewed as ``(rows, m)``, blocks of whole rows inside one matrix of
    the batch): row means of :math:`g^2+\\epsilon_1` into ``row_var``, per-block column
@@ -21,9 +17,8 @@ A tensor (at most a few MB in a GPT-shaped list) is small enough that passes B a
 read its gradient from cache; between the passes, the thread computes the tensor's
 factors and scalars itself (no serial section, no barrier). Sums are
 accumulated in the tensors' dtype within a block (vector partial sums), float64 per
-block, added in block order, so results do not depend on the thread count (nor on which
-thread steps a tensor); the sums may be reassociated (``fastmath={'reassoc'}``) so that
-they vectorize.
+block, added in block order, so results do not depend on the thread count; the sums may be
+reassociated (``fastmath={'reassoc'}``) so that they vectorize.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .multi import fetch_add, view
+from .multi import large_mask, view
 
 __all__ = ["adafactor_multi"]
 
@@ -259,33 +254,29 @@ def _tensor_step(ptrs, sizes, meta, blocks, k0, k1, t, like, b2s, lrs, eps1, eps
 
 
 @njit(parallel=True, **_OPTS)
-def adafactor_multi(ptrs, sizes, meta, blocks, first, large, order, queue, like, b2s, lrs, eps1, eps2, clip, wd, b1,
-                    c1, use_m, scale_parameter, sign, colpart, part, rf_all, cf_all, sums):  # pragma: no cover - compiled
+def adafactor_multi(ptrs, sizes, meta, blocks, first, large, bounds, like, b2s, lrs, eps1, eps2, clip, wd, b1, c1,
+                    use_m, scale_parameter, sign, colpart, part, rf_all, cf_all, sums):  # pragma: no cover - compiled
     """Adafactor over every tensor (see the module docstring).
 
-    One parallel region for the bulk of the bucket: its threads take the tensors of ``order``
-    one at a time from a shared queue (``queue``, a one-element int64 counter at 0 that
-    :func:`descent.kernels.multi.fetch_add` advances), each stepping its tensor alone; then
-    each *large* tensor gets parallel loops over its blocks for passes A, B and C. Which
-    thread steps a tensor does not change its result.
+    One parallel region for the bulk of the bucket: thread ``c`` steps the tensors
+    ``bounds[c]:bounds[c + 1]`` one after the other (:func:`descent.kernels.multi.chunks`);
+    then each *large* tensor gets parallel loops over its blocks for passes A, B and C.
 
     ``ptrs`` rows: param, grad, row_var, col_var, variance, exp_avg (0 where absent);
     ``meta[t]`` = (n, m, row offset, column offset): rows per matrix (0 for a vector),
     columns, and where the tensor's factors start in ``rf_all``/``cf_all``; ``first``
-    ``(T + 1,)`` each tensor's first block; ``large`` the large tensors; ``order`` the
-    others (largest first, so the last ones to be taken are short); ``b2s``/``lrs`` per
+    ``(T + 1,)`` each tensor's first block; ``large`` the large tensors; ``b2s``/``lrs`` per
     tensor; ``colpart`` float64 scratch of (threads, blocks of a tensor, columns) at least,
     ``part`` the same for the large tensors (blocks, columns); ``sums`` float64 scratch of
     (2, blocks of the largest large tensor).
     """
-    for c in prange(colpart.shape[0] if order.size else 0):
-        while True:
-            i = fetch_add(queue)
-            if i >= order.size:
-                break
-            t = order[i]
-            _tensor_step(ptrs, sizes, meta, blocks, first[t], first[t + 1], t, like, b2s, lrs, eps1, eps2, clip, wd,
-                         b1, c1, use_m, scale_parameter, sign, colpart[c], rf_all, cf_all)
+    if large.size < sizes.size:  # only large tensors: no region for the runs
+        skip = large_mask(large, sizes.size)
+        for c in prange(bounds.size - 1):
+            for t in range(bounds[c], bounds[c + 1]):
+                if first[t + 1] > first[t] and not skip[t]:
+                    _tensor_step(ptrs, sizes, meta, blocks, first[t], first[t + 1], t, like, b2s, lrs, eps1, eps2,
+                                 clip, wd, b1, c1, use_m, scale_parameter, sign, colpart[c], rf_all, cf_all)
     for i in range(large.size):
         t = large[i]
         k0, k1 = first[t], first[t + 1]

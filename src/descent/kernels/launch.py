@@ -125,7 +125,7 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
         return
     shapes = tuple(p.shape for p in params)  # torch.Size hashes and compares as the tuple of its sizes
     threads_for(_adafactor_meta(shapes, factored)[5])  # the thread count, as bucket_plan sets it
-    (meta, sizes, blocks, first, large, order, colpart, part, row_total, col_total,
+    (meta, sizes, blocks, first, large, bounds, colpart, part, row_total, col_total,
      most) = _adafactor_layout(shapes, factored, numba.get_num_threads(), multi.BLOCK, multi.WAVE)
     dtype = like(params[0])
     rates = {t: adafactor_lr(t, lr, relative_step=relative_step, warmup_init=warmup_init) for t in set(steps)}
@@ -134,9 +134,9 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
            else np.asarray([rates[t] for t in steps], dtype=np.float64))
     b1 = 0.0 if beta1 is None else float(beta1)
     adafactor_multi(addresses(params, grads, row_var, col_var, variance, exp_avg if beta1 is not None else None),
-                    sizes, meta, blocks, first, large, order, np.zeros(1, dtype=np.int64), dtype, b2s, lrs, eps1,
-                    eps2, clip_threshold, weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter,
-                    _sign(maximize), np.empty(colpart), np.empty(part), np.empty(row_total, dtype=dtype.dtype),
+                    sizes, meta, blocks, first, large, bounds, dtype, b2s, lrs, eps1, eps2, clip_threshold,
+                    weight_decay, b1, 1.0 - b1, beta1 is not None, scale_parameter, _sign(maximize),
+                    np.empty(colpart), np.empty(part), np.empty(row_total, dtype=dtype.dtype),
                     np.empty(col_total, dtype=dtype.dtype), np.empty((2, most)))
 
 
@@ -167,10 +167,9 @@ def _adafactor_meta(shapes: tuple[tuple[int, ...], ...],
 def _adafactor_layout(shapes: tuple[tuple[int, ...], ...], factored: tuple[bool, ...], threads: int, block: int,
                       wave: int) -> tuple:
     """Everything :func:`adafactor` hands the kernel that the shapes fix: ``(meta, sizes, blocks, first,
-    large, order, colpart, part, row factors, column factors, most blocks)``, the plan's sizes and
-    blocks (:func:`descent.kernels.multi.plan`), :func:`descent.kernels.multi.chunks` for the bucket,
-    ``order`` the tensors that the kernel's threads take from its queue (not large, not empty; largest
-    first, so that the last ones taken are short) and the shapes of its scratch arrays; ``block`` and ``wave`` (:data:`~descent.kernels.multi.BLOCK`,
+    large, bounds, colpart, part, row factors, column factors, most blocks)``, the plan's sizes and
+    blocks (:func:`descent.kernels.multi.plan`), :func:`descent.kernels.multi.chunks` for the bucket and
+    the shapes of its scratch arrays; ``block`` and ``wave`` (:data:`~descent.kernels.multi.BLOCK`,
     :data:`~descent.kernels.multi.WAVE`) key the cache (one look-up per step instead of a pass over
     the tensors for the plan's key)."""
     from . import multi
@@ -186,9 +185,7 @@ def _adafactor_layout(shapes: tuple[tuple[int, ...], ...], factored: tuple[bool,
     wide_large = int(meta[fac & is_large, 1].max()) if (fac & is_large).any() else 1
     width = int(meta[fac, 1].max()) if fac.any() else 1
     part = (most, wide_large) if (fac & is_large).any() else (1, 1)
-    queued = np.flatnonzero((counts > 0) & ~is_large)
-    order = queued[np.argsort(-plan.sizes[queued], kind="stable")]
-    return (meta, plan.sizes, plan.blocks, first, large, order, (len(bounds) - 1, per_tensor, width), part,
+    return (meta, plan.sizes, plan.blocks, first, large, bounds, (len(bounds) - 1, per_tensor, width), part,
             row_total, col_total, most)
 
 

@@ -16,8 +16,7 @@ zero-copy array inside the compiled code (:func:`view`) and walks a :class:`Plan
   and Adafactor make all their passes over one tensor before the next inside a single
   parallel region (measured on the 2-core machine under load: 5-7x faster than waves,
   whose many regions each wait for every thread), and give a tensor too large for one
-  thread its own parallel loops over its blocks; Adafactor's threads take the tensors
-  from a shared queue (:func:`fetch_add`) rather than a fixed run each.
+  thread its own parallel loops over its blocks.
 
 The caller keeps the tensors alive for the duration of the call (they are the
 optimizer's parameters, gradients and state) and passes only contiguous tensors of one
@@ -34,7 +33,7 @@ import torch
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-__all__ = ["BLOCK", "WAVE", "Plan", "plan", "chunks", "view", "fma", "fetch_add", "advance_counters"]
+__all__ = ["BLOCK", "WAVE", "Plan", "plan", "chunks", "view", "fma", "advance_counters"]
 
 #: Target elements per block: 64 KiB per float32 array, so a block's arrays stay in L2
 #: between the passes a kernel makes over one block.
@@ -65,20 +64,6 @@ def fma(typingctx, a, b, c):  # pragma: no cover - compile-time
         return builder.fma(*args)
 
     return a(a, b, c), codegen
-
-
-@intrinsic
-def fetch_add(typingctx, counter):  # pragma: no cover - compile-time
-    """Atomically add 1 to ``counter[0]`` (a 1-D int64 array) and return its value before: a work
-    queue that the threads of a parallel region share (each value is handed to exactly one caller)."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
-        return None
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", data, context.get_constant(types.int64, 1), "monotonic")
-
-    return types.int64(counter), codegen
 
 
 @njit(nogil=True, cache=True, inline="always")
