@@ -129,7 +129,7 @@ def _parts(rounds: int) -> None:
         for s in range(0, n, qb):
             stored = np.float32(K._amax(sm[s:s + qb], qb))
             if not K._quantize(sm[s:s + qb], qb, absmax, s // qb, codes, s, 8, enc, stored):
-                K._quantize_table(sm[s:s + qb], qb, absmax[s // qb], codes, s, 8, table, scratch)
+                K._quantize_table(sm[s:s + qb], qb, absmax[s // qb], codes, s, 8, table, scratch, np.uint64(0))
 
     (d1, e1, l1), (d2, _, _) = K._split(t1), K._split(t2)
     for s in range(0, n, qb):

@@ -195,13 +195,13 @@ def _partial_absmax(value: Tensor, start: int, bits: int, blocks: int) -> Tensor
     return out
 
 
-def _quantize(value: Tensor, absmax: Tensor, qmap: Tensor, start: int, bits: int) -> Tensor:
+def _quantize(value: Tensor, absmax: Tensor, qmap: Tensor, start: int, bits: int, step: int) -> Tensor:
     """Packed codes of local ``value`` with the global blocks' ``absmax`` (as :func:`descent.lowbit.quantize`)."""
     scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax).to(value.dtype)
     index = torch.arange(start, start + value.numel(), device=value.device)
     block = index // block_size(bits)
     normalized = (value / scale[block]).to(torch.float32)
-    return pack(encode(normalized, qmap, bits, absmax[block], index % block_size(bits)), bits)
+    return pack(encode(normalized, qmap, bits, absmax[block], index % block_size(bits), step), bits)
 
 
 def _state(opt: Any, algo: Any, group: dict[str, Any], p: Tensor, i: int) -> dict[str, Any]:
@@ -229,23 +229,23 @@ def lowbit_step(opt: Any, algo: Any, group: dict[str, Any], params: list[Tensor]
 
         steps = advance_steps([s["step"] for s in states])
     new = [_local_update(algo, group, p, g, s, hp, t) for p, g, s, t in zip(params, grads, states, steps)]
-    todo = []  # (param, state, key, signed, bits, value)
-    for p, s, vals in zip(params, states, new):
+    todo = []  # (param, state, key, signed, bits, value, step)
+    for p, s, vals, t in zip(params, states, new, steps):
         for (key, signed), value in zip(algo.keys.items(), vals):
             if value is not None:
-                todo.append((p, s, key, signed, _bits_of(s, key) if key + "_absmax" in s else bits_wanted, value))
+                todo.append((p, s, key, signed, _bits_of(s, key) if key + "_absmax" in s else bits_wanted, value, t))
     if not todo:
         return
-    parts = [_partial_absmax(v, _start(p), b, -(-p.numel() // block_size(b))) for p, _, _, _, b, v in todo]
+    parts = [_partial_absmax(v, _start(p), b, -(-p.numel() // block_size(b))) for p, _, _, _, b, v, _ in todo]
     reduced, group = torch.cat(parts), shard_group(params[0])
     world = dist.get_world_size(group)
     if world > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
         traffic["reduce"] += 2 * (world - 1) * reduced.numel() * reduced.element_size() // world  # as _comm counts
         traffic["calls"] += 1
-    for (p, s, key, signed, bits, value), absmax in zip(todo, reduced.split([t.numel() for t in parts])):
+    for (p, s, key, signed, bits, value, t), absmax in zip(todo, reduced.split([t.numel() for t in parts])):
         qmap = s[key + "_qmap"] if key + "_qmap" in s else code_map(signed, bits, value.device)
-        codes = _quantize(value, absmax, qmap, _start(p), bits)
+        codes = _quantize(value, absmax, qmap, _start(p), bits, t or 0)
         if key + "_absmax" in s:
             local(s[key]).view(-1).copy_(codes)
             s[key + "_absmax"].copy_(absmax)

@@ -37,7 +37,7 @@ from .lowbit_decode import _decode, decoder
 from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode_fast, _magnitude, _vector
 from .multi import fma, view
 from ..lowbit.maps import SHIFT, lookup
-from ..lowbit.quant import block_size
+from ..lowbit.quant import block_size, salt
 
 __all__ = ["adam_lowbit", "lion_lowbit", "sgd_lowbit"]
 
@@ -109,11 +109,12 @@ _POSITION = np.array([_mix(np.uint64(k)) for k in range(256)], dtype=np.uint64)
 
 
 @njit(inline="always", **_OPTS)
-def _round_stochastic(xs, ci, n, qmap, stored):  # pragma: no cover - compiled
+def _round_stochastic(xs, ci, n, qmap, stored, salt):  # pragma: no cover - compiled
     """Codes of a 4-bit signed map (``ci[:n]`` nearest on entry): the entry below or above ``xs[k]``,
     above when the fraction of the gap exceeds the hashed threshold of
-    :func:`descent.lowbit.quant.encode` (same float32 arithmetic, so the same codes)."""
-    key, top = np.uint64(_as_bits(stored)) >> np.uint64(12), np.int64(qmap.size - 2)
+    :func:`descent.lowbit.quant.encode` (same float32 arithmetic, so the same codes; ``salt`` =
+    :func:`descent.lowbit.quant.salt` of the step)."""
+    key, top = (np.uint64(_as_bits(stored)) >> np.uint64(12)) ^ salt, np.int64(qmap.size - 2)
     for k in range(n):
         x, c = xs[k], np.int64(ci[k])
         lo = min(max(c - np.int64(np.float32(qmap[c]) > x), np.int64(0)), top)
@@ -140,7 +141,7 @@ def _quantize(vals, n, absmax, j, codes, off, bits, enc, stored):  # pragma: no 
 
 
 @njit(**_OPTS)
-def _quantize_table(vals, n, stored, codes, off, bits, table, scratch):  # pragma: no cover - compiled
+def _quantize_table(vals, n, stored, codes, off, bits, table, scratch, salt):  # pragma: no cover - compiled
     """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span, qmap)``:
     normalize and table row from the bits (vectorizes), then one scalar loop of two table loads and a
     comparison per element (unsigned indices: no negative-index wrap-around code); for a signed 4-bit
@@ -158,7 +159,7 @@ def _quantize_table(vals, n, stored, codes, off, bits, table, scratch):  # pragm
         key = ci[k]
         ci[k] = np.uint32(first[key]) + np.uint32(xs[k] > thr[key])
     if qmap[0] < 0:  # a signed 4-bit map: rounded stochastically
-        _round_stochastic(xs, ci, n, qmap, stored)
+        _round_stochastic(xs, ci, n, qmap, stored, salt)
     for k in range(0, n - 1, 2):
         codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << np.uint32(4))
     if n & 1:
@@ -191,7 +192,7 @@ def _adam_math(p, g, m, v, n, decay, wd, low, w, b2, c2, eps, sign, step_size, b
 
 
 @njit(**_OPTS)
-def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  # pragma: no cover - compiled
+def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s, salt):  # pragma: no cover - compiled
     """Adam on ``p`` (one plan block): ``hp`` = (decay, wd, low, w, b2, c2, eps, sign)."""
     decay, wd, low, w, b2, c2, eps, sign = hp
     sm = np.empty(qb, p.dtype)
@@ -206,13 +207,13 @@ def _adam_block(p, g, mc, ma, vc, va, t1, t2, qb, bits, hp, step_size, bc2s):  #
         am, av = _adam_math(p[s:s + n], g[s:s + n], sm, sv, n, decay, wd, low, w, b2, c2, eps, sign, step_size,
                             bc2s)
         if not _quantize(sm, n, ma, j, mc, s, bits, e1, am):  # else a call: few blocks
-            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch)
+            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch, salt)
         if not _quantize(sv, n, va, j, vc, s, bits, e2, av):  # else a call: few blocks
-            _quantize_table(sv, n, va[j], vc, s, bits, l2, scratch)
+            _quantize_table(sv, n, va[j], vc, s, bits, l2, scratch, salt)
 
 
 @njit(parallel=True, **_OPTS)
-def adam_lowbit_multi(ptrs, sizes, blocks, like, t1, t2, qb, bits, hp, step_size, bc2s):  # pragma: no cover
+def adam_lowbit_multi(ptrs, sizes, blocks, like, t1, t2, qb, bits, hp, step_size, bc2s, salts):  # pragma: no cover
     """Adam over every block; ``ptrs`` rows: param, grad, m codes, m absmax, v codes, v absmax."""
     per = 1 if bits == 8 else 2
     for k in prange(blocks.shape[0]):
@@ -226,7 +227,7 @@ def adam_lowbit_multi(ptrs, sizes, blocks, like, t1, t2, qb, bits, hp, step_size
         _adam_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
                     view(ptrs[2, t], nc, _U8)[c0:c1], view(ptrs[3, t], nb, _F32)[b0:b1],
                     view(ptrs[4, t], nc, _U8)[c0:c1], view(ptrs[5, t], nb, _F32)[b0:b1],
-                    t1, t2, qb, bits, hp, cast(step_size[t]), cast(bc2s[t]))
+                    t1, t2, qb, bits, hp, cast(step_size[t]), cast(bc2s[t]), salts[t])
 
 
 @njit(**_OPTS)
@@ -254,7 +255,7 @@ def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
         _dequantize(mc, s, n, d1, p.dtype.type(ma[j]), sm, bits)
         _lion_math(p[s:s + n], g[s:s + n], sm, n, decay, lr, b1, c1, b2, c2, sign)
         if not _quantize(sm, n, ma, j, mc, s, bits, e1, np.float32(_amax(sm, n))):  # else a call: few blocks
-            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch)
+            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch, np.uint64(0))  # no step number: salt 0
 
 
 @njit(parallel=True, **_OPTS)
@@ -295,7 +296,7 @@ def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - com
             _dequantize(bc, s, n, d1, p.dtype.type(ba[j]), sb, bits)
         _sgd_math(p[s:s + n], g[s:s + n], sb, n, lr, wd, mom, undamp, sign, nesterov, first)
         if not _quantize(sb, n, ba, j, bc, s, bits, e1, np.float32(_amax(sb, n))):  # else a call: few blocks
-            _quantize_table(sb, n, ba[j], bc, s, bits, l1, scratch)
+            _quantize_table(sb, n, ba[j], bc, s, bits, l1, scratch, np.uint64(0))  # no step number: salt 0
 
 
 @njit(parallel=True, **_OPTS)
@@ -383,7 +384,8 @@ def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
     bits = _bits(exp_avg_qmap[0])
     adam_lowbit_multi(addresses(params, grads, exp_avg, exp_avg_absmax, exp_avg_sq, exp_avg_sq_absmax), plan.sizes,
                       plan.blocks, b, _tables(exp_avg_qmap[0], b), _tables(exp_avg_sq_qmap[0], b),
-                      np.int64(block_size(bits)), np.int64(bits), hp, step_size, bc2s)
+                      np.int64(block_size(bits)), np.int64(bits), hp, step_size, bc2s,
+                      np.array([salt(s) for s in steps], dtype=np.uint64))
 
 
 def lion_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],

@@ -163,9 +163,10 @@ def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dic
         if value is None:
             continue
         if key in present:  # keep the state's own map (a state saved with another map stays in it)
-            new = QuantState(*quantize(value, state[key + "_qmap"], bits), state[key + "_qmap"], value.numel())
+            new = QuantState(*quantize(value, state[key + "_qmap"], bits, step=step or 0), state[key + "_qmap"],
+                             value.numel())
         else:
-            new = QuantState.quantize(value, signed, bits)
+            new = QuantState.quantize(value, signed, bits, step or 0)
         if key in present:
             state[key].view(-1).copy_(new.codes)
             state[key + "_absmax"].copy_(new.absmax)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "block_size", "quantize", "dequantize", "codes_numel", "unpack", "pack", "dither", "encode"]
+__all__ = ["BLOCK", "block_size", "quantize", "dequantize", "codes_numel", "unpack", "pack", "salt", "dither", "encode"]
 
 #: Elements per block: 256 for 8-bit states (Dettmers et al.), 128 for 4-bit (Li et al., torchao).
 BLOCK = {8: 256, 4: 128}
@@ -58,14 +58,22 @@ def _mix(h: Tensor) -> Tensor:
     return (h >> 16) ^ h
 
 
-def dither(absmax: Tensor, position: Tensor) -> Tensor:
+def salt(step: int) -> int:
+    """The 32-bit hash of a step number that :func:`dither` mixes in (0 for step 0)."""
+    return int(_mix(torch.tensor(int(step) & 0xFFFFFFFF, dtype=torch.int64)))
+
+
+def dither(absmax: Tensor, position: Tensor, step: int = 0) -> Tensor:
     """The float32 threshold ``u`` in [0, 1) of each element for stochastic rounding.
 
-    ``u = (h >> 8) / 2**24`` with ``h`` a 32-bit hash of the element's position in its block
-    and of the float32 absmax of the block, its bits but the lowest 12
-    (``mix((bits >> 12) ^ mix(position))``, see :func:`_mix`): deterministic, so kernels,
-    resumed runs and shards give the same codes; changing from step to step with the absmax
-    (at a relative change of 2**-11 or more); and a difference in the last bits of an absmax
+    ``u = (h >> 8) / 2**24`` with ``h`` a 32-bit hash of the element's position in its block,
+    of the step number (the optimizer's ``step`` after incrementing; 0 for optimizers that
+    count none) and of the float32 absmax of the block, its bits but the lowest 12
+    (``mix((bits >> 12) ^ salt(step) ^ mix(position))``, see :func:`_mix`): deterministic, so
+    kernels, resumed runs and shards give the same codes; changing from step to step (without
+    a step number, only with the absmax, at a relative change of 2**-11 or more: a block whose
+    absmax stays put keeps its thresholds, and a decaying entry can stick as when rounded to
+    nearest); and a difference in the last bits of an absmax
     (from the last bit of a square root in an earlier step) changes a block's thresholds only
     about once in 4096 times. The Numba kernels compute the same.
 
@@ -74,18 +82,18 @@ def dither(absmax: Tensor, position: Tensor) -> Tensor:
         >>> bool(((u >= 0) & (u < 1)).all()), len(set(u.tolist()))
         (True, 4)
     """
-    bits = (absmax.to(torch.float32).view(torch.int32).to(torch.int64) & 0xFFFFFFFF) >> 12
+    bits = ((absmax.to(torch.float32).view(torch.int32).to(torch.int64) & 0xFFFFFFFF) >> 12) ^ salt(step)
     return (_mix(bits ^ _mix(position.to(torch.int64))) >> 8).to(torch.float32) * 2.0**-24
 
 
-def encode(normalized: Tensor, qmap: Tensor, bits: int, absmax: Tensor, position: Tensor) -> Tensor:
+def encode(normalized: Tensor, qmap: Tensor, bits: int, absmax: Tensor, position: Tensor, step: int = 0) -> Tensor:
     """The int64 code of each float32 ``normalized`` value (``x / absmax``).
 
     The nearest entry of ``qmap`` (ties to the lower one: ``torch.bucketize`` on the
     midpoints). For a 4-bit signed map, the code is instead that of the entry below
     (``lo``) or above: above when ``(y - qmap[lo]) / (qmap[lo + 1] - qmap[lo]) > u``, ``u``
-    from :func:`dither` of ``absmax`` (each element's block's) and ``position`` (in its
-    block). That rounds up with probability ``(y - qmap[lo]) / gap``, so a first moment is
+    from :func:`dither` of ``absmax`` (each element's block's), ``position`` (in its
+    block) and ``step``. That rounds up with probability ``(y - qmap[lo]) / gap``, so a first moment is
     unbiased: rounded to nearest, ``0.9 * m`` (a decaying first moment) rounds back to ``m``
     and sticks (+15 % validation loss against fp32 on digits-cnn,
     ``benchmarks/lowbit_ablation.py``). All float32 arithmetic, as in the kernels.
@@ -96,7 +104,7 @@ def encode(normalized: Tensor, qmap: Tensor, bits: int, absmax: Tensor, position
         return codes
     lo = (codes - (q[codes] > normalized).long()).clamp_(0, q.numel() - 2)
     below = q[lo]
-    up = (normalized - below) / (q[lo + 1] - below) > dither(absmax, position)
+    up = (normalized - below) / (q[lo + 1] - below) > dither(absmax, position, step)
     return torch.where(q[0] < 0, lo + up.long(), codes)
 
 
@@ -115,7 +123,7 @@ def _blocks(x: Tensor, block: int) -> tuple[Tensor, int]:
     return flat.view(-1, block), n
 
 
-def quantize(x: Tensor, qmap: Tensor, bits: int, block: int | None = None) -> tuple[Tensor, Tensor]:
+def quantize(x: Tensor, qmap: Tensor, bits: int, block: int | None = None, step: int = 0) -> tuple[Tensor, Tensor]:
     """Quantize ``x`` blockwise with the sorted code map ``qmap``.
 
     Args:
@@ -124,6 +132,8 @@ def quantize(x: Tensor, qmap: Tensor, bits: int, block: int | None = None) -> tu
         bits: 8 or 4.
         block: elements per block (default :func:`block_size` of ``bits``, what the states use;
             another size is for experiments such as ``benchmarks/lowbit_ablation.py``).
+        step: the optimizer's step number, mixed into a 4-bit first moment's rounding thresholds
+            (:func:`dither`).
 
     Returns:
         ``(codes, absmax)``: packed uint8 codes and float32 per-block absmax.
@@ -141,7 +151,7 @@ def quantize(x: Tensor, qmap: Tensor, bits: int, block: int | None = None) -> tu
     normalized = (blocks / scale[:, None]).to(torch.float32).reshape(-1)[:n]
     size = blocks.shape[1]
     position = torch.arange(size, device=x.device).repeat(blocks.shape[0])[:n]
-    codes = encode(normalized, qmap, bits, absmax.repeat_interleave(size)[:n], position)
+    codes = encode(normalized, qmap, bits, absmax.repeat_interleave(size)[:n], position, step)
     return pack(codes, bits), absmax
 
 

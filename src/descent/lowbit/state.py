@@ -54,10 +54,11 @@ class QuantState(NamedTuple):
         return 8 if self.qmap.numel() == 256 else 4
 
     @classmethod
-    def quantize(cls, x: Tensor, signed: bool, bits: int) -> QuantState:
-        """Quantize ``x`` (flattened) with the shared map for ``signed``/``bits``."""
+    def quantize(cls, x: Tensor, signed: bool, bits: int, step: int = 0) -> QuantState:
+        """Quantize ``x`` (flattened) with the shared map for ``signed``/``bits`` (``step``: see
+        :func:`descent.lowbit.quant.dither`)."""
         qmap = code_map(signed, bits, x.device)
-        codes, absmax = quantize(x, qmap, bits)
+        codes, absmax = quantize(x, qmap, bits, step=step)
         return cls(codes, absmax, qmap, x.numel())
 
     @classmethod
