@@ -17,8 +17,9 @@ al., 2023, "Memory Efficient Optimizers with 4-bit States"):
   4-bit codes rounded stochastically with a hashed threshold (:func:`descent.lowbit.quant.encode`).
   Rounded to nearest, a 4-bit first moment sticks (``0.9 * m`` rounds back to ``m``, so it does
   not decay): +15 % final validation loss against fp32 on digits-cnn (100 steps, 3 seeds, every
-  tensor 4-bit), +0.1 % with the stochastic rounding; QLoRA's normal-float map
-  (:func:`normal_map`, with -1) gave -3.2 % with it and +5 % rounded to nearest
+  tensor 4-bit), +0.8 to +3.1 % with the stochastic rounding (six rounding streams, mean +1.4 %);
+  QLoRA's normal-float map (:func:`normal_map`, with -1) gave -3.2 % with it (thresholds without
+  the step number) and +5 % rounded to nearest
   (``benchmarks/lowbit_quality.py``, ``benchmarks/lowbit_ablation.py``);
 * second moment, unsigned dynamic map (8-bit) or, for 4 bits, the square map
   ``(1/16)**2, (2/16)**2, ..., 1`` (:func:`square_map`): no zero, since a second moment
