@@ -321,6 +321,12 @@ def _tables(qmap: torch.Tensor, dtype: np.ndarray) -> tuple:
             *decoder(values), *_vector(values))
 
 
+def _salts(steps: list[int]) -> np.ndarray:
+    """:func:`descent.lowbit.quant.salt` of each tensor's step (hashed once per distinct step)."""
+    by_step = {t: salt(t) for t in set(steps)}
+    return np.array([by_step[t] for t in steps], dtype=np.uint64)
+
+
 def _bits(qmap: torch.Tensor) -> int:
     return 8 if qmap.numel() == 256 else 4
 
@@ -385,7 +391,7 @@ def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
     adam_lowbit_multi(addresses(params, grads, exp_avg, exp_avg_absmax, exp_avg_sq, exp_avg_sq_absmax), plan.sizes,
                       plan.blocks, b, _tables(exp_avg_qmap[0], b), _tables(exp_avg_sq_qmap[0], b),
                       np.int64(block_size(bits)), np.int64(bits), hp, step_size, bc2s,
-                      np.array([salt(s) for s in steps], dtype=np.uint64))
+                      _salts(steps))
 
 
 def lion_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],

@@ -21,7 +21,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .lowbit_encode import _OPTS
+from .lowbit_encode import _F32x16, _OPTS, _target_has
 
 __all__ = ["decoder", "planes"]
 
@@ -31,12 +31,10 @@ FORCE_SCALAR = [False]
 _NEEDS = ("+avx512f", "+avx512bw", "+avx512vbmi")
 _I8x64 = ir.VectorType(ir.IntType(8), 64)
 _I16x32 = ir.VectorType(ir.IntType(16), 32)
-_F32x16 = ir.VectorType(ir.FloatType(), 16)
 
 
 def _vbmi(context) -> bool:  # noqa: ANN001 - a Numba target context
-    features = getattr(context.codegen(), "_tm_features", "") or ""
-    return not FORCE_SCALAR[0] and all(f in features.split(",") for f in _NEEDS)
+    return not FORCE_SCALAR[0] and _target_has(context, *_NEEDS)
 
 
 def _mask(values: list[int]) -> ir.Constant:

@@ -51,8 +51,9 @@ def unpack(packed: Tensor, bits: int, numel: int) -> Tensor:
     return both[:numel].long()
 
 
-def _mix(h: Tensor) -> Tensor:
-    """A 32-bit integer hash of int64 values in ``[0, 2**32)`` (two multiply-xorshift rounds)."""
+def _mix(h: Tensor | int) -> Tensor | int:
+    """A 32-bit integer hash of int64 values in ``[0, 2**32)`` (two multiply-xorshift rounds); a tensor
+    or a Python int (the same operators)."""
     for _ in range(2):
         h = (((h >> 16) ^ h) * 0x45D9F3B) & 0xFFFFFFFF
     return (h >> 16) ^ h
@@ -60,7 +61,7 @@ def _mix(h: Tensor) -> Tensor:
 
 def salt(step: int) -> int:
     """The 32-bit hash of a step number that :func:`dither` mixes in (0 for step 0)."""
-    return int(_mix(torch.tensor(int(step) & 0xFFFFFFFF, dtype=torch.int64)))
+    return int(_mix(int(step) & 0xFFFFFFFF))  # Python ints: ~0.3 us, a tensor round ~25 us per call
 
 
 def dither(absmax: Tensor, position: Tensor, step: int = 0) -> Tensor:
