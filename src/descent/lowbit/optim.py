@@ -21,8 +21,10 @@ adds two group options:
   of 8, deterministic, for 2 more bytes per parameter. Exclusive with ``stochastic_rounding``.
 
 On CPU float32/float64 the quantized step is one Numba kernel call per bucket
-(:mod:`descent.kernels.lowbit`); elsewhere (GPU, bf16, strided tensors) the reference
-path dequantizes, runs :mod:`descent.functional` in float32 and quantizes again.
+(:mod:`descent.kernels.lowbit`), on CUDA (float32, bf16, fp16 rounded to nearest) one Triton
+launch per bucket (:mod:`descent.kernels.triton._lowbit`, the same codes bit for bit); elsewhere
+(bf16 on CPU, stochastic rounding, Kahan summation, strided tensors, DTensors) the reference path
+dequantizes, runs :mod:`descent.functional` in float32 and quantizes again, tensor by tensor.
 """
 
 from __future__ import annotations
@@ -117,6 +119,22 @@ def _kernel_ok(p: Tensor, g: Tensor) -> bool:
             and type(p.data) is torch.Tensor and type(g) is torch.Tensor)  # a DTensor's data_ptr() is not its data
 
 
+def _triton_ok(p: Tensor, g: Tensor, rounding: str) -> bool:
+    """Whether the Triton low-bit kernels take ``p`` (CUDA, or CPU under Triton's interpreter; fp32/bf16/fp16
+    rounded to nearest)."""
+    from ..kernels import triton as KT
+
+    return (rounding == "nearest" and KT.supports(p.device, p.dtype) and g.dtype == p.dtype and g.device == p.device
+            and p.is_contiguous() and g.is_contiguous() and type(p.data) is torch.Tensor and type(g) is torch.Tensor)
+
+
+def _route(group: Mapping[str, Any], p: Tensor, g: Tensor) -> str:
+    """Which path steps a quantized ``p``: "numba" (CPU float32/float64), "triton" (GPU) or "reference"."""
+    if _kernel_ok(p, g):
+        return "numba"
+    return "triton" if _triton_ok(p, g, _rounding(group, p)) else "reference"
+
+
 def _rounding(group: Mapping[str, Any], p: Tensor) -> str:
     """How float32 results are written back to ``p``: "stochastic", "kahan" or "nearest"."""
     if p.dtype != torch.bfloat16:
@@ -175,8 +193,12 @@ def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dic
 
 
 def _launch(algo: _Algo, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]],
-            hp: dict[str, Any], steps: list[int] | None, first: bool) -> None:
-    from ..kernels import lowbit as KL
+            hp: dict[str, Any], steps: list[int] | None, first: bool, route: str = "numba") -> None:
+    """One kernel call on the bucket: Numba's launcher, or the Triton one of the same name."""
+    if route == "triton":
+        from ..kernels import triton as KL
+    else:
+        from ..kernels import lowbit as KL
 
     cols = {}
     for key in algo.keys:
@@ -206,20 +228,20 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
         else:
             rest.append(i)
             continue
-        mine.setdefault((bits, first, _kernel_ok(p, grads[i]), maps), []).append(i)
-    for (bits, first, fast, _), idx in mine.items():
+        mine.setdefault((bits, first, _route(group, p, grads[i]), maps), []).append(i)
+    for (bits, first, route, _), idx in mine.items():
         steps = None
         if with_steps:
             from ..optim._run import advance_steps
 
             steps = advance_steps([states[i]["step"] for i in idx])
-        if fast:
+        if route != "reference":
             if first:
                 for i in idx:
                     zero = QuantState.zeros(params[i].numel(), True, bits, params[i].device)
                     states[i].update(zero.entries(key0, codes_shape(params[i].shape, bits)))
             _launch(algo, [params[i] for i in idx], [grads[i] for i in idx], [states[i] for i in idx], hp, steps,
-                    first)
+                    first, route)
         else:
             for j, i in enumerate(idx):
                 _reference(algo, params[i], grads[i], states[i], hp, None if steps is None else steps[j], bits,

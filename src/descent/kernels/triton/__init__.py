@@ -20,6 +20,8 @@ are exactly the keyword arguments of the matching :mod:`descent.functional` func
   clamp_value, bias_correction, maximize)``
 * ``adafactor(params, grads, row_var, col_var, variance, exp_avg, *, steps, lr, relative_step,
   warmup_init, decay_rate, eps1, eps2, clip_threshold, beta1, weight_decay, scale_parameter, maximize)``
+* ``adam_lowbit``, ``lion_lowbit``, ``sgd_lowbit``: 8- and 4-bit states (codes, absmax and map per
+  state key), the arguments of :mod:`descent.kernels.lowbit`'s Numba launchers
 
 Parameters may be float32, bfloat16 or float16 (state in the parameter's dtype); the math
 is float32 and each stored value is rounded once, to nearest even. Every tensor must be
@@ -43,7 +45,7 @@ from typing import Any
 import torch
 
 __all__ = ["AVAILABLE", "DTYPES", "LAUNCHERS", "interpreting", "supports", "lion", "sophia", "rmsprop", "lamb",
-           "adafactor"]
+           "adafactor", "adam_lowbit", "lion_lowbit", "sgd_lowbit"]
 
 #: True when the ``triton`` package is importable (it is not imported here).
 AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -53,7 +55,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 #: launcher name -> module that defines it.
 LAUNCHERS = {"lion": "_elementwise", "sophia": "_elementwise", "rmsprop": "_elementwise", "lamb": "_lamb",
-             "adafactor": "_adafactor"}
+             "adafactor": "_adafactor", "adam_lowbit": "_lowbit", "lion_lowbit": "_lowbit", "sgd_lowbit": "_lowbit"}
 
 
 def interpreting() -> bool:
