@@ -13,7 +13,9 @@ parameters, 220 tensors) and the fraction of the copy bandwidth reached, countin
 bytes a single pass must move per parameter (AdamW 28, Lion 20, RMSprop 20, SophiaG 24,
 LAMB 28, Adafactor 12 in fp32; half in bf16). descent's LAMB moves 40 B/param (two
 passes) and Adafactor about 20 (the gradient is read three times), so their fraction
-against those one-pass minimums is capped below 100 %. Then Muon's Newton-Schulz on the
+against those one-pass minimums is capped below 100 %. AdamW8bit/AdamW4bit: descent's Triton kernel
+for quantized states (:mod:`descent.kernels.triton._lowbit`) beside bitsandbytes' and torchao's, counting
+the parameter read and written, the gradient read and the codes (16 and 14 B/param in fp32). Then Muon's Newton-Schulz on the
 list's matrices (same-shape matrices batched, bf16) against a measured bf16 matmul peak.
 Last, the CUDA-graph check (``--no-capture`` skips it): for each optimizer with a GPU path,
 ``capturable=True`` on a small GPT-shaped list, three warm-up steps, ``torch.cuda.graph``
@@ -39,6 +41,9 @@ from descent import functional as F
 from descent.reporting.bench import gpt_shapes
 
 MIN_BYTES = {"AdamW": 28, "Lion": 20, "RMSprop": 20, "SophiaG": 24, "LAMB": 28, "Adafactor": 12}
+#: low-bit AdamW: bytes of codes read and written per parameter (two states); the parameter is read and
+#: written and the gradient read in the parameters' dtype (fp32: 12 + 4 = 16 B/param for 8 bits)
+LOWBIT = {"AdamW8bit": 4, "AdamW4bit": 2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: where the tensors live: "cuda", or "cpu" for ``--cpu-smoke``
 DEV = "cuda"
@@ -127,6 +132,14 @@ def descent_steps(name: str, ps, gs) -> Callable[[], object] | None:
         rows, cols, var = _adafactor_state(ps)
         return lambda: KT.adafactor(ps, gs, rows, cols, var, [None] * n, steps=[10] * n, lr=1e-3,
                                     relative_step=False, warmup_init=False, **AF)
+    if name in LOWBIT:
+        from descent.lowbit import QuantState
+
+        bits = 8 if name == "AdamW8bit" else 4
+        m, v = ([QuantState.zeros(p.numel(), signed, bits, p.device) for p in ps] for signed in (True, False))
+        cols = [[getattr(s, f) for s in states] for states in (m, v) for f in ("codes", "absmax", "qmap")]
+        return lambda: KT.adam_lowbit(ps, gs, *cols, steps=[10] * n, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                                      weight_decay=0.01, decoupled_weight_decay=True)
     return None
 
 
@@ -161,6 +174,8 @@ def peers(name: str, ps, gs) -> dict[str, Callable[[], Callable[[], object]]]:
         makers["torch RMSprop foreach"] = lambda: torch.optim.RMSprop(leaves, lr=1e-3, foreach=True)
     if name == "Adafactor":
         makers["torch Adafactor foreach"] = lambda: torch.optim.Adafactor(leaves, lr=1e-3, foreach=True)
+    if name in LOWBIT and DEV == "cuda":  # their CPU paths are not what a GPU user runs
+        makers.update(_lowbit_peers(name, leaves))
     try:
         import pytorch_optimizer as po
     except ImportError:
@@ -176,6 +191,26 @@ def peers(name: str, ps, gs) -> dict[str, Callable[[], Callable[[], object]]]:
     return {label: (lambda make=make: make().step) for label, make in makers.items()}
 
 
+def _lowbit_peers(name: str, leaves: list[torch.nn.Parameter]) -> dict[str, Callable[[], torch.optim.Optimizer]]:
+    """bitsandbytes' and torchao's low-bit AdamW where they import."""
+    out: dict[str, Callable[[], torch.optim.Optimizer]] = {}
+    try:
+        import bitsandbytes as bnb
+
+        if name == "AdamW8bit":
+            out["bitsandbytes AdamW8bit"] = lambda: bnb.optim.AdamW8bit(leaves, lr=1e-3, weight_decay=0.01)
+    except ImportError:
+        pass
+    try:
+        import torchao.optim as ao
+
+        cls = ao.AdamW8bit if name == "AdamW8bit" else ao.AdamW4bit
+        out[f"torchao {name}"] = lambda: cls(leaves, lr=1e-3, weight_decay=0.01)
+    except (ImportError, AttributeError):
+        pass
+    return out
+
+
 def _sophia_h(po, leaves: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """pytorch-optimizer's SophiaH with its Hessian set once (its own estimate needs a graph), so
     that the timed steps are the plain ones (no Hessian refresh within ``update_period``)."""
@@ -187,7 +222,10 @@ def _sophia_h(po, leaves: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
 def row(name: str, impl: str, ms: float | None, numel: int, bw: float, half: bool, note: str = "") -> str:
     if ms is None:
         return f"{name:<10} {impl:<28} {'-':>9} {'-':>8}  {note}"
-    need = MIN_BYTES.get(name, 0) * (0.5 if half else 1.0) * numel
+    if name in LOWBIT:
+        need = (3 * (2 if half else 4) + LOWBIT[name]) * numel
+    else:
+        need = MIN_BYTES.get(name, 0) * (0.5 if half else 1.0) * numel
     pct = 100 * need / (ms / 1e3) / (bw * 1e9) if need else float("nan")
     return f"{name:<10} {impl:<28} {ms:>9.2f} {pct:>7.0f}%  {note}"
 
@@ -327,7 +365,7 @@ def capture_check(name: str, shapes: list[tuple[int, ...]], dtype: torch.dtype) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", help=f"optimizers (default: {' '.join(MIN_BYTES)} Muon)")
+    parser.add_argument("--only", nargs="*", help=f"optimizers (default: {' '.join([*MIN_BYTES, *LOWBIT])} Muon)")
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=18)
     parser.add_argument("--vocab", type=int, default=50304)
@@ -352,8 +390,8 @@ def main() -> int:
     if not KT.AVAILABLE:
         print("gpu_step.py: the triton package is not installed; descent's GPU kernels cannot run.")
         return 0
-    names = args.only or [*MIN_BYTES, "Muon"]
-    unknown = set(names) - {*MIN_BYTES, "Muon"}
+    names = args.only or [*MIN_BYTES, *LOWBIT, "Muon"]
+    unknown = set(names) - {*MIN_BYTES, *LOWBIT, "Muon"}
     if unknown:
         parser.error(f"unknown optimizer(s): {', '.join(sorted(unknown))}")
     shapes = gpt_shapes(width=args.width, layers=args.layers, vocab=args.vocab, ctx=2048)

@@ -23,7 +23,7 @@ def test_gpu_step_cpu_smoke_run_has_every_row() -> None:
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for name in ("Lion", "RMSprop", "SophiaG", "LAMB", "Adafactor"):  # descent's Triton launchers, as the script calls them
+    for name in ("Lion", "RMSprop", "SophiaG", "LAMB", "Adafactor", "AdamW8bit", "AdamW4bit"):  # descent's Triton launchers, as the script calls them
         assert re.search(rf"^{name}\s+descent triton\s+\d+\.\d+", text, re.M), (name, text)
     assert re.search(r"^AdamW\s+torch AdamW fused\s+\d+\.\d+", text, re.M), text
     assert "failed" not in text, text
