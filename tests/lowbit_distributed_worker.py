@@ -49,6 +49,7 @@ CASES = {
     "adam8": lambda ps: descent.Adam(ps, lr=1e-2, weight_decay=0.1, state_bits=8),
     "lion8": lambda ps: descent.Lion(ps, lr=1e-3, weight_decay=0.1, state_bits=8),
     "sgd8": lambda ps: descent.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, state_bits=8),
+    "sgd4": lambda ps: descent.SGD(ps, lr=0.05, momentum=0.9, state_bits=4),  # lazy, and counts steps (4-bit)
 }
 
 

@@ -55,10 +55,10 @@ def test_whole_checkpoint_loads_into_shards_and_back(whole: str, world: int) -> 
 
 @pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_fresh_fsdp2_training_equals_one_process(world: int, tmp_path) -> None:
-    """8-bit AdamW/Adam/Lion/SGD-momentum (lazy state), 4-bit AdamW and 8-bit AdamW on bf16 weights with
-    Kahan summation, shards off the blocks; ZeRO-1."""
+    """8-bit AdamW/Adam/Lion/SGD-momentum (lazy state), 4-bit AdamW and SGD (lazy, with a step counter) and
+    8-bit AdamW on bf16 weights with Kahan summation, shards off the blocks; ZeRO-1."""
     for rank, res in launch(world, "fresh", str(tmp_path)).items():
-        for case in ("adamw8", "adamw4", "adam8", "lion8", "sgd8", "bf16kahan"):
+        for case in ("adamw8", "adamw4", "adam8", "lion8", "sgd8", "sgd4", "bf16kahan"):
             assert res[case]["quantized"] >= 2, (case, res[case])
             _exact(res[case], f"{case} on {world} shards, rank {rank}")
         assert res["zero"] == 0.0, f"ZeroRedundancyOptimizer(AdamW, state_bits=8): max diff {res['zero']}"

@@ -334,12 +334,21 @@ def test_kahan_summation_invalid():
         descent.Lion(_model().parameters(), kahan_summation=True, stochastic_rounding=True)
 
 
-def test_4bit_momentum_decays_when_the_block_absmax_stays_put():
+@pytest.mark.parametrize("make, key", [(lambda ps: descent.AdamW(ps, lr=1e-3, weight_decay=0.0, state_bits=4), "exp_avg"),
+                                       (lambda ps: descent.Lion(ps, lr=1e-4, betas=(0.9, 0.9), state_bits=4),
+                                        "exp_avg"),
+                                       (lambda ps: descent.SGD(ps, lr=1e-4, momentum=0.9, dampening=0.9, state_bits=4),
+                                        "momentum_buffer")], ids=["adamw", "lion", "sgd"])
+@pytest.mark.parametrize("route", ["kernel", "reference"])
+def test_4bit_momentum_decays_when_the_block_absmax_stays_put(make, key, route, monkeypatch):
     """A 4-bit first moment whose gradient stops must decay even where its block's absmax is fixed (one
     element with a constant gradient): the rounding thresholds change with the step number, not only
-    with the absmax (without the step, 117 of 127 entries stuck at up to 0.66 of the absmax for good)."""
+    with the absmax (without the step, 117 of 127 entries stuck at up to 0.66 of the absmax for good).
+    Lion's and SGD's 4-bit states count steps for this (a ``step`` entry beside the codes)."""
+    if route == "reference":
+        monkeypatch.setattr(LO, "_kernel_ok", lambda p, g: False)
     p = torch.nn.Parameter(torch.zeros(4096))
-    opt = descent.AdamW([p], lr=1e-3, weight_decay=0.0, state_bits=4)
+    opt = make([p])
     for step in range(300):
         g = torch.zeros(4096)
         g.view(32, 128)[:, 0] = 1.0  # each block's absmax converges to 1 and stays there
@@ -347,6 +356,7 @@ def test_4bit_momentum_decays_when_the_block_absmax_stays_put():
             g.view(32, 128)[:, 1:] = torch.linspace(0.05, 0.5, 127)
         p.grad = g
         opt.step()
-    m = LO.QuantState.from_entries(opt.state[p], "exp_avg", 4096).dequantize().view(32, 128)
+    assert float(opt.state[p]["step"]) == 300
+    m = LO.QuantState.from_entries(opt.state[p], key, 4096).dequantize().view(32, 128)
     assert float(m[:, 0].min()) > 0.99
     assert float(m[:, 1:].abs().max()) < 1e-3, float(m[:, 1:].abs().max())  # 0.5 * 0.9**220 in exact arithmetic

@@ -206,12 +206,14 @@ def _quantize(value: Tensor, absmax: Tensor, qmap: Tensor, start: int, bits: int
 
 def _state(opt: Any, algo: Any, group: dict[str, Any], p: Tensor, i: int) -> dict[str, Any]:
     """``p``'s state, made sharded on its first step (nothing yet for a lazy state); layout checked."""
+    from ..lowbit.optim import counts_steps
+
     bits, key0, state = int(group.get("state_bits", 32)), next(iter(algo.keys)), opt.state[p]
     _check(type(opt).__name__, p, _bits_of(state, key0) if key0 + "_absmax" in state else bits,
            f"parameter {i} of the bucket")
-    if not state and not algo.lazy:
-        if opt.declaration.steps:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
+    if not state and counts_steps(opt.declaration.steps, bits):
+        state["step"] = torch.zeros((), dtype=torch.float32, device=local(p).device)
+    if list(state) in ([], ["step"]) and not algo.lazy:
         for key, signed in algo.keys.items():
             state.update(_entries(p, key, signed, bits))
     return opt._state_of(p, group)
@@ -221,13 +223,15 @@ def lowbit_step(opt: Any, algo: Any, group: dict[str, Any], params: list[Tensor]
                 hp: dict[str, Any]) -> None:
     """Step sharded parameters with quantized state: local math, one ``all_reduce(MAX)`` of the
     blocks' absmax over the shard group, local quantization (see the module docstring)."""
-    bits_wanted, with_steps = int(group.get("state_bits", 32)), opt.declaration.steps
+    bits_wanted = int(group.get("state_bits", 32))
     states = [_state(opt, algo, group, p, i) for i, p in enumerate(params)]
     steps: list[int | None] = [None] * len(params)
-    if with_steps:
+    counted = [k for k, s in enumerate(states) if "step" in s]  # with_steps, or 4-bit (counts_steps)
+    if counted:
         from ..optim._run import advance_steps
 
-        steps = advance_steps([s["step"] for s in states])
+        for k, t in zip(counted, advance_steps([states[k]["step"] for k in counted])):
+            steps[k] = t
     new = [_local_update(algo, group, p, g, s, hp, t) for p, g, s, t in zip(params, grads, states, steps)]
     todo = []  # (param, state, key, signed, bits, value, step)
     for p, s, vals, t in zip(params, states, new, steps):

@@ -243,7 +243,7 @@ def _lion_math(p, g, m, n, decay, lr, b1, c1, b2, c2, sign):  # pragma: no cover
 
 
 @njit(**_OPTS)
-def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
+def _lion_block(p, g, mc, ma, t1, qb, bits, hp, salt):  # pragma: no cover - compiled
     """Lion on one plan block: ``hp`` = (decay, lr, b1, c1, b2, c2, sign)."""
     decay, lr, b1, c1, b2, c2, sign = hp
     sm = np.empty(qb, p.dtype)
@@ -255,11 +255,11 @@ def _lion_block(p, g, mc, ma, t1, qb, bits, hp):  # pragma: no cover - compiled
         _dequantize(mc, s, n, d1, p.dtype.type(ma[j]), sm, bits)
         _lion_math(p[s:s + n], g[s:s + n], sm, n, decay, lr, b1, c1, b2, c2, sign)
         if not _quantize(sm, n, ma, j, mc, s, bits, e1, np.float32(_amax(sm, n))):  # else a call: few blocks
-            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch, np.uint64(0))  # no step number: salt 0
+            _quantize_table(sm, n, ma[j], mc, s, bits, l1, scratch, salt)
 
 
 @njit(parallel=True, **_OPTS)
-def lion_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp):  # pragma: no cover - compiled
+def lion_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, salts):  # pragma: no cover - compiled
     """Lion over every block; ``ptrs`` rows: param, grad, m codes, m absmax."""
     per = 1 if bits == 8 else 2
     for k in prange(blocks.shape[0]):
@@ -269,7 +269,7 @@ def lion_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp):  # pragma: n
         nb = (n + qb - 1) // qb
         _lion_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
                     view(ptrs[2, t], nc, _U8)[lo // per:(hi + per - 1) // per],
-                    view(ptrs[3, t], nb, _F32)[lo // qb:(hi + qb - 1) // qb], t1, qb, bits, hp)
+                    view(ptrs[3, t], nb, _F32)[lo // qb:(hi + qb - 1) // qb], t1, qb, bits, hp, salts[t])
 
 
 @njit(**_OPTS)
@@ -283,7 +283,7 @@ def _sgd_math(p, g, b, n, lr, wd, mom, undamp, sign, nesterov, first):  # pragma
 
 
 @njit(**_OPTS)
-def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - compiled
+def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first, salt):  # pragma: no cover - compiled
     """SGD with momentum on one plan block: ``hp`` = (lr, wd, mom, 1 - dampening, sign, nesterov)."""
     lr, wd, mom, undamp, sign, nesterov = hp
     sb = np.empty(qb, p.dtype)
@@ -296,11 +296,11 @@ def _sgd_block(p, g, bc, ba, t1, qb, bits, hp, first):  # pragma: no cover - com
             _dequantize(bc, s, n, d1, p.dtype.type(ba[j]), sb, bits)
         _sgd_math(p[s:s + n], g[s:s + n], sb, n, lr, wd, mom, undamp, sign, nesterov, first)
         if not _quantize(sb, n, ba, j, bc, s, bits, e1, np.float32(_amax(sb, n))):  # else a call: few blocks
-            _quantize_table(sb, n, ba[j], bc, s, bits, l1, scratch, np.uint64(0))  # no step number: salt 0
+            _quantize_table(sb, n, ba[j], bc, s, bits, l1, scratch, salt)
 
 
 @njit(parallel=True, **_OPTS)
-def sgd_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, first):  # pragma: no cover - compiled
+def sgd_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, first, salts):  # pragma: no cover - compiled
     """SGD momentum over every block; ``ptrs`` rows: param, grad, buffer codes, buffer absmax."""
     per = 1 if bits == 8 else 2
     for k in prange(blocks.shape[0]):
@@ -310,7 +310,7 @@ def sgd_lowbit_multi(ptrs, sizes, blocks, like, t1, qb, bits, hp, first):  # pra
         nb = (n + qb - 1) // qb
         _sgd_block(view(ptrs[0, t], n, like)[lo:hi], view(ptrs[1, t], n, like)[lo:hi],
                    view(ptrs[2, t], nc, _U8)[lo // per:(hi + per - 1) // per],
-                   view(ptrs[3, t], nb, _F32)[lo // qb:(hi + qb - 1) // qb], t1, qb, bits, hp, first)
+                   view(ptrs[3, t], nb, _F32)[lo // qb:(hi + qb - 1) // qb], t1, qb, bits, hp, first, salts[t])
 
 
 # ---------------------------------------------------------------------------------- launchers
@@ -396,21 +396,25 @@ def adam_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: 
 
 def lion_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                 exp_avg_absmax: list[torch.Tensor], exp_avg_qmap: list[torch.Tensor], *, lr: float, beta1: float,
-                beta2: float, weight_decay: float = 0.0, maximize: bool = False) -> None:
-    """Lion with a quantized ``exp_avg``, in place (hyperparameters of :func:`descent.functional.lion`)."""
+                beta2: float, weight_decay: float = 0.0, maximize: bool = False,
+                steps: list[int] | None = None) -> None:
+    """Lion with a quantized ``exp_avg``, in place (hyperparameters of :func:`descent.functional.lion`;
+    ``steps``, one per tensor, salt a 4-bit state's rounding thresholds: 0 without)."""
     hp = lion_hp(like(params[0]).dtype.type, lr, beta1, beta2, weight_decay, maximize)
-    _launch(lion_lowbit_multi, [params, grads, exp_avg, exp_avg_absmax], exp_avg_qmap[0], hp)
+    _launch(lion_lowbit_multi, [params, grads, exp_avg, exp_avg_absmax], exp_avg_qmap[0], hp,
+            _salts(steps if steps is not None else [0] * len(params)))
 
 
 def sgd_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffer: list[torch.Tensor],
                momentum_buffer_absmax: list[torch.Tensor], momentum_buffer_qmap: list[torch.Tensor], *, lr: float,
                momentum: float, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-               maximize: bool = False, first: bool = False) -> None:
+               maximize: bool = False, first: bool = False, steps: list[int] | None = None) -> None:
     """SGD with a quantized momentum buffer, in place (hyperparameters of :func:`descent.functional.sgd`).
 
     ``first=True`` is the first step of these tensors: the buffer becomes the
-    gradient, as torch initialises it (the codes passed in are overwritten).
+    gradient, as torch initialises it (the codes passed in are overwritten). ``steps``: as
+    :func:`lion_lowbit`'s.
     """
     hp = sgd_hp(like(params[0]).dtype.type, lr, momentum, dampening, weight_decay, nesterov, maximize)
     _launch(sgd_lowbit_multi, [params, grads, momentum_buffer, momentum_buffer_absmax], momentum_buffer_qmap[0],
-            hp, bool(first))
+            hp, bool(first), _salts(steps if steps is not None else [0] * len(params)))

@@ -231,9 +231,11 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
         mine.setdefault((bits, first, _route(group, p, grads[i]), maps), []).append(i)
     for (bits, first, route, _), idx in mine.items():
         steps = None
-        if with_steps:
+        if counts_steps(with_steps, bits):
             from ..optim._run import advance_steps
 
+            for i in idx:  # a 4-bit Lion/SGD state saved before it counted steps starts counting now
+                states[i].setdefault("step", torch.zeros((), dtype=torch.float32, device=params[i].device))
             steps = advance_steps([states[i]["step"] for i in idx])
         if route != "reference":
             if first:
@@ -249,9 +251,17 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
     return rest
 
 
+def counts_steps(with_steps: bool, bits: int) -> bool:
+    """Whether a quantized state keeps a ``step`` counter: its optimizer counts steps, or its codes are 4-bit
+    (a 4-bit first moment's rounding thresholds take the step number, :func:`descent.lowbit.quant.dither`,
+    so Lion's and SGD's 4-bit states count steps too)."""
+    return with_steps or bits == 4
+
+
 def init_quantized(algo: _Algo, p: Tensor, bits: int, with_steps: bool) -> dict[str, Any]:
-    """The zero state of a quantized parameter (nothing for a lazy state)."""
-    state: dict[str, Any] = {"step": torch.zeros((), dtype=torch.float32, device=p.device)} if with_steps else {}
+    """The zero state of a quantized parameter (only the step counter, if any, for a lazy state)."""
+    state: dict[str, Any] = ({"step": torch.zeros((), dtype=torch.float32, device=p.device)}
+                             if counts_steps(with_steps, bits) else {})
     if not algo.lazy:
         for key, signed in algo.keys.items():
             state.update(QuantState.zeros(p.numel(), signed, bits, p.device).entries(key, codes_shape(p.shape, bits)))

@@ -68,8 +68,8 @@ def dither(absmax: Tensor, position: Tensor, step: int = 0) -> Tensor:
     """The float32 threshold ``u`` in [0, 1) of each element for stochastic rounding.
 
     ``u = (h >> 8) / 2**24`` with ``h`` a 32-bit hash of the element's position in its block,
-    of the step number (the optimizer's ``step`` after incrementing; 0 for optimizers that
-    count none) and of the float32 absmax of the block, its bits but the lowest 12
+    of the step number (the state's ``step`` after incrementing: Lion's and SGD's 4-bit states
+    count steps for this; 0 for a state saved before they did) and of the float32 absmax of the block, its bits but the lowest 12
     (``mix((bits >> 12) ^ salt(step) ^ mix(position))``, see :func:`_mix`): deterministic, so
     kernels, resumed runs and shards give the same codes; changing from step to step (without
     a step number, only with the absmax, at a relative change of 2**-11 or more: a block whose
@@ -146,7 +146,10 @@ def quantize(x: Tensor, qmap: Tensor, bits: int, block: int | None = None, step:
         >>> dequantize(codes, absmax, q, 8, 3)
         tensor([ 0.5008, -0.9930,  0.0000])
     """
-    blocks, n = _blocks(x, block_size(bits) if block is None else _check_block(block))
+    block = block_size(bits) if block is None else _check_block(block)
+    if qmap.numel() != 1 << bits:  # codes past a 16-entry map, or 4-bit codes read as 8-bit ones
+        raise ValueError(f"Invalid qmap: {qmap.numel()} entries for {bits}-bit codes (must be {1 << bits})")
+    blocks, n = _blocks(x, block)
     absmax = blocks.abs().amax(dim=1).to(torch.float32)
     scale = torch.where(absmax == 0, torch.ones_like(absmax), absmax).to(x.dtype)
     normalized = (blocks / scale[:, None]).to(torch.float32).reshape(-1)[:n]
