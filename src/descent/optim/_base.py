@@ -31,7 +31,10 @@ many parameters and steps.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from itertools import repeat
 from typing import Any, ClassVar
 
 import torch
@@ -160,6 +163,23 @@ class Optimizer(torch.optim.Optimizer):
                 state["step"] = torch.as_tensor(float(step), dtype=torch.float32).to(p.device)
         return state
 
+    def _states_of(self, params: list[Tensor], group: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+        """:meth:`_state_of` for a bucket of parameters on ``device``: when every state exists and
+        every step counter is already a float32 tensor there (every step but the first), a few
+        C-level passes instead of a Python call per parameter (90 -> 40 us on 196 tensors)."""
+        if torch.compiler.is_compiling():
+            return [self._state_of(p, group) for p in params]
+        states = list(map(self.state.__getitem__, params))  # a defaultdict: {} for a new parameter
+        if all(states):
+            steps = [s.get("step") for s in states]
+            if all(map(_IS_NONE, steps)):
+                return states
+            if (not any(map(_IS_NONE, steps)) and all(map(isinstance, steps, repeat(Tensor)))
+                    and _FLOAT32.issuperset(map(_DTYPE, steps))
+                    and (all(map(_IS_CPU, steps)) if device.type == "cpu" else {device}.issuperset(map(_DEVICE, steps)))):
+                return states
+        return [self._state_of(p, group) for p in params]
+
     # ------------------------------------------------------------------- step
     def _takes_grad_scale(self, group: dict[str, Any]) -> bool:  # noqa: ARG002 - overridden (low-bit states)
         """Whether a bucket of this group may run :func:`run_declaration` with GradScaler's scale
@@ -174,6 +194,11 @@ class Optimizer(torch.optim.Optimizer):
     def _collect(self) -> Work:
         work = []
         for gi, group in enumerate(self.param_groups):
+            if not torch.compiler.is_compiling():  # every parameter has a dense gradient: C-level passes
+                grads = list(map(_GRAD, group["params"]))
+                if not any(map(_IS_NONE, grads)) and not any(map(_IS_SPARSE, grads)):
+                    work.append((group, list(group["params"]), grads, list(range(len(grads)))))
+                    continue
             params, grads, index = [], [], []
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -259,9 +284,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                     overrides: Mapping[str, Any] | None = None, grad_scale: Tensor | None = None) -> None:
-        buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, p in enumerate(params):
-            buckets.setdefault((p.device, p.dtype), []).append(i)
+        buckets = _buckets(params)
         requested = resolve_request(group.get("backend"), group.get("foreach"), group.get("fused"))
         if group.get("differentiable"):
             requested = "loop"  # autograd records the functional's ops (torch's differentiable=True)
@@ -269,17 +292,18 @@ class Optimizer(torch.optim.Optimizer):
         for (device, dtype), idx in buckets.items():
             ps = [params[i] for i in idx]
             gs = [grads[i] for i in idx]
+            sharded = any_dtensor(ps)
             # GradScaler's scale goes into the kernels that take it; every other path gets unscaled grads
             direct = (grad_scale is not None and self._takes_grad_scale(group) and not dtype.is_complex
-                      and not any_dtensor(ps))
+                      and not sharded)
             if grad_scale is not None and not direct:
                 gs = torch._foreach_div(gs, grad_scale.to(gs[0].device))
-            if any_dtensor(ps):  # FSDP2: local shards, reductions over the mesh (descent.distributed)
+            if sharded:  # FSDP2: local shards, reductions over the mesh (descent.distributed)
                 step_bucket(self, lambda dev, dt: select_backend(requested, self._supported, dev, dt,
                                                                  owner=type(self).__name__, excluded=excluded),
                             group, ps, gs, overrides)
                 continue
-            states = [self._state_of(p, group) for p in ps]
+            states = self._states_of(ps, group, device)
             if dtype.is_complex:
                 self._step_complex(requested, excluded, group, ps, gs, states, overrides)
                 continue
@@ -355,6 +379,24 @@ class Optimizer(torch.optim.Optimizer):
                             found.append(param_label(group, gi, i))
                             break
         return found
+
+
+def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Positions of ``params`` by (device, dtype), in order of first appearance."""
+    if not torch.compiler.is_compiling():
+        devices, dtypes = set(map(_DEVICE, params)), set(map(_DTYPE, params))
+        if len(devices) == 1 and len(dtypes) == 1:  # the usual case: one bucket, two C-level passes
+            return {(devices.pop(), dtypes.pop()): list(range(len(params)))}
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        buckets.setdefault((p.device, p.dtype), []).append(i)
+    return buckets
+
+
+_IS_NONE = partial(operator.is_, None)
+_GRAD, _IS_SPARSE = operator.attrgetter("grad"), operator.attrgetter("is_sparse")
+_DEVICE, _DTYPE, _IS_CPU = operator.attrgetter("device"), operator.attrgetter("dtype"), operator.attrgetter("is_cpu")
+_FLOAT32 = frozenset((torch.float32,))
 
 
 def _check_capturable(owner: str, group: dict[str, Any]) -> None:

@@ -90,8 +90,9 @@ def _run_kernel(decl: Declaration, kernel: Kernel, hp: dict[str, Any], capturabl
                 grads: list[Tensor], states: list[dict[str, Any]], cols: list[list[Any]], fast: list[int],
                 grad_scale: Tensor | None) -> list[Tensor]:
     """The kernel on the tensors at ``fast``; returns the gradients (unscaled copies where needed)."""
+    every = len(fast) == len(params)  # the usual case: the columns as they are, no copies
     step_tensors = [states[i]["step"] for i in fast] if decl.steps else None
-    kw: dict[str, Any] = {k: K.take(c, fast) for k, c in zip(decl.columns, cols)}
+    kw: dict[str, Any] = {k: c if every else K.take(c, fast) for k, c in zip(decl.columns, cols)}
     on_device = capturable and kernel.capturable  # steps and hyperparameters stay on the device
     if kernel.capturable:
         kw["capturable"] = capturable
@@ -111,7 +112,8 @@ def _run_kernel(decl: Declaration, kernel: Kernel, hp: dict[str, Any], capturabl
         kw["found_inf"] = None if grad_scale is None else torch.zeros_like(grad_scale)
     elif grad_scale is not None:
         grads = _unscaled(grads, fast, grad_scale)
-    _launch(decl, kernel, hp)(params=K.take(params, fast), grads=K.take(grads, fast), **kw, **hp)
+    _launch(decl, kernel, hp)(params=params if every else K.take(params, fast),
+                              grads=grads if every else K.take(grads, fast), **kw, **hp)
     if decl.loop_returns is not None:  # lazily created state (SGD's momentum_buffer)
         for j, i in enumerate(fast):
             if kw[decl.loop_returns][j] is not None:
@@ -140,13 +142,19 @@ def _run_functional(decl: Declaration, hp: Mapping[str, Any], params: list[Tenso
             states[i][decl.loop_returns] = out
 
 
+def _capturing() -> bool:
+    """A CUDA graph is being captured on the current stream (nothing is before CUDA is initialized,
+    and asking then would initialize it); cheap, so it comes before any per-tensor test."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def _host(hp: Mapping[str, Any]) -> dict[str, Any]:
     """A capturable group's hyperparameters as Python floats, for a path that is not capturable.
 
     Raises:
         RuntimeError: while a CUDA graph is being captured (the step would read the device).
     """
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    if _capturing():
         raise RuntimeError("capturable=True: a tensor of this bucket cannot be stepped without a host sync "
                            "(a non-contiguous tensor, a cautious group or a backend without a capturable "
                            "kernel); make the tensors contiguous or choose backend='fused'")
@@ -164,7 +172,7 @@ def _advanced_ints(states: list[dict[str, Any]], positions: list[int]) -> list[i
     if torch.compiler.is_compiling() and all(_NEXT_STEP in states[i] for i in positions):
         torch._foreach_add_(steps, 1.0)
         return [states[i][_NEXT_STEP] for i in positions]
-    if any(s.device.type != "cpu" for s in steps) and torch.cuda.is_current_stream_capturing():
+    if _capturing() and any(s.device.type != "cpu" for s in steps):
         raise RuntimeError("capturable=False: the step counters are read on the host, which a CUDA graph "
                            "cannot capture; pass capturable=True")
     return advance_steps(steps)
