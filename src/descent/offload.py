@@ -71,6 +71,8 @@ from .stability.clip import ClipResult, clip_grad_norm_
 
 __all__ = ["CPUOffloadOptimizer"]
 
+_HOOKS = ("step_pre", "step_post", "state_dict_pre", "state_dict_post", "load_state_dict_pre", "load_state_dict_post")
+
 
 class _GroupView(MutableMapping):
     """One param group as the user sees it: the device params, the inner group's hyperparameters."""
@@ -170,17 +172,21 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
         self._param_stage: dict[int, Tensor] = {}  # device-dtype pinned buffers for H2D (non-fp32 params)
         self._pending: dict[int, Any] = {}  # gradient copies issued, not yet waited for (index -> event)
         self._ready: set[int] = set()  # masters whose .grad holds this step's gradient
-        self._h2d_event: Any = None
-        self._hooks: list[Any] = []
         self._device: torch.device | None = None
         self._stream: Any = None
-        self._optimizer_step_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_step_post_hooks: dict[int, Callable] = OrderedDict()
-        self._views: list[_GroupView] = []
+        self._transient()
         host_groups = [self._adopt(g) for g in _groups(params)]
         self.inner = cls(host_groups, **kwargs)
 
     # ------------------------------------------------------------------ setup
+    def _transient(self) -> None:
+        """What no copy carries: the copy event, group views, gradient hooks and torch's hook registries."""
+        self._h2d_event: Any = None
+        self._views: list[_GroupView] = []
+        self._hooks: list[Any] = []
+        for kind in _HOOKS:  # register_step_pre_hook, register_state_dict_pre_hook, ...
+            setattr(self, f"_optimizer_{kind}_hooks", OrderedDict())
+
     def _adopt(self, group: dict[str, Any]) -> dict[str, Any]:
         """Make host masters for a group's device params; return the group over the masters."""
         masters = []
@@ -219,12 +225,8 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
     def param_groups(self) -> list[_GroupView]:  # type: ignore[override]
         inner = self.inner.param_groups
         if len(self._views) != len(inner) or any(v._inner is not g for v, g in zip(self._views, inner)):
-            self._views = [_GroupView(g, [self._params[self._masters_index(m)] for m in g["params"]])
-                           for g in inner]
+            self._views = [_GroupView(g, [self._params[self._mindex[id(m)]] for m in g["params"]]) for g in inner]
         return self._views
-
-    def _masters_index(self, master: Tensor) -> int:
-        return self._mindex[id(master)]
 
     @property
     def defaults(self) -> dict[str, Any]:  # type: ignore[override]
@@ -379,12 +381,9 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
                 continue
             if set_to_none:
                 p.grad = None
-            else:
-                if p.grad.grad_fn is not None:
-                    p.grad.detach_()
-                else:
-                    p.grad.requires_grad_(False)
-                p.grad.zero_()
+                continue
+            p.grad.detach_() if p.grad.grad_fn is not None else p.grad.requires_grad_(False)
+            p.grad.zero_()
         for i in list(self._pending):
             self._finish_grad(i)
         for i in self._ready:
@@ -394,14 +393,20 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus ``master_weights``: the fp32 masters of the
         parameters that are not fp32 on the device (index -> tensor)."""
+        for hook in list(self._optimizer_state_dict_pre_hooks.values()):
+            hook(self)
         self._wait_h2d()
         sd = self.inner.state_dict()
         sd["master_weights"] = {i: m for i, (p, m) in enumerate(zip(self._params, self._masters))
                                 if p.dtype != torch.float32}
+        for hook in list(self._optimizer_state_dict_post_hooks.values()):  # torch's: may return a new one
+            sd = hook(self, sd) or sd
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; masters not in it are refreshed from the device parameters."""
+        for hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
+            state_dict = hook(self, state_dict) or state_dict
         state_dict = dict(state_dict)
         saved = {int(k): v for k, v in state_dict.pop("master_weights", {}).items()}
         bad = [k for k in saved if not 0 <= k < len(self._masters)]
@@ -413,6 +418,27 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             for i, (p, m) in enumerate(zip(self._params, self._masters)):
                 m.copy_(saved[i] if i in saved else p.detach())
+        for hook in list(self._optimizer_load_state_dict_post_hooks.values()):
+            hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """All but the stream and :meth:`_transient` (torch's keeps only its views, and drops hooks too)."""
+        for i in list(self._pending):  # copies already issued land, as the next step would wait for them
+            self._finish_grad(i)
+        self._wait_h2d()
+        return {k: v for k, v in self.__dict__.items() if k not in ("_stream", "_h2d_event", "_views", "_hooks")
+                and not k.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Remake what :meth:`__getstate__` left out and the indices by ``id`` (a copy has new tensors)."""
+        self.__dict__.update(state)
+        self._transient()
+        self._stream = torch.cuda.Stream(self._device) if getattr(self._device, "type", "") == "cuda" else None
+        self._index, self._mindex = ({id(t): i for i, t in enumerate(ts)} for ts in (self._params, self._masters))
+        for i in self._ready:  # a pickled tensor leaves its .grad behind
+            self._masters[i].grad = self._host_grad(i)
+        if self.offload_gradients:
+            self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self._params if p.requires_grad]
 
     def __repr__(self) -> str:
         return f"CPUOffloadOptimizer({self.inner!r}, offload_gradients={self.offload_gradients})"

@@ -91,8 +91,12 @@ class QuantState(NamedTuple):
         if not parts:
             raise ValueError("Invalid parts: nothing to concatenate")
         block = block_size(parts[0].bits)
-        for i, p in enumerate(parts[:-1]):
-            if p.numel % block:
+        for i, p in enumerate(parts):
+            if p.bits != parts[0].bits:
+                raise ValueError(f"Invalid parts: part {i} is {p.bits}-bit, part 0 {parts[0].bits}-bit")
+            if p.qmap is not parts[0].qmap and not torch.equal(p.qmap.to(parts[0].qmap.device), parts[0].qmap):
+                raise ValueError(f"Invalid parts: part {i} has another code map than part 0")
+            if p.numel % block and i < len(parts) - 1:
                 raise ValueError(f"Invalid parts: part {i} has {p.numel} elements, not a multiple of {block}")
         return QuantState(torch.cat([p.codes for p in parts]), torch.cat([p.absmax for p in parts]),
                           parts[0].qmap, sum(p.numel for p in parts))
