@@ -1,45 +1,39 @@
 """CPU offload for GPU training: fp32 master weights and optimizer state on the host.
 
-:class:`CPUOffloadOptimizer` keeps, for every parameter on the device, an fp32 master copy
-on the CPU and a descent optimizer (any registered class or name; AdamW by default) that
-steps those masters with descent's CPU kernels. The device holds only the parameters (in
-their own dtype, e.g. bf16) and, transiently, their gradients, so the optimizer state and
-the fp32 weights cost no device memory.
+:class:`CPUOffloadOptimizer` keeps, for every parameter on the device, an fp32 master copy on the CPU and a
+descent optimizer (any registered class or name; AdamW by default) that steps those masters with descent's CPU
+kernels. The device holds only the parameters (in their own dtype, e.g. bf16) and, transiently, their gradients,
+so the optimizer state and the fp32 weights cost no device memory.
 
 The data flow of one step on a CUDA device:
 
 - gradients go device -> host into pinned buffers, ``non_blocking`` on a side stream. With
   ``offload_gradients=True`` each one is copied as soon as autograd has accumulated it
-  (``register_post_accumulate_grad_hook``), so the copies overlap the rest of the backward,
-  and its device memory is released; a second backward before the step (gradient
-  accumulation) is added on the host in fp32. With ``offload_gradients=False`` (the
-  default) the gradients stay on the device until :meth:`step` copies them, so anything
-  done to ``p.grad`` in between (``torch.nn.utils.clip_grad_norm_``, accumulation) counts.
-- :meth:`clip_grad_norm_` (or ``max_norm=``) clips the host gradients with one norm over
-  all of them, exactly as ``torch.nn.utils.clip_grad_norm_`` would on the device — this also
-  works with ``offload_gradients=True``, where the device gradients are gone.
-- the inner optimizer steps the fp32 masters on the CPU; the new values are rounded to the
-  parameters' dtype on the host (halving the transfer for bf16) and copied host -> device
-  on the side stream. The step then makes the current stream wait on an event recorded
-  after those copies, so the next forward reads the new weights without blocking the host;
-  the next step waits for the copies before it overwrites the host buffers.
+  (``register_post_accumulate_grad_hook``), so the copies overlap the rest of the backward, and its device
+  memory is released; a second backward before the step (gradient accumulation) is added on the host in fp32.
+  With ``offload_gradients=False`` (the default) the gradients stay on the device until :meth:`step` copies
+  them, so anything done to ``p.grad`` in between (``torch.nn.utils.clip_grad_norm_``, accumulation) counts.
+- :meth:`clip_grad_norm_` (or ``max_norm=``) clips the host gradients with one norm over all of them, exactly as
+  ``torch.nn.utils.clip_grad_norm_`` would on the device — this also works with ``offload_gradients=True``,
+  where the device gradients are gone.
+- the inner optimizer steps the fp32 masters on the CPU; the new values are rounded to the parameters' dtype on
+  the host (halving the transfer for bf16) and copied host -> device on the side stream. The step then makes the
+  current stream wait on an event recorded after those copies, so the next forward reads the new weights without
+  blocking the host; the next step waits for the copies before it overwrites the host buffers.
 
-Every parameter is offloaded (torchao keeps tensors below ``minimal_size`` on the device; here
-they are few bytes and stepped on the host too). ``torch.amp.GradScaler`` works with
-``offload_gradients=False`` only (it unscales the device gradients, which ``True`` has already
-moved); bf16 training needs no scaler.
+Every parameter is offloaded (torchao keeps tensors below ``minimal_size`` on the device; here they are few
+bytes and stepped on the host too). ``torch.amp.GradScaler`` works with ``offload_gradients=False`` only (it
+unscales the device gradients, which ``True`` has already moved); bf16 training needs no scaler.
 
-On a machine without CUDA (parameters on the CPU) every copy is a plain copy, which is how
-the equality with the non-offloaded optimizer is tested. Only the transfer buffers (fp32
-masters, gradient and bf16 staging buffers) are pinned, and only when CUDA is available;
-the optimizer state never moves, so it stays in ordinary memory.
+On a machine without CUDA (parameters on the CPU) every copy is a plain copy, which is how the equality with the
+non-offloaded optimizer is tested. Only the transfer buffers (fp32 masters, gradient and bf16 staging buffers)
+are pinned, and only when CUDA is available; the optimizer state never moves, so it stays in ordinary memory.
 
-``param_groups`` are views: ``"params"`` are the device parameters, every other key reads and
-writes the inner optimizer's group, so torch's LR schedulers, ``descent.attach`` and
-``ReduceLROnPlateau`` drive it. ``state_dict`` is the inner optimizer's (torch's layout, device
-parameter order) plus the fp32 masters of parameters that are not fp32 on the device, so a
-resume is bit-exact; load the model's weights before the optimizer's state (the masters of
-fp32 parameters are refreshed from the device parameters then).
+``param_groups`` are views: ``"params"`` are the device parameters, every other key reads and writes the inner
+optimizer's group, so torch's LR schedulers, ``descent.attach`` and ``ReduceLROnPlateau`` drive it.
+``state_dict`` is the inner optimizer's (torch's layout, device parameter order) plus the fp32 masters of
+parameters that are not fp32 on the device, so a resume is bit-exact; load the model's weights before the
+optimizer's state (the masters of fp32 parameters are refreshed from the device parameters then).
 
 Example:
     >>> import torch, descent
