@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...lowbit.maps import SHIFT, lookup
+from ...lowbit.maps import SHIFT, code_map, lookup
 from ...lowbit.quant import block_size, codes_numel
 from ..lowbit import _salts, adam_hp, adam_step_terms, lion_hp, sgd_hp
 from ._common import LAUNCH, TL, address_rows, block_table, cached_ints, pointers_key, positions, store, to_device
@@ -229,13 +229,23 @@ def _tables_on(values: tuple[float, ...], device: str) -> tuple[Tensor, Tensor, 
     return thr, first, int(t.key_min), int(t.span), len(values) == 16 and values[0] < 0
 
 
+@lru_cache(maxsize=8)
+def _shared_values(signed: bool, bits: int) -> tuple[float, ...]:
+    return tuple(code_map(signed, bits).tolist())
+
+
+def _values(q: Tensor) -> tuple[float, ...]:
+    """A map's values: from the host copy for the shared maps (no device-to-host copy, no sync), else read."""
+    bits = 8 if q.numel() == 256 else 4
+    for signed in (True, False):
+        if q is code_map(signed, bits, q.device):
+            return _shared_values(signed, bits)
+    return tuple(float(v) for v in q.detach().cpu().float().tolist())
+
+
 def _maps(qmaps: Sequence[Tensor]) -> list:
     """Per map: the map tensor (moved to the device, float32) and its tables."""
-    out = []
-    for q in qmaps:
-        values = tuple(float(v) for v in q.detach().cpu().float().tolist())
-        out.append((q.to(dtype=torch.float32).contiguous(), *_tables_on(values, str(q.device))))
-    return out
+    return [(q.to(dtype=torch.float32).contiguous(), *_tables_on(_values(q), str(q.device))) for q in qmaps]
 
 
 def _check(params: Sequence[Tensor], grads: Sequence[Tensor], states: dict[str, Sequence[Tensor]],
