@@ -16,7 +16,9 @@ which advance the step tensors themselves.
 from __future__ import annotations
 
 import math
+import operator
 from functools import lru_cache
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ __all__ = ["lion", "sophia", "rmsprop", "lamb", "adafactor", "muon", "adam_fused
 
 Tensors = list[Tensor]
 Maybe = list[Tensor | None]
+_SHAPE = operator.attrgetter("shape")
 
 
 def _sign(maximize: bool) -> float:
@@ -115,15 +118,17 @@ def adafactor(params: Tensors, grads: Tensors, row_var: Maybe, col_var: Maybe, v
     from ..functional import adafactor_lr
     from .adafactor import adafactor_multi
 
-    factored = tuple(r is not None and c is not None for r, c in zip(row_var, col_var))  # as the functional decides
-    if not all(f or v is not None for f, v in zip(factored, variance)):
+    # as the functional decides: both factors, else the full variance (C-level passes, no Python per tensor)
+    factored = tuple(map(operator.and_, map(operator.is_not, row_var, repeat(None)),
+                         map(operator.is_not, col_var, repeat(None))))
+    if not all(map(operator.or_, factored, map(operator.is_not, variance, repeat(None)))):
         for i, p in enumerate(params):
             _fa(p, grads[i], row_var[i], col_var[i], variance[i], exp_avg[i], step=steps[i],
                 lr=adafactor_lr(steps[i], lr, relative_step=relative_step, warmup_init=warmup_init),
                 decay_rate=decay_rate, eps1=eps1, eps2=eps2, clip_threshold=clip_threshold, beta1=beta1,
                 weight_decay=weight_decay, scale_parameter=scale_parameter, maximize=maximize)
         return
-    shapes = tuple(p.shape for p in params)  # torch.Size hashes and compares as the tuple of its sizes
+    shapes = tuple(map(_SHAPE, params))  # torch.Size hashes and compares as the tuple of its sizes
     threads_for(_adafactor_meta(shapes, factored)[5])  # the thread count, as bucket_plan sets it
     (meta, sizes, blocks, first, large, bounds, colpart, part, row_total, col_total,
      most) = _adafactor_layout(shapes, factored, numba.get_num_threads(), multi.BLOCK, multi.WAVE)
@@ -209,6 +214,30 @@ def _adam(fused: bool, params: Tensors, grads: Tensors, exp_avg: Tensors, exp_av
     torch._foreach_copy_(steps, steps64)
 
 
+def _direct(params: Tensors, steps: Tensors, grad_scale: Tensor | None, *scalars: object) -> bool:
+    """Whether torch's fused CPU op may be called directly, its step counters advanced here (then they are).
+
+    torch's Python wrapper around the op (``torch.optim.adam._fused_adam``, ``_fused_adagrad``)
+    groups the tensors by device and dtype (a bucket is one already) and adds 1 to the counters
+    with ``torch._foreach_add_``, about 1.9 us per CPU scalar: 0.5 ms of an AdamW step on the 196
+    GPT tensors of ``benchmarks/step_overhead.py``. On CPU, without ``GradScaler`` and with host
+    scalars, :func:`descent.kernels.multi.advance_counters` adds the same float32 1 in one compiled
+    loop and the op is called as the wrapper calls it.
+    """
+    if (params[0].device.type != "cpu" or grad_scale is not None or not _numba_ok()
+            or torch.compiler.is_compiling() or any(isinstance(x, Tensor) for x in scalars)):
+        return False
+    from .multi import advance_counters
+
+    return advance_counters(steps) is not None
+
+
+def _numba_ok() -> bool:
+    from . import AVAILABLE
+
+    return AVAILABLE
+
+
 def _scale_args(grad_scale: Tensor | None, found_inf: Tensor | None, device: torch.device) -> dict[str, Tensor | None]:
     """GradScaler's scale and inf flag on the parameters' device, as torch's fused kernels take them."""
     if grad_scale is None:
@@ -223,6 +252,11 @@ def adam_fused(params: Tensors, grads: Tensors, exp_avg: Tensors, exp_avg_sq: Te
     """torch's fused Adam/AdamW kernel (``torch.optim.adam.adam(fused=True)``); unscales the gradients
     itself when ``GradScaler`` passes its scale. It reads the steps (and a tensor ``lr``) on the
     device, so it is capturable as it is."""
+    if _direct(params, steps, grad_scale, lr, beta1, beta2, eps, weight_decay):
+        op = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+        op(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else [], steps, amsgrad=amsgrad, lr=lr,
+           beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps, maximize=maximize)
+        return
     _adam(True, params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, steps, capturable, lr=lr, beta1=beta1,
           beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
           decoupled_weight_decay=decoupled_weight_decay, **_scale_args(grad_scale, found_inf, params[0].device))
@@ -241,6 +275,10 @@ def adagrad_fused(params: Tensors, grads: Tensors, sum: Tensors, *, steps: Tenso
                   lr_decay: float, weight_decay: float, eps: float, maximize: bool, grad_scale: Tensor | None = None,
                   found_inf: Tensor | None = None) -> None:
     """torch's fused Adagrad kernel (unscales the gradients itself under ``GradScaler``)."""
+    if _direct(params, steps, grad_scale, lr, lr_decay, weight_decay, eps):
+        torch._fused_adagrad_(params, grads, sum, steps, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                              maximize=maximize)
+        return
     _torch_adagrad.adagrad(params, grads, sum, steps, fused=True, lr=lr, lr_decay=lr_decay,
                            weight_decay=weight_decay, eps=eps, maximize=maximize,
                            **_scale_args(grad_scale, found_inf, params[0].device))
