@@ -378,6 +378,29 @@ def test_offload_state_dict_hooks():
     assert calls == ["pre", "loaded"]
 
 
+@pytest.mark.parametrize("make", [lambda ps: descent.Lion8bit(ps, lr=1e-3),
+                                  lambda ps: descent.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, state_bits=8)],
+                         ids=["lion8", "sgd8"])
+def test_compiled_step_equals_eager(make):
+    """torchao compiles its low-bit step; ``torch.compile(opt.step)`` here runs the Numba launchers eagerly and
+    gives the eager numbers (Lion's and SGD's raised Numba's TypingError: dynamo had made tensors of their
+    numpy scalars). The "eager" backend: the failure was dynamo's, inductor adds minutes of code generation."""
+    torch._dynamo.reset()
+    models = [torch.nn.Linear(128, 64, bias=False) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [make(m.parameters()) for m in models]
+    steps = [opts[0].step, torch.compile(opts[1].step, backend="eager")]
+    for i in range(3):
+        x = torch.randn(8, 128, generator=torch.Generator().manual_seed(i))
+        for m, step in zip(models, steps):
+            m.zero_grad()
+            m(x).pow(2).mean().backward()
+            step()
+    assert opts[1].state[models[1].weight]["exp_avg" if "exp_avg" in opts[1].state[models[1].weight]
+                                           else "momentum_buffer"].dtype == torch.uint8
+    assert _same(*models)
+
+
 # ------------------------------------------------------------------------------------ the API
 def test_bnb_style_positional_arguments():
     """``AdamW8bit(params, lr, betas, eps, weight_decay)`` and ``Lion8bit(params, lr, betas,

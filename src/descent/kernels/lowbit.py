@@ -418,3 +418,5 @@ def sgd_lowbit(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_b
     hp = sgd_hp(like(params[0]).dtype.type, lr, momentum, dampening, weight_decay, nesterov, maximize)
     _launch(sgd_lowbit_multi, [params, grads, momentum_buffer, momentum_buffer_absmax], momentum_buffer_qmap[0],
             hp, bool(first), _salts(steps if steps is not None else [0] * len(params)))
+# under torch.compile they run eagerly (dynamo made tensors of their numpy scalars, which Numba cannot type)
+adam_lowbit, lion_lowbit, sgd_lowbit = (torch.compiler.disable(f) for f in (adam_lowbit, lion_lowbit, sgd_lowbit))
