@@ -166,7 +166,7 @@ class Optimizer(torch.optim.Optimizer):
     def _states_of(self, params: list[Tensor], group: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
         """:meth:`_state_of` for a bucket of parameters on ``device``: when every state exists and
         every step counter is already a float32 tensor there (every step but the first), a few
-        C-level passes instead of a Python call per parameter (90 -> 40 us on 196 tensors)."""
+        C-level passes instead of a Python call per parameter (90 -> 50 us on 196 tensors)."""
         if torch.compiler.is_compiling():
             return [self._state_of(p, group) for p in params]
         states = list(map(self.state.__getitem__, params))  # a defaultdict: {} for a new parameter
@@ -292,7 +292,7 @@ class Optimizer(torch.optim.Optimizer):
         for (device, dtype), idx in buckets.items():
             ps = [params[i] for i in idx]
             gs = [grads[i] for i in idx]
-            sharded = any_dtensor(ps)
+            sharded = not _PLAIN.issuperset(map(type, ps)) and any_dtensor(ps)
             # GradScaler's scale goes into the kernels that take it; every other path gets unscaled grads
             direct = (grad_scale is not None and self._takes_grad_scale(group) and not dtype.is_complex
                       and not sharded)
@@ -396,7 +396,7 @@ def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], lis
 _IS_NONE = partial(operator.is_, None)
 _GRAD, _IS_SPARSE = operator.attrgetter("grad"), operator.attrgetter("is_sparse")
 _DEVICE, _DTYPE, _IS_CPU = operator.attrgetter("device"), operator.attrgetter("dtype"), operator.attrgetter("is_cpu")
-_FLOAT32 = frozenset((torch.float32,))
+_FLOAT32, _PLAIN = frozenset((torch.float32,)), frozenset((Tensor, torch.nn.Parameter))
 
 
 def _check_capturable(owner: str, group: dict[str, Any]) -> None:
