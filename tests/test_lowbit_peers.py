@@ -191,6 +191,57 @@ def test_bf16_stochastic_rounding_tracks_fp32_autocast():
     assert not torch.allclose(losses["nearest"][1].float(), losses["fp32"][1].float(), rtol=1.6e-2)
 
 
+@pytest.mark.parametrize("bits", [32, 8])
+def test_lion_kahan_bf16_within_optimi_tolerances(bits):
+    """optimi's bf16 test for Lion (not among tests/test_lowbit_optim.py's Kahan cases): bf16 weights with
+    ``kahan_summation`` stay within atol 1e-3 / rtol 1e-2 of the fp32 run at every one of 20 steps (at most
+    2 misses, optimi's CPU count); rounded to nearest, 62 miss."""
+    misses = {}
+    for kahan in (True, False):
+        gen = torch.Generator().manual_seed(0)
+        start = (torch.randn(256, 32, generator=gen) * 0.1).to(torch.bfloat16)
+        p1, p2 = torch.nn.Parameter(start.float()), torch.nn.Parameter(start.clone())
+        ref = descent.Lion([p1], lr=1e-4, weight_decay=0.1)
+        opt = descent.Lion([p2], lr=1e-4, weight_decay=0.1, kahan_summation=kahan, state_bits=bits)
+        misses[kahan] = 0
+        for _ in range(20):
+            g = (torch.randn(256, 32, generator=gen) * 0.01).to(torch.bfloat16)
+            p1.grad, p2.grad = g.float(), g.clone()
+            ref.step()
+            opt.step()
+            close = torch.isclose(p1.detach(), p2.detach().float(), atol=1e-3, rtol=1e-2)
+            misses[kahan] = max(misses[kahan], int((~close).sum()))
+    assert misses[True] <= 2 < misses[False], misses
+
+
+@pytest.mark.parametrize("dtype,bits,rounding", [(torch.bfloat16, 8, "kahan_summation"),
+                                                 (torch.bfloat16, 4, "stochastic_rounding"),
+                                                 (torch.float16, 4, None)])
+def test_low_precision_model_resumes_exactly(dtype, bits, rounding):
+    """torchao's smoke test: a bf16/fp16 model, one step, the state saved and loaded (``weights_only``)
+    into a new optimizer over a copy of the model; two more steps agree bit for bit (the stochastic
+    rounding drawing the same numbers: its generator is torch's, not in the state)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 32)).to(dtype)
+    kw = {rounding: True} if rounding else {}
+    opt = descent.AdamW(model.parameters(), state_bits=bits, **kw)
+    model(torch.randn(4, 32, dtype=dtype)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    model2 = copy.deepcopy(model)
+    opt2 = descent.AdamW(model2.parameters(), state_bits=bits, **kw)
+    opt2.load_state_dict(_load(_save(opt.state_dict())))
+    for _ in range(2):
+        x, rng = torch.randn(4, 32, dtype=dtype), torch.get_rng_state()
+        for m, o in ((model, opt), (model2, opt2)):
+            torch.set_rng_state(rng)
+            m(x).sum().backward()
+            o.step()
+            o.zero_grad()
+    assert opt2.state[model2[0].weight]["exp_avg"].dtype == torch.uint8
+    assert _same(model, model2)
+
+
 # ------------------------------------------------------------------------- param groups, state_dict
 def _model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     torch.manual_seed(seed)
