@@ -28,8 +28,10 @@ CONFIGS = {
     "adamw state_bits=4": ("adamw", dict(state_bits=4), torch.float32),
     "lion": ("lion", dict(), torch.float32),
     "lion state_bits=8": ("lion", dict(state_bits=8), torch.float32),
+    "lion state_bits=4": ("lion", dict(state_bits=4), torch.float32),
     "sgd momentum": ("sgd", dict(momentum=0.9), torch.float32),
     "sgd momentum state_bits=8": ("sgd", dict(momentum=0.9, state_bits=8), torch.float32),
+    "sgd momentum state_bits=4": ("sgd", dict(momentum=0.9, state_bits=4), torch.float32),
     "adamw bf16 round-to-nearest": ("adamw", dict(), torch.bfloat16),
     "adamw bf16 stochastic_rounding": ("adamw", dict(stochastic_rounding=True), torch.bfloat16),
     "adamw bf16 kahan_summation": ("adamw", dict(kahan_summation=True), torch.bfloat16),
@@ -70,6 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.min_numel is not None:
         lowbit_optim.MIN_NUMEL = args.min_numel
+    unknown = set(args.only or ()) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configuration(s) {sorted(unknown)}; known: {sorted(CONFIGS)}")
     torch.manual_seed(0)
     rows = {}
     for config in args.only or CONFIGS:
@@ -82,7 +87,12 @@ def main() -> None:
         base_name = {"adamw": "adamw", "lion": "lion", "sgd": "sgd momentum"}[CONFIGS[config][0]]
         base = statistics.mean(rows[base_name]) if base_name in rows else float("nan")
         mean = statistics.mean(losses)
-        print(f"{config:34s} {mean:.4f}  ({', '.join(f'{v:.4f}' for v in losses)})  {100 * (mean / base - 1):+.2f} %")
+        spread = ""
+        if base_name in rows and base_name != config and len(losses) > 1:  # paired by seed
+            diffs = [100 * (a / b - 1) for a, b in zip(losses, rows[base_name])]
+            spread = f"  (per seed {statistics.mean(diffs):+.2f} +- {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f} % s.e.)"
+        print(f"{config:34s} {mean:.4f}  ({', '.join(f'{v:.4f}' for v in losses)})  {100 * (mean / base - 1):+.2f} %"
+              f"{spread}")
 
 
 if __name__ == "__main__":
