@@ -416,12 +416,13 @@ class CPUOffloadOptimizer(torch.optim.Optimizer):
             hook(self)
 
     def __getstate__(self) -> dict[str, Any]:
-        """All but the stream and :meth:`_transient` (torch's keeps only its views, and drops hooks too)."""
+        """All but the stream, :meth:`_transient` and an LR scheduler's wrapper of ``step`` (torch's keeps only
+        its views and drops those too)."""
         for i in list(self._pending):  # copies already issued land, as the next step would wait for them
             self._finish_grad(i)
         self._wait_h2d()
-        return {k: v for k, v in self.__dict__.items() if k not in ("_stream", "_h2d_event", "_views", "_hooks")
-                and not k.startswith("_optimizer_")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_stream", "_h2d_event", "_views", "_hooks", "step",
+                                                                    "_opt_called") and not k.startswith("_optimizer_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Remake what :meth:`__getstate__` left out and the indices by ``id`` (a copy has new tensors)."""
