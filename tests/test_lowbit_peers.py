@@ -350,6 +350,34 @@ def test_missing_grad_and_frozen_parameters(bits):
     assert not torch.equal(m[4].weight, twin[4].weight)  # the others did step
 
 
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "offload"])
+def test_fqn_state_dict_api_resumes_exactly(offload):
+    """``torch.distributed.checkpoint.state_dict`` (torchtitan's path: ``get_optimizer_state_dict`` keyed by
+    parameter names, which first initializes an empty state with an lr-0 step, and
+    ``set_optimizer_state_dict``) with 4-bit states, plain and offloaded."""
+    sd_api = pytest.importorskip("torch.distributed.checkpoint.state_dict")
+
+    def make(model):
+        if offload:
+            return descent.CPUOffloadOptimizer(model.parameters(), lr=1e-2, state_bits=4)
+        return descent.AdamW(model.parameters(), lr=1e-2, state_bits=4)
+
+    m = _model()
+    opt = make(m)
+    fresh = sd_api.get_optimizer_state_dict(m, opt)
+    assert set(fresh["state"]) >= {"0.weight", "2.weight"} and _same(m, _model())
+    _train(m, opt, 2)
+    saved = copy.deepcopy(sd_api.get_optimizer_state_dict(m, opt))
+    assert saved["state"]["0.weight"]["exp_avg"].dtype == torch.uint8
+    m2 = _model(seed=3)
+    m2.load_state_dict(m.state_dict())
+    opt2 = make(m2)
+    sd_api.set_optimizer_state_dict(m2, opt2, saved)
+    _train(m, opt, 2, start=2)
+    _train(m2, opt2, 2, start=2)
+    assert _same(m, m2)
+
+
 # --------------------------------------------------------------------------------- CPU offload
 @pytest.mark.parametrize("bits,offload_gradients,accumulate", [(8, True, 1), (8, False, 2), (4, True, 2)])
 def test_offload_with_lowbit_states_equals_plain_optimizer(bits, offload_gradients, accumulate):
