@@ -9,7 +9,7 @@ import torch
 
 from descent import functional as F
 from descent.lowbit import QuantState, aligned_ranges, code_map, dynamic_map, linear_map
-from descent.lowbit.maps import dynamic_layout, lookup, normal_map
+from descent.lowbit.maps import dynamic_layout, lookup, midpoints, normal_map
 
 kernels = pytest.importorskip("descent.kernels.lowbit")
 encode = pytest.importorskip("descent.kernels.lowbit_encode")
@@ -41,7 +41,7 @@ def test_invalid_bits():
 
 def _hard_values(qmap: torch.Tensor, n: int) -> torch.Tensor:
     """Midpoints exactly, their float neighbours, entries, +-0, tiny and random values; |x| <= 1."""
-    mids = (qmap[:-1] + qmap[1:]) / 2
+    mids = midpoints(qmap)
     up, down = torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.tensor(-2.0))
     x = torch.cat([mids, up, down, qmap, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-9, -1e-9])])
     x = torch.cat([x, torch.rand(n) * 2 - 1]).clamp(-1, 1)
@@ -67,7 +67,24 @@ def test_kernel_quantizer_equals_bucketize(signed, bits):
     assert torch.equal(state.absmax, ref.absmax)
     assert torch.equal(state.codes, ref.codes)
     table = lookup(qmap)
-    assert torch.equal(torch.bucketize(x, torch.from_numpy(table.mids)), torch.bucketize(x, (qmap[:-1] + qmap[1:]) / 2))
+    assert torch.equal(torch.bucketize(x, torch.from_numpy(table.mids)), torch.bucketize(x, midpoints(qmap)))
+
+
+def test_positive_second_moments_never_quantize_to_zero():
+    """In the 8-bit second-moment map (0, 3.25e-7, ...) 0 stays 0 and every positive value, however small,
+    gets at least the smallest positive entry, on the reference, the table and the arithmetic paths."""
+    qmap = code_map(False, 8)
+    x = torch.tensor([0.0, 1e-45, 1e-30, 1e-9, 1.6e-7, 1.7e-7, 4e-7, 1.0])
+    codes = torch.bucketize(x, midpoints(qmap))
+    assert codes.tolist()[:6] == [0, 1, 1, 1, 1, 1] and codes[6] == 1 and codes[7] == 255
+    block = torch.cat([x, torch.zeros(248)])
+    for values in (block, block.double()):
+        state = QuantState.zeros(256, False, 8)
+        kernels.sgd_lowbit([torch.zeros_like(values)], [values], [state.codes], [state.absmax], [state.qmap],
+                           lr=0.0, momentum=0.9, first=True)
+        assert torch.equal(state.codes, QuantState.quantize(block, False, 8).codes)
+        assert state.codes[:8].tolist() == codes.tolist()
+    assert float(midpoints(code_map(True, 8))[127]) > 0 and float(midpoints(code_map(False, 4))[0]) > 0
 
 
 def test_quantize_roundtrip_error_small():
@@ -278,8 +295,8 @@ def test_adam_kernel_rejects_amsgrad():
 
 
 def _ulps(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``x`` moved by ``k`` float32 ulps away from 0 (toward 0 for negative ``k``)."""
-    bits = x.abs().view(torch.int32) + k
+    """``x`` moved by ``k`` float32 ulps away from 0 (toward 0 for negative ``k``, stopping at 0)."""
+    bits = (x.abs().view(torch.int32) + k).clamp(min=0)
     return torch.where(x < 0, -bits.view(torch.float32), bits.view(torch.float32))
 
 
@@ -292,7 +309,7 @@ def test_arithmetic_encoder_equals_reference_on_adversarial_values(signed, dtype
     qmap = code_map(signed, 8)
     assert encode._arithmetic(tuple(qmap.tolist()))[-1], "the dynamic map must take the arithmetic path"
     assert not encode._arithmetic(tuple(code_map(signed, 4).tolist()))[-1]
-    mids = (qmap[:-1] + qmap[1:]) / 2
+    mids = midpoints(qmap)
     near = torch.cat([_ulps(mids, k) for k in range(-3, 4)] + [qmap])
     tiny = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 2.0**-126, -(2.0**-126), 1.0, -1.0])
     gen = torch.Generator().manual_seed(3)
@@ -406,7 +423,7 @@ def test_encode16_equals_encode_lane_by_lane(scalar, signed):
     cross, ten, zero, e, usable = encode._arithmetic(values)
     xc, dlo, ften, ebase, ok = encode._vector(values)
     assert usable and ok
-    mids = (qmap[:-1] + qmap[1:]) / 2
+    mids = midpoints(qmap)
     octaves = torch.tensor([2.0**k for k in range(-40, 1)])
     gen = torch.Generator().manual_seed(13)
     rand = torch.cat([torch.rand(3000, generator=gen) * 2 - 1, torch.randn(1000, generator=gen) * 1e-4])

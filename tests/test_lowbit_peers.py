@@ -554,10 +554,10 @@ def test_sgd_8bit_sparse_gradient():
     torch.testing.assert_close(e1.weight, e2.weight, rtol=0, atol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="8-bit second moment: a value below 3.25e-7 of its block's absmax is "
-                   "stored as 0, so when that element's gradient then stops the update is m/eps (7878 lr "
-                   "measured); bitsandbytes' map does the same. The 4-bit square map has no zero")
 def test_8bit_second_moment_has_no_zero_point_blow_up():
+    """Rounded to nearest, a second moment below 1.6e-7 of its block's absmax was stored as 0, and when that
+    element's gradient stopped the update was m/eps (7878 lr measured; bitsandbytes' map does the same): a
+    positive value now gets at least the map's smallest positive entry (lowbit.maps.midpoints)."""
     p = torch.nn.Parameter(torch.zeros(4096))
     opt = descent.AdamW([p], lr=1e-3, weight_decay=0.0, state_bits=8)
     g = torch.full((4096,), 1e-4)

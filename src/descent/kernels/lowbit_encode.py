@@ -119,7 +119,7 @@ def _band_values(qmap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     their table codes, and whether each is at a band's end (where the arithmetic must be sure)."""
     mids = lookup(torch.from_numpy(qmap)).mids
     steps = np.arange(-1024, 1025, dtype=np.int32)
-    bits = (np.abs(mids).view(np.int32)[:, None] + steps[None, :]).reshape(-1)
+    bits = np.maximum(np.abs(mids).view(np.int32)[:, None] + steps[None, :], 0).reshape(-1)  # a midpoint 0: from +0
     xs = np.concatenate([bits.view(np.float32), -bits.view(np.float32),
                          np.array([0.0, -0.0, 1.0, -1.0, 1.5, -1.5, 1e-45, -1e-45], np.float32)])
     edge = np.zeros((mids.size, steps.size), bool)

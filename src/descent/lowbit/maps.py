@@ -4,7 +4,9 @@ A code map is a sorted float32 tensor of ``2**bits`` values in ``[-1, 1]``; a va
 ``x`` (already divided by its block's absmax) is stored as the index of the nearest
 entry. "Nearest" is defined through the midpoints between neighbouring entries: the
 code of ``x`` is the number of midpoints strictly below ``x``
-(``torch.bucketize(x, mids)``), so a tie goes to the lower entry. Every path
+(``torch.bucketize(x, mids)``, :func:`midpoints`), so a tie goes to the lower entry. In a map
+whose first entry is 0 (the 8-bit second moment's) the first midpoint is 0 itself: a positive
+value is never stored as 0 (see :func:`midpoints`). Every path
 (the torch reference and the Numba kernels) uses exactly this rule, except for 4-bit
 signed maps, rounded stochastically between the two neighbouring entries
 (:func:`descent.lowbit.quant.encode`).
@@ -41,8 +43,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["dynamic_map", "normal_map", "linear_map", "square_map", "code_map", "Lookup", "lookup", "dynamic_layout",
-           "SHIFT"]
+__all__ = ["dynamic_map", "normal_map", "linear_map", "square_map", "code_map", "midpoints", "Lookup", "lookup",
+           "dynamic_layout", "SHIFT"]
 
 #: Right shift applied to the bits of a float32 magnitude to index the lookup table
 #: (8 mantissa bits kept, so at most one midpoint falls in a bucket).
@@ -147,12 +149,32 @@ def _device_map(signed: bool, bits: int, device: str) -> torch.Tensor:
     return _map(signed, bits).to(device)
 
 
+def midpoints(qmap: torch.Tensor) -> torch.Tensor:
+    """The thresholds between a map's codes: the midpoints of neighbouring entries, except that a map whose
+    first entry is 0 has 0 as its first threshold.
+
+    So in the 8-bit second-moment map (0, then 3.25e-7, ...) every positive value gets at least the
+    smallest positive entry: rounded to nearest, a second moment below 1.6e-7 of its block's absmax
+    would be stored as 0, and an element whose gradient then stops would step ``m / eps`` (thousands of
+    ``lr``; bitsandbytes' 8-bit Adam does that). Rounded up instead, the denominator is at least the
+    true one. Computed on the map's device without a host sync.
+
+    Example:
+        >>> q = code_map(False, 8)
+        >>> float(midpoints(q)[0]), float(midpoints(code_map(True, 8))[127]) > 0
+        (0.0, True)
+    """
+    q = qmap.to(torch.float32)
+    mids = (q[:-1] + q[1:]) / 2
+    return torch.cat([torch.where(q[:1] == 0, torch.zeros_like(mids[:1]), mids[:1]), mids[1:]])
+
+
 class Lookup(NamedTuple):
     """Arrays the Numba kernels quantize with (see :func:`lookup`).
 
     Attributes:
         qmap: the code map (float32).
-        mids: midpoints between entries (float32, ``K - 1`` entries).
+        mids: the thresholds between entries (float32, ``K - 1`` entries, :func:`midpoints`).
         table: uint8 code of the lowest value of each bucket, ``2 * span`` entries:
             positive values first, then negative ones, each indexed by the magnitude's bits.
         thr: float32 midpoint inside each bucket (``+inf`` where there is none).
@@ -191,7 +213,7 @@ def lookup(qmap: torch.Tensor) -> Lookup:
 @lru_cache(maxsize=16)
 def _lookup(values: tuple[float, ...]) -> Lookup:
     qmap = np.asarray(values, dtype=np.float32)
-    mids = ((qmap[:-1] + qmap[1:]) / np.float32(2)).astype(np.float32)
+    mids = midpoints(torch.from_numpy(qmap)).numpy()
     key_min, key_max = _key(_LOW), _key(_HIGH)
     keys = np.arange(key_min, key_max + 1, dtype=np.int64)
     lo = (keys << SHIFT).astype(np.int32).view(np.float32).astype(np.float64)

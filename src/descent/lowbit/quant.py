@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .maps import midpoints
+
 __all__ = ["BLOCK", "block_size", "quantize", "dequantize", "codes_numel", "unpack", "pack", "salt", "dither", "encode"]
 
 #: Elements per block: 256 for 8-bit states (Dettmers et al.), 128 for 4-bit (Li et al., torchao).
@@ -91,7 +93,7 @@ def encode(normalized: Tensor, qmap: Tensor, bits: int, absmax: Tensor, position
     """The int64 code of each float32 ``normalized`` value (``x / absmax``).
 
     The nearest entry of ``qmap`` (ties to the lower one: ``torch.bucketize`` on the
-    midpoints). For a 4-bit signed map, the code is instead that of the entry below
+    midpoints; a positive value never gets a map's 0 entry, :func:`descent.lowbit.maps.midpoints`). For a 4-bit signed map, the code is instead that of the entry below
     (``lo``) or above: above when ``(y - qmap[lo]) / (qmap[lo + 1] - qmap[lo]) > u``, ``u``
     from :func:`dither` of ``absmax`` (each element's block's), ``position`` (in its
     block) and ``step``. That rounds up with probability ``(y - qmap[lo]) / gap``, so a first moment is
@@ -100,7 +102,7 @@ def encode(normalized: Tensor, qmap: Tensor, bits: int, absmax: Tensor, position
     ``benchmarks/lowbit_ablation.py``). All float32 arithmetic, as in the kernels.
     """
     q = qmap.to(device=normalized.device, dtype=torch.float32)
-    codes = torch.bucketize(normalized, (q[:-1] + q[1:]) / 2, right=False)
+    codes = torch.bucketize(normalized, midpoints(q), right=False)
     if bits != 4:
         return codes
     lo = (codes - (q[codes] > normalized).long()).clamp_(0, q.numel() - 2)
