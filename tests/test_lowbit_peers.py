@@ -539,9 +539,8 @@ def test_cat_refuses_parts_of_different_bits_or_maps():
 
 
 # ------------------------------------------------------------------------ known gaps (lead's files)
-@pytest.mark.xfail(strict=True, reason="SGD(state_bits=8) reshapes a sparse gradient (lowbit/optim.py, "
-                   "patch /tmp/h5/t1_sparse.patch); torch's SGD and descent's 32-bit SGD take it")
 def test_sgd_8bit_sparse_gradient():
+    """A sparse gradient (nn.Embedding(sparse=True)) steps a quantized momentum as torch's SGD does (densified)."""
     e1, e2 = torch.nn.Embedding(100, 64, sparse=True), torch.nn.Embedding(100, 64, sparse=True)
     e2.load_state_dict(e1.state_dict())
     opt = descent.SGD(e1.parameters(), lr=0.1, momentum=0.9, state_bits=8)

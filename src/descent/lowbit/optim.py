@@ -125,7 +125,8 @@ def _triton_ok(p: Tensor, g: Tensor, rounding: str) -> bool:
     from ..kernels import triton as KT
 
     return (rounding == "nearest" and KT.supports(p.device, p.dtype) and g.dtype == p.dtype and g.device == p.device
-            and p.is_contiguous() and g.is_contiguous() and type(p.data) is torch.Tensor and type(g) is torch.Tensor)
+            and g.layout == torch.strided and p.is_contiguous() and g.is_contiguous()
+            and type(p.data) is torch.Tensor and type(g) is torch.Tensor)
 
 
 def _route(group: Mapping[str, Any], p: Tensor, g: Tensor) -> str:
@@ -169,6 +170,7 @@ def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dic
                bits: int, rounding: str) -> None:
     """Dequantize, run the functional in float32 (float64 for float64 params), quantize."""
     dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+    g = g.to_dense() if g.is_sparse else g  # SGD takes sparse gradients; the quantized state is dense anyway
     work = _master(p, state, rounding).reshape(-1) if p.dtype == torch.bfloat16 else p.detach().reshape(-1).to(dtype)
     present = [k for k in algo.keys if _quantized(state, k)]
     vals = [QuantState.from_entries(state, k, p.numel()).dequantize(dtype) if k in present else None
