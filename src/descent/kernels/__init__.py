@@ -105,8 +105,11 @@ def threads_for(numel: int) -> None:
     would silently become 2 after the first kernel step; torch's count is put back
     (Numba passes its own count to each parallel region, so it is unaffected).
     """
+    want = 1 if numel < PARALLEL_MIN else numba.config.NUMBA_NUM_THREADS
+    if numba.get_num_threads() == want:  # the usual case: as the last bucket left it
+        return
     before = torch.get_num_threads()
-    numba.set_num_threads(1 if numel < PARALLEL_MIN else numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(want)
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
 

@@ -384,8 +384,10 @@ class Optimizer(torch.optim.Optimizer):
 def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
     """Positions of ``params`` by (device, dtype), in order of first appearance."""
     if not torch.compiler.is_compiling():
-        devices, dtypes = set(map(_DEVICE, params)), set(map(_DTYPE, params))
-        if len(devices) == 1 and len(dtypes) == 1:  # the usual case: one bucket, two C-level passes
+        # the usual case: one bucket, two C-level passes (every CPU tensor has the one device "cpu")
+        dtypes = set(map(_DTYPE, params))
+        devices = {params[0].device} if params and all(map(_IS_CPU, params)) else set(map(_DEVICE, params))
+        if len(devices) == 1 and len(dtypes) == 1:
             return {(devices.pop(), dtypes.pop()): list(range(len(params)))}
     buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):

@@ -117,7 +117,7 @@ def _run_kernel(decl: Declaration, kernel: Kernel, hp: dict[str, Any], capturabl
         torch._foreach_add_(step_tensors, 1.0)
         kw["steps"] = step_tensors
     elif kernel.steps == "int":
-        kw["steps"] = _advanced_ints(states, fast) if step_tensors is not None else None
+        kw["steps"] = _advanced_ints(states, fast, step_tensors) if step_tensors is not None else None
     elif step_tensors is not None:
         _bump(step_tensors)
     if kernel.amp:
@@ -174,14 +174,16 @@ def _host(hp: Mapping[str, Any]) -> dict[str, Any]:
     return {k: float(v) if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in hp.items()}
 
 
-def _advanced_ints(states: list[dict[str, Any]], positions: list[int]) -> list[int]:
+def _advanced_ints(states: list[dict[str, Any]], positions: list[int],
+                   steps: list[Tensor] | None = None) -> list[int]:
     """Add 1 to the step counters at ``positions`` and return their new values as ints.
 
     Inside ``torch.compile`` the values come from :func:`_prepare_compile` (read from the
     state as Python ints, which dynamo turns into symbolic ints after their first change)
     instead of a ``.tolist()`` that would break the graph.
     """
-    steps = [states[i]["step"] for i in positions]
+    if steps is None:  # else the caller's list of the same counters
+        steps = [states[i]["step"] for i in positions]
     if torch.compiler.is_compiling() and all(_NEXT_STEP in states[i] for i in positions):
         torch._foreach_add_(steps, 1.0)
         return [states[i][_NEXT_STEP] for i in positions]
