@@ -116,3 +116,29 @@ def test_adamw_inductor_matches_eager() -> None:
     compiled, _, _ = _run("adamw", compiled=True, compiler="inductor", steps=6)
     eager, _, _ = _run("adamw", compiled=False, steps=6)
     _assert_same(compiled, eager)
+
+
+def test_compiled_lowbit_step_first_in_a_fresh_process() -> None:
+    """A compiled 8-bit AdamW step that is the process's first call of the step-counter loop: dynamo
+    must not trace into Numba's dispatcher (it failed with an AssertionError in its bytecode transform)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch, descent
+        ps = [torch.nn.Parameter(torch.randn(64, 128)) for _ in range(2)]
+        ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        opt, eager = descent.AdamW(ps, lr=1e-3, state_bits=8), descent.AdamW(ref, lr=1e-3, state_bits=8)
+        step = torch.compile(opt.step, backend="eager")
+        for _ in range(2):
+            for p, q in zip(ps, ref):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+            step()
+            eager.step()
+        assert all(torch.equal(p, q) for p, q in zip(ps, ref))
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

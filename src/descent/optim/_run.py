@@ -41,7 +41,7 @@ __all__ = ["run_declaration", "advance_steps"]
 def advance_steps(steps: list[Tensor]) -> list[int]:
     """Add 1 to every step counter of a bucket (one multi-tensor op, or one compiled loop over
     float32 CPU counters: :func:`descent.kernels.multi.advance_counters`) and return the new values."""
-    if K.AVAILABLE and steps:
+    if K.AVAILABLE and steps and not torch.compiler.is_compiling():  # dynamo cannot trace into Numba's dispatcher
         from ..kernels.multi import advance_counters
 
         ints = advance_counters(steps)
