@@ -9,10 +9,11 @@ torch's CPU kernels use them), keeps the new state in an L1-sized scratch buffer
 then writes the new absmax and codes. 8-bit codes are dequantized 64 at a time by AVX-512 VBMI
 byte permutes (:mod:`descent.kernels.lowbit_decode`; scalar table loads on other CPUs and for 4-bit
 codes). The codes of the 8-bit dynamic maps come from arithmetic
-in one vectorized loop (:mod:`descent.kernels.lowbit_encode`); other maps, and blocks where that
+in one vectorized loop (:mod:`descent.kernels.lowbit_encode`); other 8-bit maps, and blocks where that
 arithmetic is unsure, use the O(1) table: two loads from tables indexed by the value's float32
 bits and one comparison (:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``; 4-bit
-signed codes then round stochastically to a neighbouring entry (:func:`_round_stochastic`, the rule of
+codes come from compares with the map's 16 entries in a loop that vectorizes, signed ones rounded
+stochastically to a neighbouring entry (:func:`_encode4`, the rule of
 :func:`descent.lowbit.quant.encode`). Each
 quantization block runs as short loops over L1-resident scratch, inlined into one function
 (dequantize; update; absmax; codes), so the update and the normalization vectorize.
@@ -96,32 +97,43 @@ def _normalize(vals, n, scale, xs, keys, key_min, span):  # pragma: no cover - c
 
 
 @njit(inline="always", **_OPTS)
-def _mix(h):  # pragma: no cover - compiled
-    """:func:`descent.lowbit.quant._mix` on a uint64 in [0, 2**32)."""
-    low, k, s = np.uint64(0xFFFFFFFF), np.uint64(0x45D9F3B), np.uint64(16)
-    h = (((h >> s) ^ h) * k) & low
-    h = (((h >> s) ^ h) * k) & low
-    return (h >> s) ^ h
+def _mix32(h):  # pragma: no cover - compiled
+    """:func:`descent.lowbit.quant._mix` on a uint32 (products wrap modulo 2**32, which vectorizes)."""
+    k, s = np.uint32(0x45D9F3B), np.uint32(16)
+    h = np.uint32(((h >> s) ^ h) * k)
+    h = np.uint32(((h >> s) ^ h) * k)
+    return np.uint32((h >> s) ^ h)
 
 
-#: ``_mix(k)`` of each position ``k`` in a block (a constant array in the compiled kernels).
-_POSITION = np.array([_mix(np.uint64(k)) for k in range(256)], dtype=np.uint64)
-
-
-@njit(inline="always", **_OPTS)
-def _round_stochastic(xs, ci, n, qmap, stored, salt):  # pragma: no cover - compiled
-    """Codes of a 4-bit signed map (``ci[:n]`` nearest on entry): the entry below or above ``xs[k]``,
-    above when the fraction of the gap exceeds the hashed threshold of
-    :func:`descent.lowbit.quant.encode` (same float32 arithmetic, so the same codes; ``salt`` =
-    :func:`descent.lowbit.quant.salt` of the step)."""
-    key, top = (np.uint64(_as_bits(stored)) >> np.uint64(12)) ^ salt, np.int64(qmap.size - 2)
+@njit(**_OPTS)  # a call per block: inlined (Numba IR), the loops vectorize worse (4.5x slower measured)
+def _encode4(xs, n, qmap, mids, stored, salt, ci):  # pragma: no cover - compiled
+    """``ci[:n]`` = the codes of normalized ``xs`` for a 16-entry map, in loops that vectorize (compares
+    against the map's 15 entries or thresholds, no table loads): the nearest entry (the number of
+    thresholds below; :func:`descent.lowbit.maps.midpoints`) or, for a signed map, the entry below or
+    above against the hashed threshold of :func:`descent.lowbit.quant.encode` (same float32 arithmetic,
+    ``salt`` = :func:`descent.lowbit.quant.salt` of the step). A NaN gets the lookup table's code
+    (15, or 0 with the sign bit; rounded: 14 or 0)."""
+    if qmap[0] < 0:
+        key = np.uint32((np.uint64(_as_bits(stored)) >> np.uint64(12)) ^ salt)
+        for k in range(n):
+            x = xs[k]
+            lo, below, above = np.int32(0), np.float32(qmap[0]), np.float32(qmap[1])
+            for j in range(1, 15):  # the largest entry <= x, clamped to [0, 14], and the next one
+                le = np.float32(qmap[j]) <= x
+                lo += np.int32(le)
+                below = np.float32(qmap[j]) if le else below
+                above = np.float32(qmap[j + 1]) if le else above
+            lo = np.int32(14) if (x != x) & (_as_bits(x) < np.uint32(0x80000000)) else lo
+            frac = np.float32(x - below) / np.float32(above - below)
+            u = np.float32(_mix32(key ^ _mix32(np.uint32(k))) >> np.uint32(8)) * np.float32(2.0**-24)
+            ci[k] = np.uint32(lo + np.int32(frac > u))
+        return
     for k in range(n):
-        x, c = xs[k], np.int64(ci[k])
-        lo = min(max(c - np.int64(np.float32(qmap[c]) > x), np.int64(0)), top)
-        below = np.float32(qmap[lo])
-        frac = np.float32(x - below) / np.float32(np.float32(qmap[lo + 1]) - below)
-        u = np.float32(_mix(key ^ _POSITION[k]) >> np.uint64(8)) * np.float32(2.0**-24)
-        ci[k] = np.uint32(lo + np.int64(frac > u))
+        x = xs[k]
+        c = np.int32(0)
+        for j in range(15):
+            c += np.int32(mids[j] < x)
+        ci[k] = np.uint32(np.int32(15) if (x != x) & (_as_bits(x) < np.uint32(0x80000000)) else c)
 
 
 @njit(inline="always", **_OPTS)
@@ -142,24 +154,22 @@ def _quantize(vals, n, absmax, j, codes, off, bits, enc, stored):  # pragma: no 
 
 @njit(**_OPTS)
 def _quantize_table(vals, n, stored, codes, off, bits, table, scratch, salt):  # pragma: no cover - compiled
-    """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span, qmap)``:
-    normalize and table row from the bits (vectorizes), then one scalar loop of two table loads and a
-    comparison per element (unsigned indices: no negative-index wrap-around code); for a signed 4-bit
-    map, :func:`_round_stochastic`."""
-    thr, first, key_min, span, qmap = table
+    """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span, qmap, mids)``:
+    8 bits: normalize and table row from the bits (vectorizes), then one scalar loop of two table loads and
+    a comparison per element (unsigned indices: no negative-index wrap-around code); 4 bits:
+    :func:`_encode4`."""
+    thr, first, key_min, span, qmap, mids = table
     xs, ci = scratch
     scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
-    _normalize(vals, n, scale, xs, ci, key_min, span)
     if bits == 8:
+        _normalize(vals, n, scale, xs, ci, key_min, span)
         for k in range(n):
             key = ci[k]
             codes[off + k] = first[key] + np.uint8(xs[k] > thr[key])
         return
     for k in range(n):
-        key = ci[k]
-        ci[k] = np.uint32(first[key]) + np.uint32(xs[k] > thr[key])
-    if qmap[0] < 0:  # a signed 4-bit map: rounded stochastically
-        _round_stochastic(xs, ci, n, qmap, stored, salt)
+        xs[k] = np.float32(vals[k] / scale)
+    _encode4(xs, n, qmap, mids, stored, salt, ci)
     for k in range(0, n - 1, 2):
         codes[(off + k) >> 1] = ci[k] | (ci[k + 1] << np.uint32(4))
     if n & 1:
@@ -169,9 +179,9 @@ def _quantize_table(vals, n, stored, codes, off, bits, table, scratch, salt):  #
 @njit(inline="always", **_OPTS)
 def _split(table):  # pragma: no cover - compiled
     """``(dequantize, encode, lookup)`` tables out of :func:`_tables`' tuple: ``(qmap, planes, exact)``,
-    ``(cross, ten, zero, e, fast, xc, dlo, ften, ebase, usable)`` and ``(thr, first, key_min, span, qmap)``."""
-    return ((table[0], table[10], table[11]), (table[5], table[6], table[7], table[8], table[9], *table[12:]),
-            (table[1], table[2], table[3], table[4], table[0]))
+    ``(cross, ten, zero, e, fast, xc, dlo, ften, ebase, usable)`` and ``(thr, first, key_min, span, qmap, mids)``."""
+    return ((table[0], table[10], table[11]), (table[5], table[6], table[7], table[8], table[9], *table[12:17]),
+            (table[1], table[2], table[3], table[4], table[0], table[17]))
 
 
 @njit(inline="always", **_OPTS)
@@ -318,7 +328,7 @@ def _tables(qmap: torch.Tensor, dtype: np.ndarray) -> tuple:
     t = lookup(qmap)
     values = tuple(t.qmap.tolist())
     return (t.qmap.astype(dtype.dtype), t.thr, t.table, np.int32(t.key_min), np.int32(t.span), *_arithmetic(values),
-            *decoder(values), *_vector(values))
+            *decoder(values), *_vector(values), t.mids)
 
 
 def _salts(steps: list[int]) -> np.ndarray:
