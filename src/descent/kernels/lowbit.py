@@ -13,7 +13,7 @@ in one vectorized loop (:mod:`descent.kernels.lowbit_encode`); other 8-bit maps,
 arithmetic is unsure, use the O(1) table: two loads from tables indexed by the value's float32
 bits and one comparison (:func:`descent.lowbit.maps.lookup`), equal to ``torch.bucketize``; 4-bit
 codes come from compares with the map's 16 entries in a loop that vectorizes, signed ones rounded
-stochastically to a neighbouring entry (:func:`_encode4`, the rule of
+stochastically to a neighbouring entry (:func:`descent.kernels.lowbit_encode._encode4`, the rule of
 :func:`descent.lowbit.quant.encode`). Each
 quantization block runs as short loops over L1-resident scratch, inlined into one function
 (dequantize; update; absmax; codes), so the update and the normalization vectorize.
@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from . import addresses, bucket_plan, like
 from .lowbit_decode import _decode, decoder
-from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode_fast, _magnitude, _vector
+from .lowbit_encode import _OPTS, _arithmetic, _as_bits, _as_float, _encode4, _encode_fast, _magnitude, _vector
 from .multi import fma, view
 from ..lowbit.maps import SHIFT, lookup
 from ..lowbit.quant import block_size, salt
@@ -97,46 +97,6 @@ def _normalize(vals, n, scale, xs, keys, key_min, span):  # pragma: no cover - c
 
 
 @njit(inline="always", **_OPTS)
-def _mix32(h):  # pragma: no cover - compiled
-    """:func:`descent.lowbit.quant._mix` on a uint32 (products wrap modulo 2**32, which vectorizes)."""
-    k, s = np.uint32(0x45D9F3B), np.uint32(16)
-    h = np.uint32(((h >> s) ^ h) * k)
-    h = np.uint32(((h >> s) ^ h) * k)
-    return np.uint32((h >> s) ^ h)
-
-
-@njit(**_OPTS)  # a call per block: inlined (Numba IR), the loops vectorize worse (4.5x slower measured)
-def _encode4(xs, n, qmap, mids, stored, salt, ci):  # pragma: no cover - compiled
-    """``ci[:n]`` = the codes of normalized ``xs`` for a 16-entry map, in loops that vectorize (compares
-    against the map's 15 entries or thresholds, no table loads): the nearest entry (the number of
-    thresholds below; :func:`descent.lowbit.maps.midpoints`) or, for a signed map, the entry below or
-    above against the hashed threshold of :func:`descent.lowbit.quant.encode` (same float32 arithmetic,
-    ``salt`` = :func:`descent.lowbit.quant.salt` of the step). A NaN gets the lookup table's code
-    (15, or 0 with the sign bit; rounded: 14 or 0)."""
-    if qmap[0] < 0:
-        key = np.uint32((np.uint64(_as_bits(stored)) >> np.uint64(12)) ^ salt)
-        for k in range(n):
-            x = xs[k]
-            lo, below, above = np.int32(0), np.float32(qmap[0]), np.float32(qmap[1])
-            for j in range(1, 15):  # the largest entry <= x, clamped to [0, 14], and the next one
-                le = np.float32(qmap[j]) <= x
-                lo += np.int32(le)
-                below = np.float32(qmap[j]) if le else below
-                above = np.float32(qmap[j + 1]) if le else above
-            lo = np.int32(14) if (x != x) & (_as_bits(x) < np.uint32(0x80000000)) else lo
-            frac = np.float32(x - below) / np.float32(above - below)
-            u = np.float32(_mix32(key ^ _mix32(np.uint32(k))) >> np.uint32(8)) * np.float32(2.0**-24)
-            ci[k] = np.uint32(lo + np.int32(frac > u))
-        return
-    for k in range(n):
-        x = xs[k]
-        c = np.int32(0)
-        for j in range(15):
-            c += np.int32(mids[j] < x)
-        ci[k] = np.uint32(np.int32(15) if (x != x) & (_as_bits(x) < np.uint32(0x80000000)) else c)
-
-
-@njit(inline="always", **_OPTS)
 def _quantize(vals, n, absmax, j, codes, off, bits, enc, stored):  # pragma: no cover - compiled
     """Write the absmax ``stored`` (block ``j``, :func:`_amax` of ``vals[:n]``) and, for 8-bit codes of a
     dynamic map with a finite absmax, the codes (elements from ``off``) by arithmetic in loops that
@@ -157,7 +117,7 @@ def _quantize_table(vals, n, stored, codes, off, bits, table, scratch, salt):  #
     """The codes of ``vals[:n]`` (absmax ``stored``) by the table ``(thr, first, key_min, span, qmap, mids)``:
     8 bits: normalize and table row from the bits (vectorizes), then one scalar loop of two table loads and
     a comparison per element (unsigned indices: no negative-index wrap-around code); 4 bits:
-    :func:`_encode4`."""
+    :func:`descent.kernels.lowbit_encode._encode4`."""
     thr, first, key_min, span, qmap, mids = table
     xs, ci = scratch
     scale = vals.dtype.type(stored) if stored > 0 else vals.dtype.type(1.0)
