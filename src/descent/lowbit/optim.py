@@ -1,7 +1,7 @@
 """Low-bit states, stochastic rounding and Kahan summation as options of descent's elementwise optimizers.
 
 :class:`LowBitMixin` goes before :class:`descent.optim.Optimizer` in a class's bases and
-adds two group options:
+adds three group options:
 
 * ``state_bits`` (32, 8 or 4): the states of parameters with at least
   :data:`descent.lowbit.MIN_NUMEL` elements are stored quantized. A quantized state
@@ -10,15 +10,8 @@ adds two group options:
   ``exp_avg_qmap`` (the code map, one tensor shared by all parameters); see
   :class:`descent.lowbit.QuantState`. Smaller parameters keep full-precision state.
   Changing ``state_bits`` mid-run applies to state created afterwards.
-* ``stochastic_rounding``: bfloat16 parameters are stepped in float32 and rounded
-  stochastically back to bfloat16 (:func:`stochastic_round_`), so updates smaller
-  than half a bf16 ulp (weight decay, small lr) survive in expectation.
-* ``kahan_summation``: bfloat16 parameters keep a bfloat16 compensation buffer
-  (state ``"kahan_comp"``, optimi's ``kahan_sum``): each step updates
-  ``w = param + kahan_comp`` in float32, stores ``param = bf16(w)`` (round to nearest)
-  and ``kahan_comp = bf16(w - param)``, so the part of an update a bf16 weight cannot
-  hold is carried to the next step instead of lost: about 16 significant bits instead
-  of 8, deterministic, for 2 more bytes per parameter. Exclusive with ``stochastic_rounding``.
+* ``stochastic_rounding`` and ``kahan_summation``: how bfloat16 parameters are rounded
+  (:mod:`descent.lowbit.rounding`, which every elementwise optimizer inherits).
 
 On CPU float32/float64 the quantized step is one Numba kernel call per bucket
 (:mod:`descent.kernels.lowbit`), on CUDA (float32, bf16, fp16 rounded to nearest) one Triton
@@ -30,6 +23,7 @@ dequantizes, runs :mod:`descent.functional` in float32 and quantizes again, tens
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,38 +35,14 @@ from .. import functional as F
 from . import MIN_NUMEL
 from .maps import code_map
 from .quant import quantize
+from .rounding import KAHAN_KEY, RoundingMixin, check_rounding, stochastic_round_
+from .rounding import _in_float32, _master, _rounding, _write_param  # noqa: F401 - distributed/_lowbit.py reads them here
 from .state import QuantState, codes_shape
 
 __all__ = ["LowBitMixin", "stochastic_round_", "STATE_BITS", "KAHAN_KEY"]
 
 #: Accepted values of ``state_bits``.
 STATE_BITS = (32, 8, 4)
-#: State key of the bf16 compensation buffer of ``kahan_summation``.
-KAHAN_KEY = "kahan_comp"
-
-
-def stochastic_round_(dst: Tensor, src: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Round float32 ``src`` to bfloat16 stochastically into ``dst`` (in place).
-
-    Each value rounds up in magnitude with probability equal to the dropped fraction of
-    a bf16 ulp (random low 16 bits added before truncation), so ``E[dst] = src``.
-    Uses torch's global generator unless ``generator`` is given.
-
-    Example:
-        >>> x = torch.full((100_000,), 1.0 + 2**-10)  # 1/8 of a bf16 ulp above 1
-        >>> y = stochastic_round_(torch.empty(100_000, dtype=torch.bfloat16), x)
-        >>> abs(float(y.float().mean()) - (1 + 2**-10)) < 1e-4
-        True
-    """
-    if dst.dtype != torch.bfloat16 or src.dtype != torch.float32:
-        raise ValueError(f"Invalid dtypes: stochastic rounding is float32 -> bfloat16, got {src.dtype} -> {dst.dtype}")
-    bits = src.contiguous().view(torch.int32)
-    noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, device=bits.device, generator=generator)
-    rounded = torch.where(torch.isfinite(src), bits + noise, bits)
-    dst.copy_(torch.bitwise_right_shift(rounded, 16).to(torch.int16).view(torch.bfloat16).view(dst.shape))
-    return dst
-
-
 # --------------------------------------------------------------------------------- algorithms
 @dataclass(frozen=True)
 class _Algo:
@@ -134,36 +104,6 @@ def _route(group: Mapping[str, Any], p: Tensor, g: Tensor) -> str:
     if _kernel_ok(p, g):
         return "numba"
     return "triton" if _triton_ok(p, g, _rounding(group, p)) else "reference"
-
-
-def _rounding(group: Mapping[str, Any], p: Tensor) -> str:
-    """How float32 results are written back to ``p``: "stochastic", "kahan" or "nearest"."""
-    if p.dtype != torch.bfloat16:
-        return "nearest"
-    return "stochastic" if group.get("stochastic_rounding") else "kahan" if group.get("kahan_summation") else "nearest"
-
-
-def _master(p: Tensor, state: dict[str, Any], rounding: str) -> Tensor:
-    """The float32 weight a bf16 step starts from: ``param + kahan_comp`` under Kahan summation."""
-    w = p.detach().float()
-    return w.add_(state[KAHAN_KEY].float()) if rounding == "kahan" and KAHAN_KEY in state else w
-
-
-def _write_param(p: Tensor, value: Tensor, state: dict[str, Any], rounding: str) -> None:
-    if value.data_ptr() == p.data_ptr() and value.dtype == p.dtype:
-        return
-    value = value.view(p.shape)
-    if rounding == "stochastic":
-        stochastic_round_(p, value)
-    elif rounding == "kahan":
-        p.copy_(value)
-        comp = value - p.float()  # exact in float32: what bf16 could not hold
-        if KAHAN_KEY in state:
-            state[KAHAN_KEY].copy_(comp)
-        else:
-            state[KAHAN_KEY] = comp.to(p.dtype)
-    else:
-        p.copy_(value)
 
 
 def _reference(algo: _Algo, p: Tensor, g: Tensor, state: dict[str, Any], hp: dict[str, Any], step: int | None,
@@ -270,28 +210,9 @@ def init_quantized(algo: _Algo, p: Tensor, bits: int, with_steps: bool) -> dict[
     return state
 
 
-def _in_float32(update: Callable[..., None], params: list[Tensor], grads: list[Tensor],
-                states: list[dict[str, Any]], rounding: str) -> None:
-    """Run ``update`` on float32 copies of bf16 params/grads/states; params come back rounded as ``rounding`` says."""
-    p32 = [_master(p, s, rounding) for p, s in zip(params, states)]
-    g32 = [g.float() for g in grads]
-    s32 = [{k: v.float() if isinstance(v, Tensor) and v.is_floating_point() and k != "step" else v
-            for k, v in s.items() if k != KAHAN_KEY} for s in states]
-    update(p32, g32, s32)
-    for p, w, s, t in zip(params, p32, states, s32):
-        _write_param(p, w, s, rounding)
-        for k, v in t.items():
-            if k == "step" or not isinstance(v, Tensor):
-                s[k] = v
-            elif k in s and isinstance(s[k], Tensor) and s[k] is not v:
-                s[k].copy_(v)
-            else:
-                s[k] = v.to(p.dtype)
-
-
-class LowBitMixin:
-    """Adds ``state_bits``, ``stochastic_rounding`` and ``kahan_summation`` to an elementwise optimizer
-    (see the module docstring).
+class LowBitMixin(RoundingMixin):
+    """Adds ``state_bits`` to an elementwise optimizer with a low-bit algorithm (see the module docstring),
+    on top of :class:`~descent.lowbit.rounding.RoundingMixin`'s ``stochastic_rounding`` and ``kahan_summation``.
 
     Example:
         >>> import torch, descent
@@ -309,18 +230,11 @@ class LowBitMixin:
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("state_bits", 32)
-        defaults.setdefault("stochastic_rounding", False)
-        defaults.setdefault("kahan_summation", False)
-        super().__init__(params, defaults)  # type: ignore[call-arg]
+        super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)  # type: ignore[misc]
-        group = self.param_groups[-1]  # type: ignore[attr-defined]
-        try:
-            _check(type(self).__name__, group)
-        except ValueError:
-            self.param_groups.pop()  # type: ignore[attr-defined]
-            raise
+    def _check_options(self, group: dict[str, Any]) -> None:
+        _check(type(self).__name__, group)
+        check_rounding(group)
 
     def _algo(self) -> _Algo | None:
         return _ALGOS.get(self.declaration.functional)  # type: ignore[attr-defined]
@@ -328,8 +242,7 @@ class LowBitMixin:
     def _takes_grad_scale(self, group: dict[str, Any]) -> bool:
         """32-bit state without stochastic rounding or Kahan summation is the plain declaration path
         (GradScaler's scale goes into torch's fused kernel)."""
-        return (int(group.get("state_bits", 32)) == 32 and not group.get("stochastic_rounding")
-                and not group.get("kahan_summation"))
+        return int(group.get("state_bits", 32)) == 32 and super()._takes_grad_scale(group)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         algo, bits = self._algo(), int(group.get("state_bits", 32))
@@ -349,21 +262,7 @@ class LowBitMixin:
         if not rest:
             return
         ps, gs, ss = [params[i] for i in rest], [grads[i] for i in rest], [states[i] for i in rest]
-        base = super()._update  # type: ignore[misc]
-        rounding = _rounding(group, ps[0])
-        if rounding != "nearest":
-            b32 = self._backend_for(group, ps[0].device)
-            _in_float32(lambda p, g, s: base(b32, group, p, g, s, overrides), ps, gs, ss, rounding)
-        else:
-            base(backend, group, ps, gs, ss, overrides)
-
-    def _backend_for(self, group: dict[str, Any], device: torch.device) -> str:
-        from ..optim._backend import resolve_request, select_backend
-
-        requested = resolve_request(group.get("backend"), group.get("foreach"), group.get("fused"))
-        excluded = ("foreach",) if group.get("foreach") is False else ()
-        return select_backend(requested, self._supported, device, torch.float32,  # type: ignore[attr-defined]
-                              owner=type(self).__name__, excluded=excluded)
+        super()._update(backend, group, ps, gs, ss, overrides)  # RoundingMixin's: bf16 rounding options
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, except that quantized entries keep their dtypes.
@@ -405,15 +304,11 @@ def _param_shaped(key: str, v: Tensor, p: Tensor, quant: Mapping[str, Tensor]) -
 
 
 def _check(owner: str, group: Mapping[str, Any]) -> None:
+    """Validate ``state_bits`` (an int of :data:`STATE_BITS`; not a float nor a bool) and what it excludes."""
     bits = group.get("state_bits", 32)
-    if bits not in STATE_BITS:
-        raise ValueError(f"Invalid state_bits: {bits!r} (must be one of {STATE_BITS})")
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in STATE_BITS:
+        raise ValueError(f"Invalid state_bits: {bits!r} (must be one of the ints {STATE_BITS})")
     if bits < 32 and group.get("cautious"):
         raise ValueError(f"Invalid cautious=True with state_bits={bits}: {owner}'s low-bit kernels do not mask")
     if bits < 32 and group.get("amsgrad"):
         raise ValueError(f"Invalid amsgrad=True with state_bits={bits}: {owner} keeps AMSGrad's maximum only in 32 bits")
-    for name in ("stochastic_rounding", "kahan_summation"):
-        if not isinstance(group.get(name, False), bool):
-            raise ValueError(f"Invalid {name}: {group[name]!r} (must be True or False)")
-    if group.get("stochastic_rounding") and group.get("kahan_summation"):
-        raise ValueError("Invalid kahan_summation=True with stochastic_rounding=True: choose one way to round bf16 weights")

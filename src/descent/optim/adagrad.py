@@ -11,6 +11,7 @@ from .. import functional as F
 from ._validate import check_nonneg
 from ._backend import floating, torch_fused
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin
 from ._spec import Declaration, Kernel, Meta
 
 
@@ -20,7 +21,7 @@ def _initial_sum(p: Tensor, group: dict[str, Any]) -> Tensor:
     return torch.full_like(p, complex(v, v) if p.is_complex() else v, memory_format=torch.preserve_format)
 
 
-class Adagrad(Optimizer):
+class Adagrad(RoundingMixin, Optimizer):
     r"""Adagrad: per-coordinate steps scaled by the root of the summed squared gradients.
 
     .. math::
@@ -39,6 +40,8 @@ class Adagrad(Optimizer):
         initial_accumulator_value: :math:`G_0` (default 0).
         eps: :math:`\epsilon` (default 1e-10).
         foreach, maximize, fused, backend, skip_nonfinite: see :class:`descent.SGD`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online
@@ -81,10 +84,13 @@ class Adagrad(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, differentiable=differentiable,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                        maximize=maximize, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+                        maximize=maximize, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _sparse_ok(self, group: dict[str, Any]) -> bool:

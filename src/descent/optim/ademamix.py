@@ -8,10 +8,11 @@ from .. import functional as F
 from .. import kernels as K
 from ._validate import check_nonneg, check_positive, check_unit_interval
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin
 from ._spec import Declaration, Kernel, Meta, cautious_flag, zeros
 
 
-class AdEMAMix(Optimizer):
+class AdEMAMix(RoundingMixin, Optimizer):
     r"""AdEMAMix: a mixture of a fast (:math:`\beta_1`) and a slow (:math:`\beta_3`) momentum.
 
     .. math::
@@ -38,6 +39,8 @@ class AdEMAMix(Optimizer):
         weight_decay: decoupled :math:`\lambda` (default 0).
         cautious: cautious masking of the fast momentum (default False).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Pagliardini, Ablin & Grangier (2024), "The AdEMAMix Optimizer: Better, Faster,
@@ -79,10 +82,13 @@ class AdEMAMix(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, alpha=alpha, t_alpha_beta3=t_alpha_beta3, eps=eps,
                         weight_decay=weight_decay, cautious=cautious, maximize=maximize, foreach=foreach,
-                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

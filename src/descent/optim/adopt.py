@@ -8,10 +8,11 @@ from .. import functional as F
 from .. import kernels as K
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin
 from ._spec import Declaration, Kernel, Meta, cautious_flag, zeros
 
 
-class ADOPT(Optimizer):
+class ADOPT(RoundingMixin, Optimizer):
     r"""ADOPT: normalize the gradient by the *previous* second moment, then take momentum.
 
     .. math::
@@ -33,6 +34,8 @@ class ADOPT(Optimizer):
         clip_exponent: the clip :math:`t^{c}`, or None for none (default 0.25).
         cautious: cautious masking of the momentum (Liang et al., 2024; default False).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Taniguchi et al. (2024), "ADOPT: Modified Adam Can Converge with Any beta2 with
@@ -74,10 +77,13 @@ class ADOPT(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decouple=decouple,
                         clip_exponent=clip_exponent, cautious=cautious, maximize=maximize, foreach=foreach,
-                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite)
+                        fused=fused, backend=backend, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

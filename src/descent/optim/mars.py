@@ -8,10 +8,11 @@ from .. import functional as F
 from .. import kernels as K
 from ._validate import check_betas, check_nonneg
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin
 from ._spec import Declaration, Kernel, Meta, cautious_flag, zeros
 
 
-class MARS(Optimizer):
+class MARS(RoundingMixin, Optimizer):
     r"""MARS-AdamW: AdamW on a scaled, clipped, variance-reduced gradient.
 
     .. math::
@@ -37,6 +38,8 @@ class MARS(Optimizer):
         gamma: :math:`\gamma`, the variance-reduction weight (default 0.025).
         cautious: cautious masking of the momentum (default False).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Yuan, Liu, Wu, Zhou & Gu (2024), "MARS: Unleashing the Power of Variance
@@ -83,10 +86,13 @@ class MARS(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma=gamma, cautious=cautious,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend,
-                        skip_nonfinite=skip_nonfinite)
+                        skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

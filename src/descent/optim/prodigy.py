@@ -13,10 +13,11 @@ from .. import distributed as D
 from .. import functional as F
 from ._validate import check_betas, check_nonneg, check_positive, check_unit_interval
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin, _in_float32, _rounding
 from ._spec import Declaration, Meta, zeros
 
 
-class Prodigy(Optimizer):
+class Prodigy(RoundingMixin, Optimizer):
     r"""Prodigy: Adam whose step size :math:`d` is estimated from the distance travelled.
 
     .. math::
@@ -59,6 +60,8 @@ class Prodigy(Optimizer):
         d_coef: multiplier of the estimate :math:`\hat d` (default 1.0).
         growth_rate: :math:`\rho`, the bound on :math:`d_{k+1}/d_k` (default inf).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Mishchenko & Defazio (2024), "Prodigy: An Expeditiously Adaptive Parameter-Free
@@ -99,12 +102,14 @@ class Prodigy(Optimizer):
                  decouple: bool = True, use_bias_correction: bool = False, safeguard_warmup: bool = False,
                  d0: float = 1e-6, d_coef: float = 1.0, growth_rate: float = math.inf, maximize: bool = False,
                  foreach: bool | None = None, fused: bool | None = None, backend: str | None = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 stochastic_rounding: bool = False, kahan_summation: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay, decouple=decouple,
                         use_bias_correction=use_bias_correction, safeguard_warmup=safeguard_warmup, d0=d0,
                         d=d0, d_max=d0, d_numerator=0.0, d_coef=d_coef, growth_rate=growth_rate, k=0,
                         maximize=maximize, foreach=foreach, fused=fused, backend=backend,
-                        skip_nonfinite=skip_nonfinite)
+                        skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -177,7 +182,22 @@ class Prodigy(Optimizer):
         for group, params, gs, states, dlr in prepared:
             for p, g, s in zip(params, gs, states):
                 s["step"] += 1
-                F.prodigy_apply(*(D.local(t) for t in (p, g, s.get("exp_avg"), s["exp_avg_sq"])), d=d, dlr=dlr,
-                                eps=group["eps"], beta1=b1, weight_decay=group["weight_decay"],
-                                decouple=group["decouple"])
+                self._apply(group, p, g, s, d=d, dlr=dlr, eps=group["eps"], beta1=b1,
+                            weight_decay=group["weight_decay"], decouple=group["decouple"])
         return loss
+
+    @staticmethod
+    def _apply(group: dict[str, Any], p: Tensor, g: Tensor, s: dict[str, Any], **hp: Any) -> None:
+        """:func:`descent.functional.prodigy_apply` on one tensor (its local shard); a bf16 parameter with
+        ``stochastic_rounding`` or ``kahan_summation`` is stepped in float32 and rounded as the option says."""
+        view = {k: D.local(v) for k, v in s.items()}
+        lp, lg = D.local(p), D.local(g)
+        rounding = _rounding(group, lp)
+        if rounding == "nearest":
+            F.prodigy_apply(lp, lg, view.get("exp_avg"), view["exp_avg_sq"], **hp)
+            return
+        _in_float32(lambda ps, gs, ss: F.prodigy_apply(ps[0], gs[0], ss[0].get("exp_avg"), ss[0]["exp_avg_sq"], **hp),
+                    [lp], [lg], [view], rounding)
+        for k, v in view.items():
+            if k not in s:  # the Kahan compensation, made on the first step
+                s[k] = D.like_param(v, p)

@@ -13,10 +13,11 @@ from ..kernels import triton as KT
 from ._validate import check_nonneg
 from ._backend import floating
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin
 from ._spec import Declaration, Kernel, Meta, scalar, zeros
 
 
-class RMSprop(Optimizer):
+class RMSprop(RoundingMixin, Optimizer):
     r"""RMSprop with optional centering and momentum.
 
     .. math::
@@ -39,6 +40,8 @@ class RMSprop(Optimizer):
         momentum: :math:`\mu` (default 0).
         centered: normalise by the estimated variance instead of the raw second moment.
         foreach, maximize, backend, skip_nonfinite: see :class:`descent.SGD`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
         capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
             on the device and the step makes no host sync (the Triton kernel, on CUDA), so
             ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
@@ -86,10 +89,13 @@ class RMSprop(Optimizer):
         *,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, foreach=foreach, maximize=maximize, backend=backend,
-                        differentiable=differentiable, capturable=capturable, skip_nonfinite=skip_nonfinite)
+                        differentiable=differentiable, capturable=capturable, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

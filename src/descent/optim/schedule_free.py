@@ -21,6 +21,7 @@ from .. import functional as F
 from .. import kernels as K
 from ._validate import check_betas, check_nonneg, check_unit_interval
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin, _master, _rounding, _write_param, comp_key
 from ._spec import Declaration, Kernel, Meta, zeros
 
 __all__ = ["ScheduleFreeSGD", "ScheduleFreeAdamW", "recalibrate_batchnorm"]
@@ -32,10 +33,13 @@ def _copy(p: Tensor, group: Any) -> Tensor:  # noqa: ARG001 - state factory sign
     return p.detach().clone(memory_format=torch.preserve_format)
 
 
-class _ScheduleFree(Optimizer):
+class _ScheduleFree(RoundingMixin, Optimizer):
     """Modes, the averaging weights and the step guard shared by both schedule-free classes."""
 
     _beta_key: str = "momentum"
+    #: ``z`` is a copy of the weights: with a rounding option it is rounded as the parameters are
+    #: (stochastically, or with its own compensation ``z_kahan_comp``), so small updates survive in it too.
+    _weight_states = ("z",)
 
     def _beta(self, group: dict[str, Any]) -> float:
         return float(group["momentum"]) if self._beta_key == "momentum" else float(group["betas"][0])
@@ -56,9 +60,8 @@ class _ScheduleFree(Optimizer):
             if group["train_mode"]:
                 beta = self._beta(group)
                 for p in group["params"]:
-                    z = self.state.get(p, {}).get("z")
-                    if z is not None:
-                        F.schedule_free_to_eval(p, z.to(p.device), beta=beta)
+                    if self.state.get(p, {}).get("z") is not None:
+                        self._move(group, p, F.schedule_free_to_eval, beta)
                 group["train_mode"] = False
 
     @torch.no_grad()
@@ -68,10 +71,21 @@ class _ScheduleFree(Optimizer):
             if not group["train_mode"]:
                 beta = self._beta(group)
                 for p in group["params"]:
-                    z = self.state.get(p, {}).get("z")
-                    if z is not None:
-                        F.schedule_free_to_train(p, z.to(p.device), beta=beta)
+                    if self.state.get(p, {}).get("z") is not None:
+                        self._move(group, p, F.schedule_free_to_train, beta)
                 group["train_mode"] = True
+
+    def _move(self, group: dict[str, Any], p: Tensor, move: Callable[..., None], beta: float) -> None:
+        """Move ``p`` between ``y`` and ``x``; a bf16 ``p`` with a rounding option moves in float32 from
+        ``p`` and ``z`` (plus their Kahan compensations) and is rounded as the option says."""
+        state = self.state[p]
+        z, rounding = state["z"].to(p.device), _rounding(group, p)
+        if rounding == "nearest":
+            move(p, z, beta=beta)
+            return
+        w = _master(p, state, rounding)
+        move(w, _master(z, state, rounding, comp_key("z")), beta=beta)
+        _write_param(p, w, state, rounding)
 
     @property
     def training(self) -> bool:
@@ -142,6 +156,8 @@ class ScheduleFreeSGD(_ScheduleFree):
         weight_lr_power: the lr power :math:`p` in the averaging weights (default 2).
         weight_decay: :math:`\lambda`, applied at :math:`y` (default 0).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Defazio et al. (2024), "The Road Less Scheduled", NeurIPS 2024.
@@ -170,11 +186,13 @@ class ScheduleFreeSGD(_ScheduleFree):
     def __init__(self, params: Any, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, maximize: bool = False,
                  foreach: bool | None = None, fused: bool | None = None, backend: str | None = None,
-                 skip_nonfinite: bool = False) -> None:
+                 skip_nonfinite: bool = False,
+                 stochastic_rounding: bool = False, kahan_summation: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
                         weight_lr_power=weight_lr_power, k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0,
                         scheduled_lr=0.0, ckp1=0.0, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite)
+                        backend=backend, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -204,6 +222,8 @@ class ScheduleFreeAdamW(_ScheduleFree):
         weight_lr_power: the lr power :math:`p` in the averaging weights (default 2).
         weight_decay: :math:`\lambda`, applied at :math:`y` (default 0).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
 
     References:
         Defazio et al. (2024), "The Road Less Scheduled", NeurIPS 2024.
@@ -233,11 +253,13 @@ class ScheduleFreeAdamW(_ScheduleFree):
     def __init__(self, params: Any, lr: float = 0.0025, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, warmup_steps: int = 0, r: float = 0.0,
                  weight_lr_power: float = 2.0, maximize: bool = False, foreach: bool | None = None,
-                 fused: bool | None = None, backend: str | None = None, skip_nonfinite: bool = False) -> None:
+                 fused: bool | None = None, backend: str | None = None, skip_nonfinite: bool = False,
+                 stochastic_rounding: bool = False, kahan_summation: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
                         weight_lr_power=weight_lr_power, k=0, train_mode=True, weight_sum=0.0, lr_max=-1.0,
                         scheduled_lr=0.0, ckp1=0.0, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite)
+                        backend=backend, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_betas, check_nonneg, check_positive
 from ._base import Optimizer
+from ..lowbit.rounding import RoundingMixin
 from ._spec import Declaration, Kernel, Meta, scalar, zeros
 
 __all__ = ["SophiaG", "gnb_sample_labels"]
@@ -59,7 +60,7 @@ def gnb_sample_labels(logits: Tensor, generator: torch.Generator | None = None) 
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 
-class SophiaG(Optimizer):
+class SophiaG(RoundingMixin, Optimizer):
     r"""Sophia with the Gauss-Newton-Bartlett Hessian estimator (see the module docstring).
 
     .. math::
@@ -85,6 +86,8 @@ class SophiaG(Optimizer):
         bs: :math:`b` (default 5120, the reference's).
         eps: :math:`\epsilon` (default 1e-15).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
         capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
             on the device and the step makes no host sync (the Triton kernel, on CUDA), so
             ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
@@ -124,10 +127,13 @@ class SophiaG(Optimizer):
         fused: bool | None = None,
         backend: str | None = None,
         skip_nonfinite: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
         capturable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs, eps=eps, maximize=maximize,
                         foreach=foreach, fused=fused, backend=backend, skip_nonfinite=skip_nonfinite,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                         capturable=capturable)
         super().__init__(params, defaults)
 
