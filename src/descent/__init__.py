@@ -10,7 +10,7 @@ from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .optim import KFAC, LBFGS, Muon, Shampoo
 from .optim import LAMB, Adafactor, Lion, SophiaG
 from .optim import ADOPT, MARS, SOAP, AdEMAMix, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD, recalibrate_batchnorm
-from .optim import AdamW8bit, Lion8bit
+from .optim import Adam4bit, Adam8bit, AdamW4bit, AdamW8bit, Lion8bit, SGD8bit
 from .optim.param_groups import param_groups
 from .optim.registry import create_optimizer, list_optimizers
 
@@ -58,6 +58,10 @@ __all__ = [
     "recalibrate_batchnorm",
     "AdamW8bit",
     "Lion8bit",
+    "Adam8bit",
+    "SGD8bit",
+    "AdamW4bit",
+    "Adam4bit",
     "SOAP",
     "param_groups",
     "create_optimizer",

@@ -2,9 +2,9 @@
 
 from ._base import Optimizer
 from .adagrad import Adagrad
-from .adam import Adam, AdamW, AdamW8bit
+from .adam import Adam, Adam4bit, Adam8bit, AdamW, AdamW4bit, AdamW8bit
 from .rmsprop import RMSprop
-from .sgd import SGD
+from .sgd import SGD, SGD8bit
 from .kfac import KFAC
 from .lbfgs import LBFGS
 from .muon import Muon
@@ -20,13 +20,19 @@ from .prodigy import Prodigy
 from .soap import SOAP
 from .schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD, recalibrate_batchnorm
 
-from .registry import create_optimizer, list_optimizers, register_preset
+from .registry import create_optimizer, list_optimizers, register_alias, register_preset
 
 register_preset("sgd", SGD, momentum=0.9, nesterov=True, weight_decay=5e-4,
                 description="SGD, Nesterov momentum 0.9, wd 5e-4 (timm's 'sgd')")
 register_preset("sgd-plain", SGD, description="plain SGD", lrs={"convex": 0.1, "function": 1e-2})
 register_preset("momentum", SGD, momentum=0.9, description="SGD, heavy-ball momentum 0.9")
 register_preset("muon", Muon, adamw_lr=3e-3, description="Muon on matrices, AdamW 3e-3 on the rest")
+register_alias("adamw8bit", AdamW8bit, description="AdamW, 8-bit states (bitsandbytes' AdamW8bit)")
+register_alias("adam8bit", Adam8bit, description="Adam, 8-bit states (bitsandbytes' Adam8bit)")
+register_alias("lion8bit", Lion8bit, description="Lion, 8-bit state (bitsandbytes' Lion8bit)")
+register_alias("sgd8bit", SGD8bit, momentum=0.9, description="SGD, momentum 0.9 in 8 bits (bitsandbytes' SGD8bit)")
+register_alias("adamw4bit", AdamW4bit, description="AdamW, 4-bit states (torchao's AdamW4bit)")
+register_alias("adam4bit", Adam4bit, description="Adam, 4-bit states (torchao's Adam4bit)")
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
 __all__ += ["Muon", "Shampoo", "KFAC", "LBFGS"]
@@ -53,4 +59,3 @@ def _discover() -> list[str]:
 
 
 __all__ += _discover()
-__all__ += ["AdamW8bit", "Lion8bit"]

@@ -182,3 +182,42 @@ class AdamW8bit(AdamW):
 
     def __init__(self, params: Any, *args: Any, state_bits: int = 8, **kwargs: Any) -> None:
         super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+
+class AdamW4bit(AdamW):
+    """``AdamW(..., state_bits=4)`` under torchao's name (same arguments as :class:`AdamW`).
+
+    Example:
+        >>> import torch, descent
+        >>> descent.AdamW4bit(torch.nn.Linear(64, 64).parameters(), lr=1e-3).defaults["state_bits"]
+        4
+    """
+
+    def __init__(self, params: Any, *args: Any, state_bits: int = 4, **kwargs: Any) -> None:
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+
+class Adam8bit(Adam):
+    """``Adam(..., state_bits=8)`` under bitsandbytes' name (same arguments as :class:`Adam`).
+
+    Example:
+        >>> import torch, descent
+        >>> descent.Adam8bit(torch.nn.Linear(64, 64).parameters(), lr=1e-3).defaults["state_bits"]
+        8
+    """
+
+    def __init__(self, params: Any, *args: Any, state_bits: int = 8, **kwargs: Any) -> None:
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+
+class Adam4bit(Adam):
+    """``Adam(..., state_bits=4)`` under torchao's name (same arguments as :class:`Adam`).
+
+    Example:
+        >>> import torch, descent
+        >>> descent.Adam4bit(torch.nn.Linear(64, 64).parameters(), lr=1e-3).defaults["state_bits"]
+        4
+    """
+
+    def __init__(self, params: Any, *args: Any, state_bits: int = 4, **kwargs: Any) -> None:
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ._spec import TASK_KINDS, Meta
 
-__all__ = ["register", "register_preset", "list_optimizers", "get_optimizer", "optimizer_info",
+__all__ = ["register", "register_preset", "register_alias", "list_optimizers", "get_optimizer", "optimizer_info",
            "create_optimizer", "default_lr", "is_adaptive", "Entry"]
 
 
@@ -45,6 +45,8 @@ class Entry:
         weight_decay: the weight decay the name implies when the caller gives none.
         description: one line for listings.
         lrs: default lrs per task kind that differ from the class's declared ones.
+        alias: a name users know from another library (bitsandbytes' ``adamw8bit``) for a class
+            listed under its own name; :func:`list_optimizers` lists it only with ``aliases=True``.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Entry:
     weight_decay: float | None = None
     description: str = ""
     lrs: Mapping[str, float] = field(default_factory=dict)
+    alias: bool = False
 
     def default_lr(self, task_kind: str) -> float | None:
         """The default lr for a kind of task, or None when none is declared."""
@@ -80,20 +83,30 @@ def register_preset(name: str, cls: type, *, description: str, weight_decay: flo
     _REGISTRY[name.lower()] = Entry(name.lower(), cls, kwargs, weight_decay, description, dict(lrs or {}))
 
 
+def register_alias(name: str, cls: type, *, description: str, **kwargs: Any) -> None:
+    """Register ``name`` for ``cls`` built with ``kwargs``, as an alias (see :attr:`Entry.alias`): every
+    look-up by name takes it (:func:`create_optimizer`, ``descent train --optimizer``), while the
+    registry-driven tables (:func:`list_optimizers`) keep one row per optimizer."""
+    _REGISTRY[name.lower()] = Entry(name.lower(), cls, kwargs, description=description, alias=True)
+
+
 def _ensure_loaded() -> None:
     from .. import optim  # noqa: F401 - importing the package registers every class
 
 
-def list_optimizers(kind: str | None = None) -> list[str]:
-    """Registered names, optionally only those of one ``kind`` ("elementwise", "matrix", "quasi-newton").
+def list_optimizers(kind: str | None = None, *, aliases: bool = False) -> list[str]:
+    """Registered names, optionally only those of one ``kind`` ("elementwise", "matrix", "quasi-newton");
+    with ``aliases=True`` also the names users know from other libraries (``"adamw8bit"``...).
 
     Example:
         >>> import descent
         >>> "muon" in descent.list_optimizers("matrix")
         True
+        >>> "adamw8bit" in descent.list_optimizers(), "adamw8bit" in descent.list_optimizers(aliases=True)
+        (False, True)
     """
     _ensure_loaded()
-    return [k for k, e in _REGISTRY.items() if kind is None or e.meta.kind == kind]
+    return [k for k, e in _REGISTRY.items() if (kind is None or e.meta.kind == kind) and (aliases or not e.alias)]
 
 
 def optimizer_info(name: str) -> Entry:
@@ -174,7 +187,7 @@ def create_optimizer(optimizer: str | type, model_or_params: nn.Module | Iterabl
 
     Example:
         >>> import torch, descent
-        >>> opt = descent.create_optimizer("sgd-nesterov", torch.nn.Linear(3, 1), lr=0.1)
+        >>> opt = descent.create_optimizer("sgd", torch.nn.Linear(3, 1), lr=0.1)  # timm's "sgd": Nesterov momentum
         >>> opt.param_groups[0]["nesterov"], opt.param_groups[0]["momentum"]
         (True, 0.9)
     """

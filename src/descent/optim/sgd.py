@@ -122,3 +122,26 @@ class SGD(LowBitMixin, Optimizer):
                 f"Invalid nesterov=True with momentum={group['momentum']} and dampening={group['dampening']} "
                 "(Nesterov momentum requires momentum > 0 and zero dampening)"
             )
+
+
+class SGD8bit(SGD):
+    """``SGD(..., state_bits=8)`` under bitsandbytes' name (same arguments as :class:`SGD`).
+
+    As bitsandbytes' ``SGD8bit``, it needs momentum (the 8-bit state is the momentum buffer): a group
+    with ``momentum=0`` raises ``ValueError``.
+
+    Example:
+        >>> import torch, descent
+        >>> opt = descent.SGD8bit(torch.nn.Linear(64, 64).parameters(), lr=0.01, momentum=0.9)
+        >>> opt.defaults["state_bits"]
+        8
+    """
+
+    def __init__(self, params: Any, *args: Any, state_bits: int = 8, **kwargs: Any) -> None:
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        if group["momentum"] == 0:
+            raise ValueError(f"Invalid momentum: {group['momentum']!r} (SGD8bit keeps its momentum buffer in 8 bits "
+                             "and needs momentum > 0, as bitsandbytes' SGD8bit; use descent.SGD without momentum)")

@@ -30,7 +30,8 @@ __all__ = ["OPTIMIZERS", "make_optimizer", "RunResult", "train", "prepare", "che
 
 def _trainable() -> dict[str, str]:
     """Registry names the built-in training loop can run (everything but closure-driven L-BFGS)."""
-    return {n: optimizer_info(n).description for n in list_optimizers() if optimizer_info(n).meta.kind != "quasi-newton"}
+    return {n: optimizer_info(n).description for n in list_optimizers(aliases=True)
+            if optimizer_info(n).meta.kind != "quasi-newton"}
 
 
 #: name -> description of every registered optimizer the built-in training loop runs
