@@ -28,6 +28,8 @@ CASES = {
     "schedulefree-sgd": lambda ps, **kw: descent.ScheduleFreeSGD(ps, lr=1e-3, weight_decay=1.0, **kw),
     "schedulefree-adamw": lambda ps, **kw: descent.ScheduleFreeAdamW(ps, lr=1e-3, weight_decay=1.0, **kw),
     "prodigy": lambda ps, **kw: _prodigy(ps, **kw),
+    "lamb": lambda ps, **kw: descent.LAMB(ps, lr=1e-3, weight_decay=1.0, **kw),
+    "adafactor": lambda ps, **kw: descent.Adafactor(ps, lr=1e-3, relative_step=False, weight_decay=1.0, **kw),
 }
 
 

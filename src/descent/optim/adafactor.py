@@ -13,6 +13,7 @@ from .. import kernels as K
 from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_nonneg, check_unit_interval, as_float
+from ..lowbit.rounding import RoundingMixin
 from ._base import Optimizer, step_tensor
 from ._spec import Declaration, Kernel, Meta, zeros
 
@@ -25,7 +26,7 @@ def _adafactor(param: Tensor, grad: Tensor, row_var: Tensor | None, col_var: Ten
                 lr=F.adafactor_lr(step, lr, relative_step=relative_step, warmup_init=warmup_init), **hp)
 
 
-class Adafactor(Optimizer):
+class Adafactor(RoundingMixin, Optimizer):
     r"""Adafactor: factored second moments, relative step size and update clipping.
 
     For a parameter with two or more dimensions the second moment of the last two is
@@ -73,6 +74,8 @@ class Adafactor(Optimizer):
         relative_step: use :math:`\rho_t` instead of ``lr``.
         warmup_init: linear warmup of :math:`\rho_t` (needs ``relative_step``).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
         capturable: step counters and a tensor ``lr`` stay on the device and the step makes no
             host sync (the Triton kernel, on CUDA), so ``torch.cuda.graph`` can capture it
             (:mod:`descent.optim._run`).
@@ -129,11 +132,14 @@ class Adafactor(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         capturable: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, eps=eps, clip_threshold=clip_threshold, decay_rate=decay_rate, beta1=beta1,
                         weight_decay=weight_decay, scale_parameter=scale_parameter, relative_step=relative_step,
                         warmup_init=warmup_init, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite, capturable=capturable)
+                        backend=backend, skip_nonfinite=skip_nonfinite, capturable=capturable,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:

@@ -13,11 +13,12 @@ from .. import kernels as K
 from ..kernels import triton as KT
 from ._backend import floating
 from ._validate import check_betas, check_nonneg, check_positive
+from ..lowbit.rounding import RoundingMixin
 from ._base import Optimizer
 from ._spec import Declaration, Kernel, Meta, scalar, zeros
 
 
-class LAMB(Optimizer):
+class LAMB(RoundingMixin, Optimizer):
     r"""LAMB: the AdamW direction, rescaled per parameter tensor by a trust ratio.
 
     .. math::
@@ -52,6 +53,8 @@ class LAMB(Optimizer):
         clamp_value: upper clip of :math:`\|\theta\|` in the ratio, or None (default).
         bias_correction: divide the moments by :math:`1-\beta^t` (default True).
         maximize, backend, skip_nonfinite: see :class:`descent.Lion`.
+        stochastic_rounding, kahan_summation: bfloat16 parameters are stepped in float32 and rounded back
+            stochastically, or with a bfloat16 compensation state ``kahan_comp`` (:mod:`descent.lowbit.rounding`).
         capturable: step counters and tensor hyperparameters (``lr``, ``weight_decay``...) stay
             on the device and the step makes no host sync (the Triton kernel, on CUDA), so
             ``torch.cuda.graph`` can capture it (:mod:`descent.optim._run`).
@@ -99,10 +102,13 @@ class LAMB(Optimizer):
         backend: str | None = None,
         skip_nonfinite: bool = False,
         capturable: bool = False,
+        stochastic_rounding: bool = False,
+        kahan_summation: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clamp_value=clamp_value,
                         bias_correction=bias_correction, maximize=maximize, foreach=foreach, fused=fused,
-                        backend=backend, skip_nonfinite=skip_nonfinite, capturable=capturable)
+                        backend=backend, skip_nonfinite=skip_nonfinite, capturable=capturable,
+                        stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
