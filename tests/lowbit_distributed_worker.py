@@ -172,6 +172,34 @@ def scenario_fresh(ckpt: str) -> dict:
     return out
 
 
+def scenario_triton(ckpt: str) -> dict:
+    """bf16 weights under Triton's interpreter (TRITON_INTERPRET=1, CPU tensors): shards that hold whole
+    global blocks take the Triton low-bit kernels, as one process does; both must agree bit for bit."""
+    import descent.distributed._lowbit as DL
+
+    calls: list[int] = []
+    real = DL._triton_local
+    DL._triton_local = lambda *a, **k: (lambda done: (calls.append(len(done)), done)[1])(real(*a, **k))
+    cases = {"adamw8": CASES["adamw8"], "adamw4": CASES["adamw4"], "sgd8": CASES["sgd8"],
+             "lion4": lambda ps: descent.Lion(ps, lr=1e-3, weight_decay=0.1, state_bits=4)}
+
+    def aligned() -> nn.Module:  # 8192 and 5120 weights in rows of 256 and 32: 2 shards start on block edges
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(256, 32), nn.Tanh(), nn.Linear(32, 160)).to(torch.bfloat16)
+
+    out: dict = {}
+    for case, make_opt in cases.items():
+        model, ref = fsdp(aligned()), aligned()
+        opt, ref_opt = make_opt(model.parameters()), make_opt(ref.parameters())
+        calls.clear()
+        train(model, opt, 0, 3)
+        train(ref, ref_opt, 0, 3)
+        out[case] = {"diff": diff(model, ref, ref_opt), "state": state_equal(opt, model, ref_opt, ref),
+                     "quantized": sum(v.dtype == torch.uint8 for s in opt.state.values() for v in s.values()),
+                     "triton": sum(calls)}
+    return out
+
+
 def main() -> None:
     scenario, ckpt, out_dir = sys.argv[1:4]
     dist.init_process_group("gloo")
@@ -179,7 +207,8 @@ def main() -> None:
         if scenario == "back":
             result = scenario_back(ckpt, sys.argv[4])
         else:
-            result = {"whole": scenario_whole, "shards": scenario_shards, "fresh": scenario_fresh}[scenario](ckpt)
+            result = {"whole": scenario_whole, "shards": scenario_shards, "fresh": scenario_fresh,
+                      "triton": scenario_triton}[scenario](ckpt)
     except Exception as exc:
         result = {"fatal": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
     with open(os.path.join(out_dir, f"rank{dist.get_rank()}.json"), "w") as f:

@@ -65,6 +65,18 @@ def test_fresh_fsdp2_training_equals_one_process(world: int, tmp_path) -> None:
         assert "(60, 75)" in res["odd4"] and "4-bit" in res["odd4"], res["odd4"]
 
 
+def test_fsdp2_shards_on_block_edges_take_the_triton_kernels(tmp_path, monkeypatch) -> None:
+    """bf16 weights on 2 FSDP2 ranks under Triton's interpreter: each rank steps its shards (whole global
+    blocks) with the Triton low-bit kernels (8- and 4-bit AdamW, lazy 8-bit SGD, 4-bit Lion with its step
+    counter), equal to one process bit for bit."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for rank, res in launch(2, "triton", str(tmp_path), timeout=300.0).items():
+        for case in ("adamw8", "adamw4", "sgd8", "lion4"):
+            assert res[case]["quantized"] >= 2 and res[case]["triton"] >= 6, (case, res[case])  # 2 weights, 3 steps
+            _exact(res[case], f"{case} (Triton) on 2 shards, rank {rank}")
+
+
 def test_flat_codes_of_earlier_checkpoints_load_param_shaped() -> None:
     """Codes saved flat (before they took the parameter's shape) load, and step as the new format does."""
     import torch

@@ -17,6 +17,11 @@ each block's absmax over its local elements, reduces those with one ``all_reduce
 per bucket (a block that straddles ranks gets its true max; ranks without a block send
 zeros) and quantizes with it. The result is the one-process step bit for bit: on CPU
 float32/float64 the Numba kernel's operation order, elsewhere the reference path's.
+On CUDA (rounding to nearest), shards whose elements are whole global blocks (a start on a
+block boundary: rows of a multiple of 256 elements, as most weight matrices have) are stepped
+by the one-process Triton kernels, one launch per bucket (:func:`_triton_local`), and only
+share their absmax in the reduce; the others take the reference path, which agrees with the
+kernels to a few ulps.
 Replicated absmax costs each rank 4 bytes per block (256 elements for 8-bit states).
 """
 
@@ -204,6 +209,63 @@ def _quantize(value: Tensor, absmax: Tensor, qmap: Tensor, start: int, bits: int
     return pack(encode(normalized, qmap, bits, absmax[block], index % block_size(bits), step), bits)
 
 
+def _aligned(p: Tensor, bits: int) -> tuple[int, int] | None:
+    """``(first block, blocks)`` of this rank's elements when they are whole global blocks (the start on a
+    block boundary, the length a multiple of the block or running to the tensor's end), else ``None``."""
+    block, start, n = block_size(bits), _start(p), local(p).numel()
+    if start % block or (n % block and start + n != p.numel()):
+        return None
+    return start // block, -(-n // block)
+
+
+def _own_blocks(p: Tensor, state: Mapping[str, Any], key: str) -> Tensor:
+    """The global absmax with this rank's blocks (:func:`_aligned`) and zeros elsewhere, for the MAX reduce."""
+    absmax = state[key + "_absmax"]
+    first, count = _aligned(p, _bits_of(state, key))  # type: ignore[misc]
+    out = torch.zeros_like(absmax)
+    out[first:first + count] = absmax[first:first + count]
+    return out
+
+
+def _triton_local(algo: Any, group: Mapping[str, Any], params: list[Tensor], grads: list[Tensor],
+                  states: list[dict[str, Any]], steps: list[int | None], bits_wanted: int,
+                  hp: Mapping[str, Any]) -> set[int]:
+    """Step with the Triton low-bit kernels (one launch per bucket, as one process does) the shards whose
+    elements are whole global blocks (:func:`_aligned`: no block straddles ranks, so the local absmax is the
+    block's), on CUDA (or under Triton's interpreter) with rounding to nearest; return their positions.
+    Their codes and this rank's slice of the absmax are written; the MAX reduce then shares the absmax."""
+    from ..lowbit import optim as LO
+
+    key0, batches = next(iter(algo.keys)), {}
+    for k, (p, g, s) in enumerate(zip(params, grads, states)):
+        lp, lg = local(p), local(g)
+        quantized = key0 + "_absmax" in s
+        first = not quantized and algo.lazy and key0 not in s
+        bits = _bits_of(s, key0) if quantized else bits_wanted
+        if ((not quantized and not first) or LO._kernel_ok(lp, lg)
+                or not LO._triton_ok(lp, lg, LO._rounding(group, lp)) or _aligned(p, bits) is None):
+            continue
+        if first:
+            for key, signed in algo.keys.items():
+                s.update(_entries(p, key, signed, bits))
+        maps = tuple(s[key + "_qmap"].data_ptr() for key in algo.keys)
+        batches.setdefault((bits, first, maps, steps[k] is None), []).append(k)
+    from ..kernels import triton as KT
+
+    for (bits, first, _, stepless), idx in batches.items():
+        cols: dict[str, Any] = {}
+        for key in algo.keys:
+            cols[key] = [local(states[k][key]).reshape(-1) for k in idx]
+            cols[key + "_absmax"] = [states[k][key + "_absmax"].narrow(0, *_aligned(params[k], bits)) for k in idx]
+            cols[key + "_qmap"] = [states[k][key + "_qmap"] for k in idx]
+        extra: dict[str, Any] = {} if stepless else {"steps": [steps[k] for k in idx]}
+        if algo.lazy:
+            extra["first"] = first
+        getattr(KT, algo.launcher)([local(params[k]).view(-1) for k in idx],
+                                   [local(grads[k]).reshape(-1) for k in idx], **cols, **extra, **hp)
+    return {k for idx in batches.values() for k in idx}
+
+
 def _state(opt: Any, algo: Any, group: dict[str, Any], p: Tensor, i: int) -> dict[str, Any]:
     """``p``'s state, made sharded on its first step (nothing yet for a lazy state); layout checked."""
     from ..lowbit.optim import counts_steps
@@ -232,22 +294,29 @@ def lowbit_step(opt: Any, algo: Any, group: dict[str, Any], params: list[Tensor]
 
         for k, t in zip(counted, advance_steps([states[k]["step"] for k in counted])):
             steps[k] = t
-    new = [_local_update(algo, group, p, g, s, hp, t) for p, g, s, t in zip(params, grads, states, steps)]
+    fast = _triton_local(algo, group, params, grads, states, steps, bits_wanted, hp)
+    new = [[None] * len(algo.keys) if k in fast else _local_update(algo, group, p, g, s, hp, t)
+           for k, (p, g, s, t) in enumerate(zip(params, grads, states, steps))]
     todo = []  # (param, state, key, signed, bits, value, step)
     for p, s, vals, t in zip(params, states, new, steps):
         for (key, signed), value in zip(algo.keys.items(), vals):
             if value is not None:
                 todo.append((p, s, key, signed, _bits_of(s, key) if key + "_absmax" in s else bits_wanted, value, t))
-    if not todo:
+    synced = [(states[k], key) for k in sorted(fast) for key in algo.keys]  # quantized already: absmax to share
+    if not todo and not synced:
         return
     parts = [_partial_absmax(v, _start(p), b, -(-p.numel() // block_size(b))) for p, _, _, _, b, v, _ in todo]
+    parts += [_own_blocks(params[k], states[k], key) for k in sorted(fast) for key in algo.keys]
     reduced, group = torch.cat(parts), shard_group(params[0])
     world = dist.get_world_size(group)
     if world > 1:
         dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
         traffic["reduce"] += 2 * (world - 1) * reduced.numel() * reduced.element_size() // world  # as _comm counts
         traffic["calls"] += 1
-    for (p, s, key, signed, bits, value, t), absmax in zip(todo, reduced.split([t.numel() for t in parts])):
+    pieces = reduced.split([t.numel() for t in parts])
+    for (s, key), absmax in zip(synced, pieces[len(todo):]):
+        s[key + "_absmax"].copy_(absmax)
+    for (p, s, key, signed, bits, value, t), absmax in zip(todo, pieces):
         qmap = s[key + "_qmap"] if key + "_qmap" in s else code_map(signed, bits, value.device)
         codes = _quantize(value, absmax, qmap, _start(p), bits, t or 0)
         if key + "_absmax" in s:
