@@ -360,3 +360,21 @@ def test_4bit_momentum_decays_when_the_block_absmax_stays_put(make, key, route, 
     m = LO.QuantState.from_entries(opt.state[p], key, 4096).dequantize().view(32, 128)
     assert float(m[:, 0].min()) > 0.99
     assert float(m[:, 1:].abs().max()) < 1e-3, float(m[:, 1:].abs().max())  # 0.5 * 0.9**220 in exact arithmetic
+
+
+def test_min_8bit_size_sets_which_tensors_are_quantized():
+    """bitsandbytes' ``min_8bit_size``: tensors below it keep 32-bit state (default 4096); bad values refused."""
+    for limit, bias_quantized, weight_quantized in ((None, False, True), (64, True, True), (10_000, False, False)):
+        model = _model()
+        opt = descent.AdamW8bit(model.parameters(), lr=1e-2, min_8bit_size=limit)
+        _run(model, opt, 1)
+        b, w = model[0].bias, model[0].weight  # 96 and 6144 elements
+        assert ("exp_avg_absmax" in opt.state[b]) == bias_quantized, limit
+        assert ("exp_avg_absmax" in opt.state[w]) == weight_quantized, limit
+    model = _model()
+    opt = descent.SGD(model.parameters(), lr=0.1, momentum=0.9, state_bits=8, min_8bit_size=0)  # lazy state too
+    _run(model, opt, 2)
+    assert all("momentum_buffer_absmax" in opt.state[p] for p in model.parameters())
+    for bad in (-1, 1.5, True, "4096"):
+        with pytest.raises(ValueError, match="Invalid min_8bit_size"):
+            descent.Lion(_model().parameters(), state_bits=8, min_8bit_size=bad)

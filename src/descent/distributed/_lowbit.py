@@ -57,7 +57,7 @@ def _wanted(opt: Any, algo: Any, group: Mapping[str, Any], p: Tensor, hp: Mappin
     state, key0 = opt.state[p], next(iter(algo.keys))
     if key0 + "_absmax" in state:
         return True
-    if int(group.get("state_bits", 32)) == 32 or not _eligible(p):
+    if int(group.get("state_bits", 32)) == 32 or not _eligible(p, group):
         return False
     if algo.lazy:
         return key0 not in state and hp.get("momentum", 0) != 0

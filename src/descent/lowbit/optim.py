@@ -73,8 +73,11 @@ _ALGOS = {
 }
 
 
-def _eligible(p: Tensor) -> bool:
-    return p.dtype.is_floating_point and p.numel() >= MIN_NUMEL
+def _eligible(p: Tensor, group: Mapping[str, Any]) -> bool:
+    """Whether ``p`` gets a quantized state: floating, with at least the group's ``min_8bit_size`` elements
+    (:data:`MIN_NUMEL`, 4096, when it is ``None`` or absent)."""
+    limit = group.get("min_8bit_size")
+    return p.dtype.is_floating_point and p.numel() >= (MIN_NUMEL if limit is None else limit)
 
 
 def _quantized(state: Mapping[str, Any], key: str) -> bool:
@@ -168,7 +171,7 @@ def step_quantized(algo: _Algo, group: Mapping[str, Any], params: list[Tensor], 
             bits = 8 if s[key0 + "_qmap"].numel() == 256 else 4
             first = False
             maps = tuple(s[k + "_qmap"].data_ptr() for k in algo.keys)  # a kernel call takes one map per key
-        elif algo.lazy and key0 not in s and bits_wanted < 32 and _eligible(p) and hp.get("momentum", 0) != 0:
+        elif algo.lazy and key0 not in s and bits_wanted < 32 and _eligible(p, group) and hp.get("momentum", 0) != 0:
             bits, first = bits_wanted, True
         else:
             rest.append(i)
@@ -249,7 +252,7 @@ class LowBitMixin(RoundingMixin):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         algo, bits = self._algo(), int(group.get("state_bits", 32))
-        if algo is not None and bits < 32 and _eligible(p):
+        if algo is not None and bits < 32 and _eligible(p, group):
             return init_quantized(algo, p, bits, self.declaration.steps)  # type: ignore[attr-defined]
         return super()._init_state(p, group)  # type: ignore[misc]
 
@@ -315,3 +318,6 @@ def _check(owner: str, group: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid cautious=True with state_bits={bits}: {owner}'s low-bit kernels do not mask")
     if bits < 32 and group.get("amsgrad"):
         raise ValueError(f"Invalid amsgrad=True with state_bits={bits}: {owner} keeps AMSGrad's maximum only in 32 bits")
+    limit = group.get("min_8bit_size")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0):
+        raise ValueError(f"Invalid min_8bit_size: {limit!r} (must be an int >= 0, or None for {MIN_NUMEL})")

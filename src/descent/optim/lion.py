@@ -44,6 +44,8 @@ class Lion(LowBitMixin, Optimizer):
         state_bits: 32 (default), 8 or 4: keep the state of parameters with at least 4096
             elements blockwise-quantized (:mod:`descent.lowbit.optim`); 8-bit Lion state:
             1.03 bytes/param (``benchmarks/state_memory.py``).
+        min_8bit_size: parameters with fewer elements keep 32-bit state (default
+            :data:`descent.lowbit.MIN_NUMEL`, 4096; bitsandbytes' name).
         stochastic_rounding: step bfloat16 parameters in float32 and round them stochastically.
         kahan_summation: step bfloat16 parameters in float32 with a bfloat16 compensation
             buffer (state ``kahan_comp``) carrying what rounding to bfloat16 dropped.
@@ -91,6 +93,7 @@ class Lion(LowBitMixin, Optimizer):
         skip_nonfinite: bool = False,
         cautious: bool = False,
         state_bits: int = 32,
+        min_8bit_size: int | None = None,
         stochastic_rounding: bool = False,
         kahan_summation: bool = False,
         capturable: bool = False,
@@ -98,7 +101,7 @@ class Lion(LowBitMixin, Optimizer):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         fused=fused, backend=backend, skip_nonfinite=skip_nonfinite, cautious=cautious,
                         capturable=capturable,
-                        state_bits=state_bits, stochastic_rounding=stochastic_rounding,
+                        state_bits=state_bits, min_8bit_size=min_8bit_size, stochastic_rounding=stochastic_rounding,
                         kahan_summation=kahan_summation)
         super().__init__(params, defaults)
 
