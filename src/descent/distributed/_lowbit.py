@@ -234,6 +234,7 @@ def _triton_local(algo: Any, group: Mapping[str, Any], params: list[Tensor], gra
     elements are whole global blocks (:func:`_aligned`: no block straddles ranks, so the local absmax is the
     block's), on CUDA (or under Triton's interpreter) with rounding to nearest; return their positions.
     Their codes and this rank's slice of the absmax are written; the MAX reduce then shares the absmax."""
+    from ..kernels import triton as KT
     from ..lowbit import optim as LO
 
     key0, batches = next(iter(algo.keys)), {}
@@ -250,8 +251,6 @@ def _triton_local(algo: Any, group: Mapping[str, Any], params: list[Tensor], gra
                 s.update(_entries(p, key, signed, bits))
         maps = tuple(s[key + "_qmap"].data_ptr() for key in algo.keys)
         batches.setdefault((bits, first, maps, steps[k] is None), []).append(k)
-    from ..kernels import triton as KT
-
     for (bits, first, _, stepless), idx in batches.items():
         cols: dict[str, Any] = {}
         for key in algo.keys:

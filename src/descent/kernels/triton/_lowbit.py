@@ -33,7 +33,8 @@ from torch import Tensor
 from ...lowbit.maps import SHIFT, code_map, lookup
 from ...lowbit.quant import block_size, codes_numel
 from ..lowbit import _salts, adam_hp, adam_step_terms, lion_hp, sgd_hp
-from ._common import LAUNCH, TL, address_rows, block_table, cached_ints, pointers_key, positions, store, to_device
+from ._common import (LAUNCH, TL, address_rows, block_table, cached_ints, pointers_key, positions, scalars, store,
+                      to_device)
 
 __all__ = ["adam_lowbit", "lion_lowbit", "sgd_lowbit", "BLOCK"]
 
@@ -273,10 +274,6 @@ def _plan(params: Sequence[Tensor], cols: list[Sequence[Tensor]], keep: list[int
                        lambda: [address_rows(picked, len(keep)), sizes, block_table(sizes, BLOCK)])
 
 
-def _hp(values: tuple, device: torch.device) -> Tensor:
-    return to_device(torch.tensor([float(v) for v in values], dtype=torch.float32), device)
-
-
 def adam_lowbit(params: list[Tensor], grads: list[Tensor], exp_avg: list[Tensor], exp_avg_absmax: list[Tensor],
                 exp_avg_qmap: list[Tensor], exp_avg_sq: list[Tensor], exp_avg_sq_absmax: list[Tensor],
                 exp_avg_sq_qmap: list[Tensor], *, steps: list[int], lr: float, beta1: float, beta2: float,
@@ -311,7 +308,7 @@ def adam_lowbit(params: list[Tensor], grads: list[Tensor], exp_avg: list[Tensor]
     (q1, thr1, first1, k1, s1, stochastic), (q2, thr2, first2, k2, s2, _) = _maps([exp_avg_qmap[0],
                                                                                   exp_avg_sq_qmap[0]])
     _adam_kernel[(blocks.numel() // 2,)](
-        addr, sizes, blocks, len(keep), _hp(hp[:2] + hp[3:], dev), terms, salts, q1, thr1, first1, q2, thr2, first2,
+        addr, sizes, blocks, len(keep), scalars(hp[:2] + hp[3:], dev), terms, salts, q1, thr1, first1, q2, thr2, first2,
         k1, s1, k2, s2, DT=TL[params[0].dtype], BITS=bits, QB=block_size(bits), ROWS=BLOCK // block_size(bits),
         LOW=bool(hp[2]), STOCHASTIC=stochastic, **LAUNCH)
 
@@ -329,7 +326,7 @@ def _one_state(params: list[Tensor], grads: list[Tensor], codes: list[Tensor], a
     salts = _salts([0 if steps is None else steps[i] for i in keep]).astype("int64")
     (q1, thr1, first1, k1, s1, stochastic), = _maps([qmap])
     _one_state_kernel[(blocks.numel() // 2,)](
-        addr, sizes, blocks, len(keep), _hp(hp, dev), to_device(torch.from_numpy(salts), dev), q1, thr1, first1, k1,
+        addr, sizes, blocks, len(keep), scalars(hp, dev), to_device(torch.from_numpy(salts), dev), q1, thr1, first1, k1,
         s1, DT=TL[params[0].dtype], BITS=bits, QB=block_size(bits), ROWS=BLOCK // block_size(bits),
         STOCHASTIC=stochastic, **flags, **LAUNCH)
 
